@@ -1,0 +1,145 @@
+//! Block storage for oxtarget. A [`Backend`] is one store of bytes (a file, a block
+//! device, RAM, nothing at all) with a size and a set of capabilities; it knows
+//! nothing of SCSI. I/O goes through an [`IoChannel`] that one worker thread owns:
+//! the thread submits operations with its own iovecs (guest memory, pooled buffers)
+//! and later reaps their completions, woken by an eventfd that sits in its epoll set.
+//! Nothing here blocks the submitting thread on a slow device.
+
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use vmm_sys_util::eventfd::EventFd;
+
+mod error;
+pub mod ram;
+pub use error::{BackendError, IoError, IoErrorKind};
+
+/// What a backend can do beyond reading and writing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `IoOp::Discard` deallocates (thin provisioning); reads of discarded ranges
+    /// return zeroes (LBPRZ) when `discard_zeroes` is also set.
+    pub discard: bool,
+    /// Discarded blocks read back as zeroes.
+    pub discard_zeroes: bool,
+    /// `IoOp::WriteZeroes` is done without moving data.
+    pub write_zeroes: bool,
+    /// `IoOp::Flush` reaches stable storage (false: the store is volatile, e.g. RAM).
+    pub flush: bool,
+    /// The medium is rotational (VPD B1 MEDIUM ROTATION RATE).
+    pub rotational: bool,
+    /// Preferred I/O size in bytes (0: no preference).
+    pub optimal_transfer: u32,
+    /// Largest single I/O in bytes the backend accepts (0: no limit).
+    pub max_transfer: u32,
+    /// `Backend::block_status` can tell allocated from deallocated ranges.
+    pub block_status: bool,
+    /// The backend is read-only (opened without write access).
+    pub read_only: bool,
+}
+
+/// One operation. Offsets and lengths are in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoOp {
+    /// Read `iovecs` worth of bytes starting at `offset`.
+    Read { offset: u64 },
+    /// Write the iovecs at `offset`; with `fua` the data is on stable storage when it
+    /// completes.
+    Write { offset: u64, fua: bool },
+    /// Make every completed write stable.
+    Flush,
+    /// Deallocate `[offset, offset + len)`; what cannot be deallocated is zeroed.
+    Discard { offset: u64, len: u64 },
+    /// Make `[offset, offset + len)` read as zeroes.
+    WriteZeroes { offset: u64, len: u64 },
+}
+
+/// The outcome of one submitted operation, matched to it by `user_data`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Completion {
+    pub user_data: u64,
+    /// Bytes transferred (0 for flush, discard, write zeroes) or the error.
+    pub result: Result<usize, IoError>,
+}
+
+/// Whether a range is backed by data or deallocated (GET LBA STATUS).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExtentState {
+    Mapped,
+    Deallocated,
+}
+
+/// A run of bytes in one state, starting at `offset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    pub offset: u64,
+    pub len: u64,
+    pub state: ExtentState,
+}
+
+/// One store of bytes. Shared by every worker thread as `Arc<dyn Backend>`.
+pub trait Backend: Send + Sync {
+    /// Size in bytes.
+    fn size(&self) -> u64;
+
+    /// What the backend can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Opens this thread's channel. `notify` is the thread's eventfd: the channel
+    /// signals it (it may `try_clone` it) when a completion is ready to be reaped. Many
+    /// channels of one thread share one eventfd.
+    fn open_channel(&self, notify: &EventFd) -> Result<Box<dyn IoChannel>, BackendError>;
+
+    /// The state of the range starting at `offset`: the first extent, which may run
+    /// past `offset + len` but not past the end of the store. Errors with
+    /// `BackendError::Unsupported` when `capabilities().block_status` is false.
+    /// Must answer in bounded time (never loop on a store without holes).
+    fn block_status(&self, offset: u64, len: u64) -> Result<Extent, BackendError>;
+
+    /// Changes the size (grows or shrinks). Errors with `Unsupported` where the store
+    /// has a fixed size.
+    fn resize(&self, new_size: u64) -> Result<(), BackendError>;
+
+    /// A short name for logs ("file:/var/lib/x.img", "ram", ...).
+    fn describe(&self) -> String;
+}
+
+/// Per-thread I/O queue of one backend. Not shared between threads.
+pub trait IoChannel {
+    /// Queues `op` on the data described by `iovecs` (ignored for flush, discard and
+    /// write zeroes). Its completion comes back from [`IoChannel::reap`] with
+    /// `user_data`; a synchronous backend may complete it before `submit` returns
+    /// (then `reap` hands it back at once). An error here means nothing was queued.
+    ///
+    /// # Safety
+    /// Every iovec must point to memory that is valid (for writes when the op is a
+    /// read, for reads when it is a write) for its whole length, and that nothing else
+    /// reads or writes, until the completion with this `user_data` has been reaped, or
+    /// the channel dropped. The slice of iovecs itself need not outlive the call.
+    unsafe fn submit(
+        &mut self,
+        op: IoOp,
+        iovecs: &[libc::iovec],
+        user_data: u64,
+    ) -> Result<(), BackendError>;
+
+    /// Best effort: stops the operation `user_data` before it reaches the store. It
+    /// still completes (with `IoErrorKind::Canceled` if the cancel won, or normally
+    /// if it had already run). Returns whether a cancel was attempted.
+    fn cancel(&mut self, user_data: u64) -> bool;
+
+    /// Moves every ready completion into `out`. Never blocks.
+    fn reap(&mut self, out: &mut Vec<Completion>);
+
+    /// Operations submitted and not yet reaped.
+    fn in_flight(&self) -> usize;
+}
+
+/// A backend shared by all threads.
+pub type SharedBackend = Arc<dyn Backend>;
+
+/// The raw fd of an eventfd, for epoll registration.
+pub fn notify_fd(notify: &EventFd) -> RawFd {
+    use std::os::fd::AsRawFd;
+    notify.as_raw_fd()
+}

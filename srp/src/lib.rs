@@ -1,0 +1,1 @@
+//! oxtarget: the SRP target (not built yet: issue 7). The crate exists so that the workspace has the design card's layout; it has no code yet.
