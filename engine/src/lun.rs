@@ -1,0 +1,211 @@
+//! A logical unit: backend, identity, geometry and the state every transport shares
+//! (task set, unit attentions, reservations, mode pages). Shared as `Arc<Lun>`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use backends::Backend;
+
+use crate::taskset::TaskSet;
+use crate::ua::UnitAttentions;
+
+static NEXT_LUN_UID: AtomicU64 = AtomicU64::new(1);
+
+/// How a LUN presents itself. Identity fields are stable across restarts (the UUID
+/// and serial live in the config file) so that multipath sees one disk over every
+/// transport and every daemon.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LunConfig {
+    pub name: String,
+    /// Stable identity; the NAA-6 designator of VPD page 83h derives from it.
+    pub uuid: [u8; 16],
+    /// UNIT SERIAL NUMBER (VPD 80h).
+    pub serial: String,
+    pub vendor: String,
+    pub product: String,
+    pub revision: String,
+    /// Logical block length in bytes (512 or 4096 typically).
+    pub block_size: u32,
+    pub read_only: bool,
+    /// Removable medium (RMB=1): START STOP UNIT load/eject, PREVENT ALLOW MEDIUM REMOVAL.
+    pub removable: bool,
+    /// Thin provisioning reported (LBPME, VPD B2): UNMAP and WRITE SAME with UNMAP.
+    pub thin: bool,
+    /// Initial write cache setting (WCE of the caching mode page).
+    pub write_cache: bool,
+    /// Where persistent reservations with APTPL are saved; `None`: APTPL refused.
+    pub state_dir: Option<std::path::PathBuf>,
+}
+
+impl LunConfig {
+    /// Defaults for a LUN called `name` with the given identity.
+    pub fn new(name: &str, uuid: [u8; 16]) -> Self {
+        let serial: String = uuid.iter().map(|b| format!("{b:02x}")).collect();
+        LunConfig {
+            name: name.to_string(),
+            uuid,
+            serial,
+            vendor: "OXTARGET".into(),
+            product: "oxtarget LUN".into(),
+            revision: "0001".into(),
+            block_size: 512,
+            read_only: false,
+            removable: false,
+            thin: true,
+            write_cache: true,
+            state_dir: None,
+        }
+    }
+}
+
+/// One logical unit.
+pub struct Lun {
+    /// Unique for this process: keys the per-thread backend channels.
+    pub uid: u64,
+    pub config: LunConfig,
+    pub backend: Arc<dyn Backend>,
+    pub(crate) tasks: Mutex<TaskSet>,
+    pub ua: UnitAttentions,
+    /// Mode page values and medium state.
+    pub(crate) mode: Mutex<crate::mode::ModeState>,
+    pub(crate) media: Mutex<crate::spc::MediaState>,
+    /// SPC-2 reservation and persistent reservations.
+    pub(crate) pr: Mutex<crate::pr::PrState>,
+    /// EXTENDED COPY bookkeeping (RECEIVE COPY RESULTS).
+    pub(crate) copy: Mutex<crate::xcopy::CopyState>,
+}
+
+impl std::fmt::Debug for Lun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lun")
+            .field("name", &self.config.name)
+            .field("uid", &self.uid)
+            .finish()
+    }
+}
+
+/// Why a LUN could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum LunError {
+    #[error("LUN {name}: block size {block_size} is not a power of two between 512 and 65536")]
+    BlockSize { name: String, block_size: u32 },
+    #[error("LUN {name}: backend size {size} is not a multiple of the block size {block_size}")]
+    Unaligned {
+        name: String,
+        size: u64,
+        block_size: u32,
+    },
+    #[error("LUN {name}: backend is read-only but the LUN is not")]
+    ReadOnlyBackend { name: String },
+}
+
+impl Lun {
+    pub fn new(config: LunConfig, backend: Arc<dyn Backend>) -> Result<Arc<Self>, LunError> {
+        let bs = config.block_size;
+        if !bs.is_power_of_two() || !(512..=65536).contains(&bs) {
+            return Err(LunError::BlockSize {
+                name: config.name,
+                block_size: bs,
+            });
+        }
+        if backend.capabilities().read_only && !config.read_only {
+            return Err(LunError::ReadOnlyBackend { name: config.name });
+        }
+        let mode = crate::mode::ModeState::new(&config);
+        Ok(Arc::new(Lun {
+            uid: NEXT_LUN_UID.fetch_add(1, Ordering::Relaxed),
+            config,
+            backend,
+            tasks: Mutex::new(TaskSet::default()),
+            ua: UnitAttentions::default(),
+            mode: Mutex::new(mode),
+            media: Mutex::new(crate::spc::MediaState::default()),
+            pr: Mutex::new(crate::pr::PrState::default()),
+            copy: Mutex::new(crate::xcopy::CopyState::default()),
+        }))
+    }
+
+    pub fn block_size(&self) -> u32 {
+        self.config.block_size
+    }
+
+    /// Number of logical blocks now (the backend may have been resized).
+    pub fn num_blocks(&self) -> u64 {
+        self.backend.size() / u64::from(self.config.block_size)
+    }
+
+    /// The NAA-6 (IEEE registered extended) designator: 16 bytes derived from the
+    /// UUID so every transport and every daemon exporting this LUN report the same.
+    pub fn naa(&self) -> [u8; 16] {
+        naa_from_uuid(&self.config.uuid)
+    }
+}
+
+/// OUI placed in the NAA designator. 0x001405 is the one the Linux target stack uses
+/// for software targets; we use a locally chosen one so we never collide with it.
+const NAA_OUI: u32 = 0x00_15_0e;
+
+/// NAA 6h designator: 4 bits NAA, 24 bits IEEE company id, then 100 bits derived from
+/// the UUID.
+pub fn naa_from_uuid(uuid: &[u8; 16]) -> [u8; 16] {
+    let mut d = [0u8; 16];
+    d[0] = 0x60 | ((NAA_OUI >> 20) & 0x0f) as u8;
+    d[1] = (NAA_OUI >> 12) as u8;
+    d[2] = (NAA_OUI >> 4) as u8;
+    d[3] = ((NAA_OUI & 0x0f) << 4) as u8 | (uuid[0] & 0x0f);
+    d[4..16].copy_from_slice(&uuid[1..13]);
+    d
+}
+
+/// Every LUN of this daemon, by name: EXTENDED COPY finds its targets here.
+#[derive(Default)]
+pub struct LunRegistry {
+    luns: RwLock<HashMap<String, Arc<Lun>>>,
+}
+
+impl LunRegistry {
+    pub fn new() -> Arc<Self> {
+        Arc::new(LunRegistry::default())
+    }
+
+    /// Adds a LUN; `false` if the name is taken.
+    pub fn add(&self, lun: Arc<Lun>) -> bool {
+        let mut map = self.luns.write().unwrap_or_else(|e| e.into_inner());
+        if map.contains_key(&lun.config.name) {
+            return false;
+        }
+        map.insert(lun.config.name.clone(), lun);
+        true
+    }
+
+    pub fn remove(&self, name: &str) -> Option<Arc<Lun>> {
+        self.luns
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Lun>> {
+        self.luns
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// The LUN whose NAA designator is `naa` (EXTENDED COPY target descriptors).
+    pub fn by_naa(&self, naa: &[u8]) -> Option<Arc<Lun>> {
+        let map = self.luns.read().unwrap_or_else(|e| e.into_inner());
+        map.values().find(|l| l.naa().as_slice() == naa).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Lun>> {
+        self.luns
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}

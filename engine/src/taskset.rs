@@ -1,0 +1,216 @@
+//! The task set of one LUN (SAM-5 8): every command from every I_T nexus between
+//! its arrival and its completion, in arrival order. It decides when a command may
+//! run (SIMPLE, ORDERED, HEAD OF QUEUE; write ranges for COMPARE AND WRITE), marks
+//! commands aborted for task management, and tells a task management function when
+//! the last command it aborted has left — only then is the function done.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use crate::cmd::TaskAttr;
+use crate::exec::LbaRange;
+use crate::worker::{Mailbox, Msg, SlotRef};
+
+pub(crate) type TaskSeq = u64;
+
+pub(crate) struct TaskEntry {
+    pub nexus: u64,
+    pub tag: u64,
+    pub attr: TaskAttr,
+    /// Dispatched to its handler (or about to be).
+    pub running: bool,
+    /// Waiting for an overlapping write range to clear.
+    pub range_wait: bool,
+    pub aborted: bool,
+    /// The blocks it writes, once its job exists.
+    pub range: Option<LbaRange>,
+    pub owner: Arc<Mailbox>,
+    pub slot: SlotRef,
+}
+
+/// A task management function waiting for the commands it aborted to leave.
+struct PendingTmf {
+    remaining: HashSet<TaskSeq>,
+    owner: Arc<Mailbox>,
+    token: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct TaskSet {
+    next: TaskSeq,
+    tasks: BTreeMap<TaskSeq, TaskEntry>,
+    /// Entries not yet running (or waiting on a range): skip the wake-up scan when 0.
+    waiting: usize,
+    tmfs: Vec<PendingTmf>,
+}
+
+/// Whom to wake after a change to the task set.
+#[derive(Default)]
+pub(crate) struct Wakeups {
+    pub start: Vec<(Arc<Mailbox>, SlotRef)>,
+    pub tmf_done: Vec<(Arc<Mailbox>, u64)>,
+}
+
+impl Wakeups {
+    pub fn deliver(self) {
+        for (mb, slot) in self.start {
+            mb.post(Msg::Start(slot));
+        }
+        for (mb, token) in self.tmf_done {
+            mb.post(Msg::TmfDrained(token));
+        }
+    }
+}
+
+impl TaskSet {
+    /// Enters a command; returns its sequence number and whether it may run now.
+    pub fn add(&mut self, mut e: TaskEntry) -> (TaskSeq, bool) {
+        let seq = self.next;
+        self.next += 1;
+        let run = self.may_start(seq, e.attr);
+        e.running = run;
+        if !run {
+            self.waiting += 1;
+        }
+        self.tasks.insert(seq, e);
+        (seq, run)
+    }
+
+    fn may_start(&self, seq: TaskSeq, attr: TaskAttr) -> bool {
+        let mut older = self.tasks.range(..seq).map(|(_, t)| t);
+        match attr {
+            TaskAttr::HeadOfQueue => true,
+            TaskAttr::Ordered => older.next().is_none(),
+            // SAM-5 8.6.2: a SIMPLE task waits for older HEAD OF QUEUE and ORDERED ones.
+            TaskAttr::Simple | TaskAttr::Aca => {
+                older.all(|t| matches!(t.attr, TaskAttr::Simple | TaskAttr::Aca))
+            }
+        }
+    }
+
+    /// A running command's job writes `range`: returns whether it may start now
+    /// (else it waits and is woken by a `Start`).
+    pub fn begin_range(&mut self, seq: TaskSeq, range: LbaRange) -> bool {
+        let ok = !self.range_blocked(seq, &range);
+        if let Some(t) = self.tasks.get_mut(&seq) {
+            t.range = Some(range);
+            if !ok {
+                t.range_wait = true;
+                self.waiting += 1;
+            }
+        }
+        ok
+    }
+
+    fn range_blocked(&self, seq: TaskSeq, r: &LbaRange) -> bool {
+        self.tasks.iter().any(|(&s, t)| {
+            if s == seq {
+                return false;
+            }
+            let Some(o) = &t.range else { return false };
+            if !o.overlaps(r) || !(o.exclusive || r.exclusive) {
+                return false;
+            }
+            // Running holders always block; a waiting one blocks only younger ones,
+            // so that the wait graph follows arrival order and cannot cycle.
+            !t.range_wait || s < seq
+        })
+    }
+
+    /// Removes a finished command and collects who may now proceed.
+    pub fn remove(&mut self, seq: TaskSeq) -> Wakeups {
+        let mut w = Wakeups::default();
+        let Some(gone) = self.tasks.remove(&seq) else {
+            return w;
+        };
+        if !gone.running || gone.range_wait {
+            self.waiting = self.waiting.saturating_sub(1);
+        }
+        self.tmfs.retain_mut(|p| {
+            p.remaining.remove(&seq);
+            if p.remaining.is_empty() {
+                w.tmf_done.push((p.owner.clone(), p.token));
+                false
+            } else {
+                true
+            }
+        });
+        if self.waiting > 0 {
+            self.wake(&mut w);
+        }
+        w
+    }
+
+    fn wake(&mut self, w: &mut Wakeups) {
+        let candidates: Vec<TaskSeq> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| !t.aborted && (!t.running || t.range_wait))
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in candidates {
+            let Some(t) = self.tasks.get(&seq) else {
+                continue;
+            };
+            let go = if t.range_wait {
+                t.range.is_some_and(|r| !self.range_blocked(seq, &r))
+            } else {
+                self.may_start(seq, t.attr)
+            };
+            if go {
+                if let Some(t) = self.tasks.get_mut(&seq) {
+                    t.running = true;
+                    t.range_wait = false;
+                    self.waiting = self.waiting.saturating_sub(1);
+                    w.start.push((t.owner.clone(), t.slot));
+                }
+            }
+        }
+    }
+
+    /// Marks every command matching `pred` aborted; returns their owners and slots.
+    /// If any were found and `tmf` is given, the function is told when the last of
+    /// them leaves.
+    pub fn abort_where(
+        &mut self,
+        pred: impl Fn(&TaskEntry) -> bool,
+        tmf: Option<(Arc<Mailbox>, u64)>,
+    ) -> (Vec<(Arc<Mailbox>, SlotRef)>, bool) {
+        let mut hit = Vec::new();
+        let mut seqs = HashSet::new();
+        for (&seq, t) in self.tasks.iter_mut() {
+            if pred(t) {
+                if !t.aborted {
+                    t.aborted = true;
+                    hit.push((t.owner.clone(), t.slot));
+                }
+                seqs.insert(seq);
+            }
+        }
+        let registered = !seqs.is_empty() && tmf.is_some();
+        if let (false, Some((owner, token))) = (seqs.is_empty(), tmf) {
+            self.tmfs.push(PendingTmf {
+                remaining: seqs,
+                owner,
+                token,
+            });
+        }
+        (hit, registered)
+    }
+
+    /// Whether a command with `tag` from `nexus` is in the task set (QUERY TASK).
+    pub fn contains(&self, nexus: u64, tag: u64) -> bool {
+        self.tasks
+            .values()
+            .any(|t| t.nexus == nexus && t.tag == tag && !t.aborted)
+    }
+
+    /// Whether any command from `nexus` is in the task set (QUERY TASK SET).
+    pub fn any_from(&self, nexus: u64) -> bool {
+        self.tasks.values().any(|t| t.nexus == nexus && !t.aborted)
+    }
+
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+}

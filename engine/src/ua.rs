@@ -1,0 +1,154 @@
+//! Unit attention conditions, queued per I_T nexus (SPC-4 5.14 / SAM-5 5.14).
+//! The hot path checks an atomic count and takes the lock only when some unit
+//! attention is pending somewhere on the LUN.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use crate::nexus::NexusKey;
+use crate::sense::{asc, Asc};
+
+/// At most this many conditions queue per nexus; beyond it the oldest are dropped
+/// (SPC-4 allows reporting only the highest-priority one).
+const MAX_QUEUED: usize = 16;
+
+#[derive(Default)]
+struct Inner {
+    queues: HashMap<NexusKey, VecDeque<Asc>>,
+    /// Nexuses that have seen the power-on unit attention already.
+    seen: HashSet<NexusKey>,
+}
+
+#[derive(Default)]
+pub struct UnitAttentions {
+    /// Number of queued conditions, plus one while a nexus may be unseen.
+    pending: AtomicUsize,
+    inner: Mutex<Inner>,
+}
+
+impl UnitAttentions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(inner: &mut Inner, pending: &AtomicUsize, key: &NexusKey, a: Asc) {
+        let q = inner.queues.entry(key.clone()).or_default();
+        if q.contains(&a) {
+            return;
+        }
+        if q.len() >= MAX_QUEUED {
+            q.pop_front();
+            pending.fetch_sub(1, Ordering::AcqRel);
+        }
+        q.push_back(a);
+        pending.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Queues `a` for one nexus.
+    pub fn establish(&self, key: &NexusKey, a: Asc) {
+        let mut inner = self.lock();
+        Self::push(&mut inner, &self.pending, key, a);
+    }
+
+    /// Queues `a` for every nexus that has talked to this LUN, except `except`.
+    pub fn establish_all(&self, a: Asc, except: Option<&NexusKey>) {
+        let mut inner = self.lock();
+        let keys: Vec<NexusKey> = inner
+            .seen
+            .iter()
+            .filter(|k| Some(*k) != except)
+            .cloned()
+            .collect();
+        for k in keys {
+            Self::push(&mut inner, &self.pending, &k, a);
+        }
+    }
+
+    /// The first command of a nexus gets POWER ON, RESET, OR BUS DEVICE RESET
+    /// OCCURRED (SAM-5 6.3.2): this registers the nexus and queues it.
+    fn first_contact(&self, inner: &mut Inner, key: &NexusKey) {
+        if inner.seen.insert(key.clone()) {
+            Self::push(
+                inner,
+                &self.pending,
+                key,
+                asc::POWER_ON_RESET_OR_BUS_DEVICE_RESET,
+            );
+        }
+    }
+
+    /// Takes the oldest pending condition of `key`, if any.
+    pub fn pop(&self, key: &NexusKey) -> Option<Asc> {
+        let mut inner = self.lock();
+        self.first_contact(&mut inner, key);
+        if self.pending.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let a = inner.queues.get_mut(key)?.pop_front()?;
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+        Some(a)
+    }
+
+    /// The oldest pending condition of `key` without taking it.
+    pub fn peek(&self, key: &NexusKey) -> Option<Asc> {
+        let mut inner = self.lock();
+        self.first_contact(&mut inner, key);
+        inner.queues.get(key)?.front().copied()
+    }
+
+    /// Cheap check for the hot path: `false` means no nexus has anything pending
+    /// and `key` has been seen before.
+    pub fn may_have(&self, key: &NexusKey) -> bool {
+        if self.pending.load(Ordering::Acquire) != 0 {
+            return true;
+        }
+        !self.lock().seen.contains(key)
+    }
+
+    /// Drops every condition of `key` (e.g. after a nexus loss the caller queues
+    /// I_T NEXUS LOSS OCCURRED instead).
+    pub fn clear(&self, key: &NexusKey) {
+        let mut inner = self.lock();
+        if let Some(q) = inner.queues.remove(key) {
+            self.pending.fetch_sub(q.len(), Ordering::AcqRel);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: &str) -> NexusKey {
+        NexusKey {
+            initiator: n.into(),
+            relative_port: 1,
+        }
+    }
+
+    #[test]
+    fn first_contact_reports_power_on_then_nothing() {
+        let ua = UnitAttentions::default();
+        assert!(ua.may_have(&key("a")));
+        assert_eq!(
+            ua.pop(&key("a")),
+            Some(asc::POWER_ON_RESET_OR_BUS_DEVICE_RESET)
+        );
+        assert_eq!(ua.pop(&key("a")), None);
+        assert!(!ua.may_have(&key("a")));
+    }
+
+    #[test]
+    fn establish_all_skips_the_originator_and_dedups() {
+        let ua = UnitAttentions::default();
+        ua.pop(&key("a"));
+        ua.pop(&key("b"));
+        ua.establish_all(asc::CAPACITY_DATA_HAS_CHANGED, Some(&key("a")));
+        ua.establish_all(asc::CAPACITY_DATA_HAS_CHANGED, Some(&key("a")));
+        assert_eq!(ua.pop(&key("a")), None);
+        assert_eq!(ua.pop(&key("b")), Some(asc::CAPACITY_DATA_HAS_CHANGED));
+        assert_eq!(ua.pop(&key("b")), None);
+        assert!(!ua.may_have(&key("b")));
+    }
+}

@@ -1,0 +1,686 @@
+//! The per-thread executor. A transport's worker thread owns one `Worker`: it
+//! submits commands and task management functions, puts `Worker::notify_fd` in its
+//! epoll set, and calls `Worker::poll` when it fires (and after each batch of
+//! submissions) to collect what finished. Each command is submitted, run and
+//! completed on this thread; backend channels are opened here per LUN. Other
+//! threads reach this one only through its mailbox (task set wake-ups, aborts).
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+
+use backends::{Completion, IoChannel, IoError, IoErrorKind, IoOp};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::cmd::{CmdResponse, Completed, Residual, ScsiCmd, TaskAttr};
+use crate::exec::{CmdCtx, Exec, IoBuf, Job, JobCtx, Step};
+use crate::lun::{Lun, LunRegistry};
+use crate::nexus::Nexus;
+use crate::opcodes::{self, flags, OpInfo};
+use crate::sense::{asc, CmdError, ScsiStatus, Sense, SenseFormat, SenseKey};
+use crate::taskset::{TaskEntry, TaskSeq};
+use crate::tmf::{Plan, TmfRequest, TmfResponse};
+
+/// A slot of the worker's command table, with a generation so that a stale message
+/// or completion for a reused slot is ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotRef {
+    pub index: u32,
+    pub gen: u32,
+}
+
+impl SlotRef {
+    fn user_data(self) -> u64 {
+        (u64::from(self.gen) << 32) | u64::from(self.index)
+    }
+
+    fn from_user_data(u: u64) -> Self {
+        SlotRef {
+            index: u as u32,
+            gen: (u >> 32) as u32,
+        }
+    }
+}
+
+/// Messages from other threads (or this one) to a worker.
+#[derive(Debug)]
+pub(crate) enum Msg {
+    /// The task set lets this command run (or resume after a range wait).
+    Start(SlotRef),
+    /// A task management function aborted this command.
+    Abort(SlotRef),
+    /// The commands that a pending task management function aborted are gone.
+    TmfDrained(u64),
+}
+
+/// A worker's inbox: a queue and the worker's eventfd.
+pub struct Mailbox {
+    msgs: Mutex<Vec<Msg>>,
+    notify: EventFd,
+}
+
+impl Mailbox {
+    pub(crate) fn post(&self, m: Msg) {
+        self.msgs.lock().unwrap_or_else(|e| e.into_inner()).push(m);
+        let _ = self.notify.write(1);
+    }
+}
+
+impl std::fmt::Debug for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Mailbox")
+    }
+}
+
+/// Something that finished.
+#[derive(Debug)]
+pub enum Event {
+    Cmd(Completed),
+    Tmf { token: u64, response: TmfResponse },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotState {
+    /// In the task set, not yet allowed to run.
+    Queued,
+    /// Its job waits for an overlapping write range.
+    RangeWait,
+    /// A backend operation is in flight on the channel of this LUN uid.
+    Io(u64),
+}
+
+struct Slot {
+    gen: u32,
+    cmd: ScsiCmd,
+    nexus: Arc<Nexus>,
+    lun: Arc<Lun>,
+    seq: TaskSeq,
+    state: SlotState,
+    info: Option<&'static OpInfo>,
+    job: Option<Box<dyn Job>>,
+    scratch: Vec<u8>,
+    aborted: bool,
+}
+
+/// A task management function in progress on this worker.
+struct PendingTmf {
+    /// LUN task sets still draining.
+    remaining: usize,
+    response: TmfResponse,
+    token: u64,
+}
+
+/// One worker thread's command executor.
+pub struct Worker {
+    registry: Arc<LunRegistry>,
+    notify: EventFd,
+    mailbox: Arc<Mailbox>,
+    slots: Vec<Option<Slot>>,
+    gens: Vec<u32>,
+    free: Vec<u32>,
+    channels: HashMap<u64, Box<dyn IoChannel>>,
+    ready: Vec<Event>,
+    iovs: Vec<libc::iovec>,
+    reaped: Vec<Completion>,
+    tmfs: HashMap<u64, PendingTmf>,
+    next_tmf: u64,
+}
+
+/// Why a worker could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("eventfd: {0}")]
+    EventFd(std::io::Error),
+}
+
+impl Worker {
+    pub fn new(registry: Arc<LunRegistry>) -> Result<Self, WorkerError> {
+        let notify = EventFd::new(EFD_NONBLOCK).map_err(WorkerError::EventFd)?;
+        let mb_fd = notify.try_clone().map_err(WorkerError::EventFd)?;
+        Ok(Worker {
+            registry,
+            notify,
+            mailbox: Arc::new(Mailbox {
+                msgs: Mutex::new(Vec::new()),
+                notify: mb_fd,
+            }),
+            slots: Vec::new(),
+            gens: Vec::new(),
+            free: Vec::new(),
+            channels: HashMap::new(),
+            ready: Vec::new(),
+            iovs: Vec::new(),
+            reaped: Vec::new(),
+            tmfs: HashMap::new(),
+            next_tmf: 1,
+        })
+    }
+
+    /// The eventfd to watch: readable when `poll` has something to do.
+    pub fn notify_fd(&self) -> RawFd {
+        self.notify.as_raw_fd()
+    }
+
+    /// Commands in the table (queued, running or in I/O).
+    pub fn in_flight(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    pub fn registry(&self) -> &Arc<LunRegistry> {
+        &self.registry
+    }
+
+    fn alloc_slot(&mut self) -> SlotRef {
+        if let Some(i) = self.free.pop() {
+            SlotRef {
+                index: i,
+                gen: self.gens[i as usize],
+            }
+        } else {
+            self.slots.push(None);
+            self.gens.push(0);
+            SlotRef {
+                index: (self.slots.len() - 1) as u32,
+                gen: 0,
+            }
+        }
+    }
+
+    fn slot_mut(&mut self, r: SlotRef) -> Option<&mut Slot> {
+        match self.slots.get_mut(r.index as usize) {
+            Some(Some(s)) if s.gen == r.gen => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Submits a command from `nexus`. Its completion comes back from `poll`.
+    pub fn submit(&mut self, nexus: &Arc<Nexus>, mut cmd: ScsiCmd) {
+        let Some(lun) = nexus.luns.get(cmd.lun) else {
+            let resp = crate::spc::no_such_lun(nexus, &mut cmd);
+            self.complete_now(cmd, resp);
+            return;
+        };
+        if cmd.attr == TaskAttr::Aca {
+            // NormACA is 0: an ACA task cannot exist (SAM-5 5.9.1.2).
+            let resp = error_response(
+                &lun,
+                CmdError::Check(Sense::illegal(asc::INVALID_MESSAGE_ERROR)),
+                &cmd,
+            );
+            self.complete_now(cmd, resp);
+            return;
+        }
+        let r = self.alloc_slot();
+        let entry = TaskEntry {
+            nexus: nexus.id,
+            tag: cmd.tag,
+            attr: cmd.attr,
+            running: false,
+            range_wait: false,
+            aborted: false,
+            range: None,
+            owner: self.mailbox.clone(),
+            slot: r,
+        };
+        let (seq, run) = lun
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(entry);
+        self.slots[r.index as usize] = Some(Slot {
+            gen: r.gen,
+            cmd,
+            nexus: nexus.clone(),
+            lun,
+            seq,
+            state: SlotState::Queued,
+            info: None,
+            job: None,
+            scratch: Vec::new(),
+            aborted: false,
+        });
+        if run {
+            self.dispatch(r);
+        }
+    }
+
+    fn complete_now(&mut self, cmd: ScsiCmd, resp: CmdResponse) {
+        self.ready.push(Event::Cmd(Completed {
+            token: cmd.token,
+            tag: cmd.tag,
+            data: cmd.data,
+            response: Some(resp),
+        }));
+    }
+
+    /// Runs the checks and the handler of a command the task set let through.
+    fn dispatch(&mut self, r: SlotRef) {
+        let registry = self.registry.clone();
+        let Some(slot) = self.slot_mut(r) else { return };
+        if slot.aborted {
+            self.finish(r, None);
+            return;
+        }
+        let result = run_handler(slot, &registry);
+        match result {
+            Ok(Exec::Good(consumed)) => {
+                let resp = good_response(&slot.cmd, consumed, true);
+                self.finish(r, Some(resp));
+            }
+            Ok(Exec::Data(bytes)) => {
+                let n = slot.cmd.data.write_at(0, &bytes);
+                let resp = good_response(&slot.cmd, bytes.len() as u32, false);
+                debug_assert!(n as u32 == resp.transferred);
+                self.finish(r, Some(resp));
+            }
+            Ok(Exec::Job(job)) => {
+                let range = job.range();
+                slot.job = Some(job);
+                if let Some(range) = range {
+                    let go = slot
+                        .lun
+                        .tasks
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .begin_range(slot.seq, range);
+                    if !go {
+                        slot.state = SlotState::RangeWait;
+                        return;
+                    }
+                }
+                self.run_job(r, None);
+            }
+            Err(e) => {
+                let resp = error_response(&slot.lun, e, &slot.cmd);
+                self.finish(r, Some(resp));
+            }
+        }
+    }
+
+    /// Advances a job until it submits I/O or finishes.
+    fn run_job(&mut self, r: SlotRef, mut last: Option<Result<usize, IoError>>) {
+        loop {
+            let registry = self.registry.clone();
+            let Some(slot) = self.slot_mut(r) else { return };
+            if slot.aborted {
+                self.finish(r, None);
+                return;
+            }
+            let Some(mut job) = slot.job.take() else {
+                let resp = error_response(
+                    &slot.lun,
+                    Sense::new(SenseKey::HardwareError, asc::INTERNAL_TARGET_FAILURE).into(),
+                    &slot.cmd,
+                );
+                self.finish(r, Some(resp));
+                return;
+            };
+            let step = {
+                let mut ctx = JobCtx {
+                    lun: &slot.lun,
+                    nexus: &slot.nexus,
+                    data: slot.cmd.data.as_mut(),
+                    scratch: &mut slot.scratch,
+                    registry: &registry,
+                };
+                job.step(&mut ctx, last.take())
+            };
+            slot.job = Some(job);
+            match step {
+                Step::Done(Ok(wanted)) => {
+                    let write = slot.info.is_some_and(|i| i.has(flags::WRITES));
+                    let resp = good_response(&slot.cmd, wanted, write);
+                    self.finish(r, Some(resp));
+                    return;
+                }
+                Step::Done(Err(e)) => {
+                    let resp = error_response(&slot.lun, e, &slot.cmd);
+                    self.finish(r, Some(resp));
+                    return;
+                }
+                Step::Io { lun, op, buf } => match self.submit_io(r, lun, op, buf) {
+                    Ok(()) => return,
+                    Err(e) => last = Some(Err(e)),
+                },
+            }
+        }
+    }
+
+    fn submit_io(
+        &mut self,
+        r: SlotRef,
+        target: Option<Arc<Lun>>,
+        op: IoOp,
+        buf: IoBuf,
+    ) -> Result<(), IoError> {
+        let fail = |kind| IoError::new(kind, libc::EIO, None);
+        let Some(Some(slot)) = self.slots.get_mut(r.index as usize) else {
+            return Err(fail(IoErrorKind::Other));
+        };
+        let lun = target.unwrap_or_else(|| slot.lun.clone());
+        self.iovs.clear();
+        match buf {
+            IoBuf::None => {}
+            IoBuf::Data { offset, len } => slot.cmd.data.iovecs(offset, len, &mut self.iovs),
+            IoBuf::Scratch { offset, len } => {
+                let end = offset.saturating_add(len).min(slot.scratch.len());
+                let start = offset.min(end);
+                if end > start {
+                    self.iovs.push(libc::iovec {
+                        iov_base: slot.scratch[start..end].as_mut_ptr().cast(),
+                        iov_len: end - start,
+                    });
+                }
+            }
+        }
+        if !self.channels.contains_key(&lun.uid) {
+            let ch = lun
+                .backend
+                .open_channel(&self.notify)
+                .map_err(|_| fail(IoErrorKind::Other))?;
+            self.channels.insert(lun.uid, ch);
+        }
+        let ch = self
+            .channels
+            .get_mut(&lun.uid)
+            .ok_or(fail(IoErrorKind::Other))?;
+        // SAFETY: the iovecs point into the command's data buffer or the slot's
+        // scratch vector. Both are owned by the slot, which stays in the table, is
+        // not touched by the job (`step` is not called) and is not freed until this
+        // operation's completion has been reaped (`finish` on an aborted slot with
+        // I/O in flight waits for the completion, see `on_completion`).
+        unsafe { ch.submit(op, &self.iovs, r.user_data()) }
+            .map_err(|_| fail(IoErrorKind::Other))?;
+        slot.state = SlotState::Io(lun.uid);
+        Ok(())
+    }
+
+    /// Removes a command from its task set and queues its completion.
+    fn finish(&mut self, r: SlotRef, resp: Option<CmdResponse>) {
+        let Some(Some(slot)) = self.slots.get_mut(r.index as usize) else {
+            return;
+        };
+        if slot.gen != r.gen {
+            return;
+        }
+        let Some(slot) = self.slots[r.index as usize].take() else {
+            return;
+        };
+        self.gens[r.index as usize] = slot.gen.wrapping_add(1);
+        self.free.push(r.index);
+        let wake = slot
+            .lun
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(slot.seq);
+        wake.deliver();
+        let response = if slot.aborted { None } else { resp };
+        self.ready.push(Event::Cmd(Completed {
+            token: slot.cmd.token,
+            tag: slot.cmd.tag,
+            data: slot.cmd.data,
+            response,
+        }));
+    }
+
+    fn on_completion(&mut self, c: Completion) {
+        let r = SlotRef::from_user_data(c.user_data);
+        let Some(slot) = self.slot_mut(r) else { return };
+        if !matches!(slot.state, SlotState::Io(_)) {
+            return;
+        }
+        slot.state = SlotState::Queued;
+        if slot.aborted {
+            self.finish(r, None);
+        } else {
+            self.run_job(r, Some(c.result));
+        }
+    }
+
+    fn on_msg(&mut self, m: Msg) {
+        match m {
+            Msg::Start(r) => {
+                let Some(slot) = self.slot_mut(r) else { return };
+                match slot.state {
+                    SlotState::Queued if slot.job.is_none() => self.dispatch(r),
+                    SlotState::RangeWait => {
+                        slot.state = SlotState::Queued;
+                        self.run_job(r, None);
+                    }
+                    _ => {}
+                }
+            }
+            Msg::Abort(r) => {
+                let Some(slot) = self.slot_mut(r) else { return };
+                slot.aborted = true;
+                match slot.state {
+                    SlotState::Io(uid) => {
+                        // The completion (canceled or not) finishes it; until then
+                        // the buffers stay put.
+                        if let Some(ch) = self.channels.get_mut(&uid) {
+                            ch.cancel(r.user_data());
+                        }
+                    }
+                    SlotState::Queued | SlotState::RangeWait => self.finish(r, None),
+                }
+            }
+            Msg::TmfDrained(token) => self.tmf_drained(token),
+        }
+    }
+
+    /// Does everything that is ready: messages, backend completions. Appends what
+    /// finished to `out`. Never blocks.
+    pub fn poll(&mut self, out: &mut Vec<Event>) {
+        let _ = self.notify.read();
+        loop {
+            let msgs: Vec<Msg> =
+                std::mem::take(&mut *self.mailbox.msgs.lock().unwrap_or_else(|e| e.into_inner()));
+            let mut progress = !msgs.is_empty();
+            for m in msgs {
+                self.on_msg(m);
+            }
+            let mut reaped = std::mem::take(&mut self.reaped);
+            for ch in self.channels.values_mut() {
+                ch.reap(&mut reaped);
+            }
+            progress |= !reaped.is_empty();
+            for c in reaped.drain(..) {
+                self.on_completion(c);
+            }
+            self.reaped = reaped;
+            if !progress {
+                break;
+            }
+        }
+        out.append(&mut self.ready);
+    }
+
+    /// Blocks up to `timeout_ms` for the eventfd, then polls. For tests and simple
+    /// transports without their own epoll loop.
+    pub fn wait(&mut self, timeout_ms: i32, out: &mut Vec<Event>) {
+        if self.ready.is_empty() {
+            let mut pfd = libc::pollfd {
+                fd: self.notify.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: `pfd` is a valid pollfd for the duration of the call.
+            unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        }
+        self.poll(out);
+    }
+
+    /// Starts a task management function; its response comes back from `poll` as
+    /// `Event::Tmf` once every command it aborted is gone.
+    pub fn task_mgmt(&mut self, req: TmfRequest) {
+        let token = req.token;
+        let (targets, response, if_none) = match crate::tmf::plan(&req) {
+            Plan::Answer(response) => {
+                self.ready.push(Event::Tmf { token, response });
+                return;
+            }
+            Plan::Abort {
+                targets,
+                response,
+                if_none,
+            } => (targets, response, if_none),
+        };
+        let internal = self.next_tmf;
+        self.next_tmf += 1;
+        let mut waits = 0;
+        for (lun, sel) in targets {
+            let (hits, registered) = lun
+                .tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .abort_where(|t| sel.matches(t), Some((self.mailbox.clone(), internal)));
+            waits += usize::from(registered);
+            for (mb, slot) in hits {
+                mb.post(Msg::Abort(slot));
+            }
+        }
+        if waits == 0 {
+            self.ready.push(Event::Tmf {
+                token,
+                response: if_none,
+            });
+        } else {
+            self.tmfs.insert(
+                internal,
+                PendingTmf {
+                    remaining: waits,
+                    response,
+                    token,
+                },
+            );
+        }
+    }
+
+    /// The transport lost this I_T nexus (connection dropped, session closed): its
+    /// commands are aborted without responses, and the LUNs note the loss.
+    pub fn nexus_lost(&mut self, nexus: &Arc<Nexus>) {
+        for (_, lun) in nexus.luns.entries() {
+            crate::tmf::nexus_loss(&lun, nexus);
+            let (hits, _) = lun
+                .tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .abort_where(|t| t.nexus == nexus.id, None);
+            for (mb, slot) in hits {
+                mb.post(Msg::Abort(slot));
+            }
+        }
+    }
+
+    fn tmf_drained(&mut self, internal: u64) {
+        let Some(p) = self.tmfs.get_mut(&internal) else {
+            return;
+        };
+        p.remaining = p.remaining.saturating_sub(1);
+        if p.remaining > 0 {
+            return;
+        }
+        if let Some(p) = self.tmfs.remove(&internal) {
+            self.ready.push(Event::Tmf {
+                token: p.token,
+                response: p.response,
+            });
+        }
+    }
+}
+
+/// The checks of SAM-5/SPC-4 that precede every command, then its handler.
+fn run_handler(slot: &mut Slot, registry: &Arc<LunRegistry>) -> Result<Exec, CmdError> {
+    let cdb = slot.cmd.cdb;
+    let cdb = cdb.as_slice();
+    let key = &slot.nexus.key;
+    let lookup = opcodes::lookup(cdb);
+    let exempt = lookup.as_ref().is_ok_and(|i| i.has(flags::UA_EXEMPT));
+    if !exempt && slot.lun.ua.may_have(key) {
+        if let Some(a) = slot.lun.ua.pop(key) {
+            return Err(Sense::unit_attention(a).into());
+        }
+    }
+    let info = lookup?;
+    slot.info = Some(info);
+    opcodes::check_control(cdb, info.cdb_len())?;
+    crate::pr::check_access(&slot.lun, &slot.nexus, info, cdb)?;
+    if info.has(flags::WRITES) && slot.lun.config.read_only {
+        return Err(Sense::new(SenseKey::DataProtect, asc::WRITE_PROTECTED).into());
+    }
+    if info.has(flags::MEDIUM) {
+        crate::spc::check_ready(&slot.lun)?;
+    }
+    let mut ctx = CmdCtx {
+        lun: &slot.lun,
+        lun_number: slot.cmd.lun,
+        nexus: &slot.nexus,
+        cdb,
+        info,
+        data: slot.cmd.data.as_mut(),
+        registry,
+    };
+    (info.handler)(&mut ctx)
+}
+
+/// GOOD status; `wanted` is what the command meant to move, the buffer length is
+/// what the initiator expected.
+fn good_response(cmd: &ScsiCmd, wanted: u32, _data_out: bool) -> CmdResponse {
+    let have = u32::try_from(cmd.data.len()).unwrap_or(u32::MAX);
+    let mut resp = CmdResponse::good(wanted.min(have));
+    resp.residual = residual(have, wanted);
+    resp
+}
+
+fn residual(expected: u32, wanted: u32) -> Residual {
+    match expected.cmp(&wanted) {
+        std::cmp::Ordering::Greater => Residual::Under(expected - wanted),
+        std::cmp::Ordering::Less => Residual::Over(wanted - expected),
+        std::cmp::Ordering::Equal => Residual::None,
+    }
+}
+
+/// The response for a failed command, sense encoded as the LUN's control mode page
+/// says (D_SENSE).
+pub(crate) fn error_response(lun: &Lun, e: CmdError, cmd: &ScsiCmd) -> CmdResponse {
+    let format = crate::mode::sense_format(lun);
+    let have = u32::try_from(cmd.data.len()).unwrap_or(u32::MAX);
+    let (sense, sense_data) = match e {
+        CmdError::Check(s) => (Some(s.encode(format)), Some(s)),
+        _ => (None, None),
+    };
+    CmdResponse {
+        status: e.status(),
+        sense,
+        sense_data,
+        transferred: 0,
+        residual: if have > 0 {
+            Residual::Under(have)
+        } else {
+            Residual::None
+        },
+    }
+}
+
+/// A CHECK CONDITION response for a command with no LUN object (fixed format).
+pub(crate) fn check_response(s: Sense, cmd: &ScsiCmd) -> CmdResponse {
+    let have = u32::try_from(cmd.data.len()).unwrap_or(u32::MAX);
+    CmdResponse {
+        status: ScsiStatus::CheckCondition,
+        sense: Some(s.encode(SenseFormat::Fixed)),
+        sense_data: Some(s),
+        transferred: 0,
+        residual: if have > 0 {
+            Residual::Under(have)
+        } else {
+            Residual::None
+        },
+    }
+}
+
+/// A GOOD response carrying `bytes` of data-in for a command with no LUN object.
+pub(crate) fn data_response(bytes: &[u8], cmd: &mut ScsiCmd) -> CmdResponse {
+    cmd.data.write_at(0, bytes);
+    good_response(cmd, bytes.len() as u32, false)
+}
