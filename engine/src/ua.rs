@@ -97,13 +97,13 @@ impl UnitAttentions {
         inner.queues.get(key)?.front().copied()
     }
 
-    /// Cheap check for the hot path: `false` means no nexus has anything pending
-    /// and `key` has been seen before.
-    pub fn may_have(&self, key: &NexusKey) -> bool {
-        if self.pending.load(Ordering::Acquire) != 0 {
-            return true;
+    /// The hot-path check: with nothing pending on the LUN and a nexus the caller
+    /// knows has been here before (`known`), no lock is taken.
+    pub fn take(&self, key: &NexusKey, known: bool) -> Option<Asc> {
+        if known && self.pending.load(Ordering::Acquire) == 0 {
+            return None;
         }
-        !self.lock().seen.contains(key)
+        self.pop(key)
     }
 
     /// Drops every condition of `key` (e.g. after a nexus loss the caller queues
@@ -130,13 +130,16 @@ mod tests {
     #[test]
     fn first_contact_reports_power_on_then_nothing() {
         let ua = UnitAttentions::default();
-        assert!(ua.may_have(&key("a")));
         assert_eq!(
-            ua.pop(&key("a")),
+            ua.take(&key("a"), true),
+            None,
+            "a known nexus takes the fast path"
+        );
+        assert_eq!(
+            ua.take(&key("a"), false),
             Some(asc::POWER_ON_RESET_OR_BUS_DEVICE_RESET)
         );
-        assert_eq!(ua.pop(&key("a")), None);
-        assert!(!ua.may_have(&key("a")));
+        assert_eq!(ua.take(&key("a"), false), None);
     }
 
     #[test]
@@ -149,6 +152,5 @@ mod tests {
         assert_eq!(ua.pop(&key("a")), None);
         assert_eq!(ua.pop(&key("b")), Some(asc::CAPACITY_DATA_HAS_CHANGED));
         assert_eq!(ua.pop(&key("b")), None);
-        assert!(!ua.may_have(&key("b")));
     }
 }

@@ -5,7 +5,7 @@
 //! completed on this thread; backend channels are opened here per LUN. Other
 //! threads reach this one only through its mailbox (task set wake-ups, aborts).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
@@ -124,6 +124,9 @@ pub struct Worker {
     reaped: Vec<Completion>,
     tmfs: HashMap<u64, PendingTmf>,
     next_tmf: u64,
+    /// (nexus id, LUN uid) pairs that have had their first command here: their
+    /// unit attention check takes no lock while the LUN has none pending.
+    known: HashSet<(u64, u64)>,
 }
 
 /// Why a worker could not be made.
@@ -153,6 +156,7 @@ impl Worker {
             reaped: Vec::new(),
             tmfs: HashMap::new(),
             next_tmf: 1,
+            known: HashSet::new(),
         })
     }
 
@@ -256,12 +260,22 @@ impl Worker {
     /// Runs the checks and the handler of a command the task set let through.
     fn dispatch(&mut self, r: SlotRef) {
         let registry = self.registry.clone();
-        let Some(slot) = self.slot_mut(r) else { return };
+        let Some(Some(slot)) = self.slots.get_mut(r.index as usize) else {
+            return;
+        };
+        if slot.gen != r.gen {
+            return;
+        }
         if slot.aborted {
             self.finish(r, None);
             return;
         }
-        let result = run_handler(slot, &registry);
+        let pair = (slot.nexus.id, slot.lun.uid);
+        let known = self.known.contains(&pair);
+        let (result, ua_checked) = run_handler(slot, &registry, known);
+        if ua_checked && !known {
+            self.known.insert(pair);
+        }
         match result {
             Ok(Exec::Good(consumed)) => {
                 let resp = good_response(&slot.cmd, consumed, true);
@@ -560,6 +574,7 @@ impl Worker {
     /// The transport lost this I_T nexus (connection dropped, session closed): its
     /// commands are aborted without responses, and the LUNs note the loss.
     pub fn nexus_lost(&mut self, nexus: &Arc<Nexus>) {
+        self.known.retain(|(n, _)| *n != nexus.id);
         for (_, lun) in nexus.luns.entries() {
             crate::tmf::nexus_loss(&lun, nexus);
             let (hits, _) = lun
@@ -591,17 +606,31 @@ impl Worker {
 }
 
 /// The checks of SAM-5/SPC-4 that precede every command, then its handler.
-fn run_handler(slot: &mut Slot, registry: &Arc<LunRegistry>) -> Result<Exec, CmdError> {
+fn run_handler(
+    slot: &mut Slot,
+    registry: &Arc<LunRegistry>,
+    known: bool,
+) -> (Result<Exec, CmdError>, bool) {
     let cdb = slot.cmd.cdb;
     let cdb = cdb.as_slice();
     let key = &slot.nexus.key;
     let lookup = opcodes::lookup(cdb);
     let exempt = lookup.as_ref().is_ok_and(|i| i.has(flags::UA_EXEMPT));
-    if !exempt && slot.lun.ua.may_have(key) {
-        if let Some(a) = slot.lun.ua.pop(key) {
-            return Err(Sense::unit_attention(a).into());
+    if !exempt {
+        if let Some(a) = slot.lun.ua.take(key, known) {
+            return (Err(Sense::unit_attention(a).into()), true);
         }
     }
+    (checks_and_handler(slot, registry, lookup), !exempt)
+}
+
+fn checks_and_handler(
+    slot: &mut Slot,
+    registry: &Arc<LunRegistry>,
+    lookup: Result<&'static OpInfo, CmdError>,
+) -> Result<Exec, CmdError> {
+    let cdb = slot.cmd.cdb;
+    let cdb = cdb.as_slice();
     let info = lookup?;
     slot.info = Some(info);
     opcodes::check_control(cdb, info.cdb_len())?;
