@@ -132,7 +132,7 @@ impl LunMap {
 pub fn iscsi_transport_id(name: &str) -> Vec<u8> {
     let mut n = name.as_bytes().to_vec();
     n.push(0);
-    while n.len() % 4 != 0 || n.len() < 16 {
+    while !n.len().is_multiple_of(4) || n.len() < 16 {
         n.push(0);
     }
     let mut t = vec![Protocol::Iscsi as u8, 0];

@@ -209,8 +209,4 @@ impl TaskSet {
     pub fn any_from(&self, nexus: u64) -> bool {
         self.tasks.values().any(|t| t.nexus == nexus && !t.aborted)
     }
-
-    pub fn len(&self) -> usize {
-        self.tasks.len()
-    }
 }
