@@ -86,7 +86,11 @@ else
     src=$(bookworm_source) || die "no enabled apt source for the 'bookworm' suite found in /etc/apt"
     uri=${src%%$'\t'*}
     signed=${src#*$'\t'}
-    [ -n "$signed" ] || signed=/usr/share/keyrings/debian-archive-keyring.gpg
+    # A keyring path is reused; an inline key block (or none) is not.
+    case $signed in
+        /*) ;;
+        *) signed=/usr/share/keyrings/debian-archive-keyring.gpg ;;
+    esac
     log "adding bookworm-backports from the same URI as the bookworm source"
     cat >/etc/apt/sources.list.d/oxtarget-bookworm-backports.sources <<EOF
 # Added by oxtarget integration/install-deps.sh: QEMU for the guest tests.
