@@ -146,6 +146,16 @@ fi
 printf '%s\n' "$release" >"$cache/kernel/current.tmp"
 mv "$cache/kernel/current.tmp" "$cache/kernel/current"
 
+# Drop kernels this script unpacked before that are no longer current.
+for old in "$cache"/kernel/*/.oxtarget-package; do
+    [ -f "$old" ] || continue
+    dir=$(dirname "$old")
+    if [ "$(basename "$dir")" != "$release" ]; then
+        log "removing old kernel $dir"
+        rm -rf "$dir"
+    fi
+done
+
 # Let the user who ran sudo use and refresh the cache without root.
 if [ -n "${SUDO_UID:-}" ] && [ -n "${SUDO_GID:-}" ]; then
     chown -R "$SUDO_UID:$SUDO_GID" "$cache"

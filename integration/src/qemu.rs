@@ -327,7 +327,7 @@ impl GuestEnv {
                     report: Box::new(RunReport {
                         dir: tmp.keep(),
                         qemu_output: read_lossy(&qemu_log),
-                        results: read_lossy(&results_path).replace('\r', ""),
+                        results: read_results(&results_path),
                         console_tail: tail(&read_lossy(&console_log), TAIL_LINES),
                         console: console_log,
                     }),
@@ -337,7 +337,7 @@ impl GuestEnv {
         };
         let elapsed = start.elapsed();
 
-        let raw = read_lossy(&results_path).replace('\r', "");
+        let raw = read_results(&results_path);
         let mut results = String::new();
         let mut script_status = None;
         let mut insmod_failures = Vec::new();
@@ -375,6 +375,14 @@ fn read_lossy(path: &Path) -> String {
     fs::read(path)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_else(|e| format!("<cannot read {}: {e}>", path.display()))
+}
+
+/// The results port's text without the CRs a tty may add; empty if QEMU
+/// never created the file.
+fn read_results(path: &Path) -> String {
+    fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
+        .unwrap_or_default()
 }
 
 fn tail(text: &str, n: usize) -> String {

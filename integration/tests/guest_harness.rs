@@ -103,3 +103,28 @@ fn hard_timeout_kills_qemu() {
     assert!(err.to_string().contains("console tail"), "{err}");
     let _ = std::fs::remove_dir_all(&report.dir);
 }
+
+#[test]
+fn qemu_refusing_its_arguments_is_reported() {
+    let Some(env) = GuestEnv::require() else {
+        return;
+    };
+    let initramfs = Initramfs::standard()
+        .build(env)
+        .unwrap_or_else(|e| panic!("building the initramfs: {e}"));
+    let config = GuestConfig::new(&initramfs, "true\n").args(["-device", "no-such-device"]);
+    let run = env.run(&config).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!run.qemu_status.success());
+    assert_eq!(run.script_status, None);
+    assert!(run.results.is_empty(), "{:?}", run.results);
+    let err = run.check().expect_err("QEMU failed");
+    let text = err.to_string();
+    assert!(text.contains("QEMU exited with"), "{text}");
+    assert!(
+        text.contains("no-such-device"),
+        "QEMU's own message quoted: {text}"
+    );
+    if let Error::GuestFailed { report, .. } = &err {
+        let _ = std::fs::remove_dir_all(&report.dir);
+    }
+}
