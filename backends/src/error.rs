@@ -15,7 +15,11 @@ pub enum BackendError {
     #[error("queue full ({0} operations in flight)")]
     QueueFull(usize),
     #[error("{op} at offset {offset}: {source}")]
-    Io { op: &'static str, offset: u64, source: io::Error },
+    Io {
+        op: &'static str,
+        offset: u64,
+        source: io::Error,
+    },
     #[error("io_uring: {0}")]
     Uring(io::Error),
 }
@@ -50,7 +54,11 @@ pub struct IoError {
 
 impl IoError {
     pub fn new(kind: IoErrorKind, errno: i32, offset: Option<u64>) -> Self {
-        Self { kind, errno, offset }
+        Self {
+            kind,
+            errno,
+            offset,
+        }
     }
 
     /// Classifies an errno from a read or write at `offset`.
@@ -64,7 +72,11 @@ impl IoError {
             libc::EIO | libc::ENODATA | libc::EILSEQ => IoErrorKind::Read,
             _ => IoErrorKind::Other,
         };
-        Self { kind, errno, offset }
+        Self {
+            kind,
+            errno,
+            offset,
+        }
     }
 }
 

@@ -27,7 +27,10 @@ pub struct RamStore {
 
 impl RamStore {
     pub fn new(size: u64) -> Arc<Self> {
-        Arc::new(Self { size: AtomicU64::new(size), chunks: RwLock::new(HashMap::new()) })
+        Arc::new(Self {
+            size: AtomicU64::new(size),
+            chunks: RwLock::new(HashMap::new()),
+        })
     }
 
     /// Bytes of memory allocated for data.
@@ -40,7 +43,11 @@ impl RamStore {
         let end = offset.checked_add(len);
         match end {
             Some(end) if end <= self.size.load(Ordering::Acquire) => Ok(()),
-            _ => Err(IoError::new(IoErrorKind::OutOfRange, libc::EINVAL, Some(offset))),
+            _ => Err(IoError::new(
+                IoErrorKind::OutOfRange,
+                libc::EINVAL,
+                Some(offset),
+            )),
         }
     }
 
@@ -71,7 +78,9 @@ impl RamStore {
             let pos = offset + done as u64;
             let (idx, within) = (pos / CHUNK, (pos % CHUNK) as usize);
             let n = (CHUNK as usize - within).min(src.len() - done);
-            let c = chunks.entry(idx).or_insert_with(|| vec![0u8; CHUNK as usize].into());
+            let c = chunks
+                .entry(idx)
+                .or_insert_with(|| vec![0u8; CHUNK as usize].into());
             c[within..within + n].copy_from_slice(&src[done..done + n]);
             done += n;
         }
@@ -102,7 +111,9 @@ impl RamStore {
     pub fn block_status(&self, offset: u64, len: u64) -> Result<Extent, BackendError> {
         let size = self.size.load(Ordering::Acquire);
         if offset >= size {
-            return Err(BackendError::Config(format!("offset {offset} past end {size}")));
+            return Err(BackendError::Config(format!(
+                "offset {offset} past end {size}"
+            )));
         }
         let _ = len;
         let chunks = self.chunks.read().unwrap_or_else(|e| e.into_inner());
@@ -123,7 +134,11 @@ impl RamStore {
             i += 1;
         }
         let end = (i * CHUNK).min(size);
-        Ok(Extent { offset, len: end - offset, state })
+        Ok(Extent {
+            offset,
+            len: end - offset,
+            state,
+        })
     }
 
     pub fn resize(&self, new_size: u64) -> Result<(), BackendError> {
@@ -138,7 +153,6 @@ impl RamStore {
         }
         Ok(())
     }
-
 }
 
 /// The RAM backend: a handle on the shared store.
@@ -174,7 +188,11 @@ impl Backend for RamBackend {
             offset: 0,
             source: e,
         })?;
-        Ok(Box::new(RamChannel { store: self.0.clone(), done: Vec::new(), notify }))
+        Ok(Box::new(RamChannel {
+            store: self.0.clone(),
+            done: Vec::new(),
+            notify,
+        }))
     }
     fn block_status(&self, offset: u64, len: u64) -> Result<Extent, BackendError> {
         self.0.block_status(offset, len)
