@@ -13,6 +13,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub mod blockdev;
 mod error;
+pub mod fault;
 pub mod file;
 pub mod null;
 mod op;
@@ -21,6 +22,7 @@ mod threadpool;
 mod uring;
 pub use blockdev::{BlockDevBackend, BlockDevOptions};
 pub use error::{BackendError, IoError, IoErrorKind};
+pub use fault::{FaultAction, FaultBackend, FaultControl, FaultRule, OpKind, OpMatch, RuleId};
 pub use file::{FileBackend, FileOptions};
 pub use null::NullBackend;
 pub use ram::RamBackend;
