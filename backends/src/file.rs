@@ -420,6 +420,92 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn falls_back_to_threads_when_io_uring_is_unavailable() {
+        let (_d, _p, b) = backend(1 << 20, opts(IoEngine::Uring, false));
+        let e = efd();
+        // A working ring needs no pool for reads and writes.
+        let mut ch = b.open_channel(&e).unwrap();
+        let mut w = vec![5u8; 4096];
+        let iov = [libc::iovec {
+            iov_base: w.as_mut_ptr().cast(),
+            iov_len: 4096,
+        }];
+        let c = run(
+            &mut *ch,
+            &e,
+            IoOp::Write {
+                offset: 0,
+                fua: false,
+            },
+            &iov,
+            1,
+        );
+        assert_eq!(c.result, Ok(4096));
+        let uring_here = !b.pool.started();
+        drop(ch);
+        crate::uring::tests::NO_URING.with(|f| f.set(true));
+        let mut ch = b.open_channel(&e).unwrap();
+        let mut r = vec![0u8; 4096];
+        let iov = [libc::iovec {
+            iov_base: r.as_mut_ptr().cast(),
+            iov_len: 4096,
+        }];
+        let c = run(&mut *ch, &e, IoOp::Read { offset: 0 }, &iov, 2);
+        assert_eq!(c.result, Ok(4096));
+        assert_eq!(r, w);
+        assert!(b.pool.started(), "the fallback channel runs on the pool");
+        if !uring_here {
+            println!("note: io_uring unavailable here; both channels used threads");
+        }
+    }
+
+    #[test]
+    fn more_iovecs_than_iov_max_are_split() {
+        for engine in engines() {
+            let (_d, path, b) = backend(1 << 20, opts(engine, false));
+            let e = efd();
+            let mut ch = b.open_channel(&e).unwrap();
+            // 1500 iovecs of 100 bytes each, every one with its own byte value.
+            let mut bufs: Vec<Vec<u8>> = (0..1500).map(|i| vec![(i % 251) as u8; 100]).collect();
+            let iov: Vec<libc::iovec> = bufs
+                .iter_mut()
+                .map(|b| libc::iovec {
+                    iov_base: b.as_mut_ptr().cast(),
+                    iov_len: b.len(),
+                })
+                .collect();
+            let c = run(
+                &mut *ch,
+                &e,
+                IoOp::Write {
+                    offset: 7,
+                    fua: false,
+                },
+                &iov,
+                1,
+            );
+            assert_eq!(c.result, Ok(150_000), "{engine:?}");
+            let data = std::fs::read(&path).unwrap();
+            for i in 0..1500 {
+                let at = 7 + i * 100;
+                assert!(
+                    data[at..at + 100].iter().all(|&x| x == (i % 251) as u8),
+                    "iovec {i}"
+                );
+            }
+            for b in &mut bufs {
+                b.fill(0);
+            }
+            let c = run(&mut *ch, &e, IoOp::Read { offset: 7 }, &iov, 2);
+            assert_eq!(c.result, Ok(150_000));
+            assert!(bufs
+                .iter()
+                .enumerate()
+                .all(|(i, b)| b.iter().all(|&x| x == (i % 251) as u8)));
+        }
+    }
+
+    #[test]
     fn out_of_range_and_read_only() {
         for engine in engines() {
             let (_d, path, b) = backend(65536, opts(engine, false));

@@ -216,6 +216,12 @@ impl PoolCell {
         *p = Some(pool.clone());
         Ok(pool)
     }
+
+    /// Whether the pool's threads have been started.
+    #[cfg(test)]
+    pub fn started(&self) -> bool {
+        lock(&self.pool).is_some()
+    }
 }
 
 /// One channel's connection to a pool: its sink and what it has handed over.

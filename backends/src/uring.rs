@@ -59,6 +59,10 @@ impl UringChannel {
         depth: u32,
     ) -> Result<Self, BackendError> {
         let depth = depth.clamp(1, 4096);
+        #[cfg(test)]
+        if tests::NO_URING.with(std::cell::Cell::get) {
+            return Err(uring_err(io::Error::from_raw_os_error(libc::ENOSYS)));
+        }
         let ring = IoUring::builder()
             .setup_cqsize(depth.saturating_mul(2))
             .build(depth)
@@ -385,9 +389,14 @@ impl Drop for UringChannel {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::file::tests::run;
+
+    thread_local! {
+        /// Makes ring setup fail on this (test) thread, as on a kernel without io_uring.
+        pub(crate) static NO_URING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
     use crate::op::TargetKind;
     use std::os::fd::OwnedFd;
     use std::sync::atomic::AtomicU64;
