@@ -190,6 +190,9 @@ impl Backend for BlockDevBackend {
     }
 
     fn open_channel(&self, notify: &EventFd) -> Result<Box<dyn IoChannel>, BackendError> {
+        // Discards and zeroing always run on the pool: start it now, not on the first
+        // discard on some worker's hot path.
+        self.pool.get()?;
         crate::file::open_channel(
             &self.target,
             &self.pool,

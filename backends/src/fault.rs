@@ -877,7 +877,7 @@ mod tests {
         let (ram, fb, ctl, e) = setup();
         ctl.add(FaultRule::new(
             OpMatch::kind(OpKind::Write),
-            FaultAction::Delay(Duration::from_millis(80)),
+            FaultAction::Delay(Duration::from_millis(300)),
         ));
         let mut ch = fb.open_channel(&e).unwrap();
         let mut w = vec![3u8; 4096];
@@ -897,7 +897,7 @@ mod tests {
         .unwrap();
         // SAFETY: as above.
         unsafe { ch.submit(IoOp::Read { offset: 4096 }, &iov(&mut r), 2) }.unwrap();
-        assert!(t0.elapsed() < Duration::from_millis(50));
+        assert!(t0.elapsed() < Duration::from_millis(150));
         let mut out = Vec::new();
         ch.reap(&mut out);
         assert_eq!(out.len(), 1);
@@ -905,7 +905,7 @@ mod tests {
         assert_eq!(ram.0.allocated(), 0);
         let c = wait_for(&mut *ch, &e, 1);
         assert_eq!(c.result, Ok(4096));
-        assert!(t0.elapsed() >= Duration::from_millis(80));
+        assert!(t0.elapsed() >= Duration::from_millis(300));
         assert_eq!(ram.0.allocated(), crate::ram::CHUNK);
         // A delayed op canceled before it is due never lands.
         // SAFETY: as above.

@@ -1,6 +1,6 @@
 //! Regular-file backend: an image file, buffered or `O_DIRECT`, read-write or
 //! read-only. Data moves with io_uring by default (one ring per channel, see
-//! [`crate::uring`]) or with a small thread pool ([`crate::threadpool`]) when io_uring
+//! `uring.rs`) or with a small thread pool (`threadpool.rs`) when io_uring
 //! is unavailable or not wanted. Discard punches holes, write zeroes zeroes ranges with
 //! `fallocate`, FUA writes use `RWF_DSYNC` and flush is `fdatasync`. Holes are reported
 //! with one `SEEK_DATA`/`SEEK_HOLE` pair.

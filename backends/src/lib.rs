@@ -4,6 +4,14 @@
 //! the thread submits operations with its own iovecs (guest memory, pooled buffers)
 //! and later reaps their completions, woken by an eventfd that sits in its epoll set.
 //! Nothing here blocks the submitting thread on a slow device.
+//!
+//! Backends: [`file`](mod@file) (image files) and [`blockdev`] (block devices) move data with
+//! io_uring, one ring per channel with the thread's eventfd registered, or with a
+//! small per-backend thread pool where io_uring is missing or not wanted, and for the
+//! synchronous block ioctls; both engines run one shared per-operation state machine
+//! (short transfers, end of file, discard fallbacks). [`ram`] and [`null`] complete
+//! inline. [`fault`] wraps any backend to fail, delay or hold chosen operations in
+//! tests. [`open`] builds any of them from a [`BackendSpec`].
 
 use std::os::fd::RawFd;
 use std::path::PathBuf;

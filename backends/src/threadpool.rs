@@ -364,7 +364,7 @@ mod tests {
             size: AtomicU64::new(32 << 20),
         });
         let e = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        // One thread: the big write keeps it busy while the small one waits in the queue.
+        // One thread: the big writes keep it busy while the small one waits in the queue.
         let mut ch = ThreadChannel::new(t, Pool::new(1, "t").unwrap(), &e).unwrap();
         let mut big = vec![1u8; 16 << 20];
         let mut small = vec![2u8; 4096];
@@ -376,33 +376,39 @@ mod tests {
             iov_base: small.as_mut_ptr().cast(),
             iov_len: 4096,
         }];
-        // SAFETY: both buffers outlive the waits below.
+        // SAFETY: both buffers outlive the waits below (the big writes only read
+        // theirs, so sharing it between them is harmless).
         unsafe {
-            ch.submit(
-                IoOp::Write {
-                    offset: 0,
-                    fua: true,
-                },
-                &big_iov,
-                1,
-            )
-            .unwrap();
+            for ud in 1..=4 {
+                ch.submit(
+                    IoOp::Write {
+                        offset: 0,
+                        fua: true,
+                    },
+                    &big_iov,
+                    ud,
+                )
+                .unwrap();
+            }
             ch.submit(
                 IoOp::Write {
                     offset: 20 << 20,
                     fua: false,
                 },
                 &small_iov,
-                2,
+                10,
             )
             .unwrap();
         }
-        assert!(ch.cancel(2));
+        // Four 16 MiB synchronous writes stand between the worker and the small one.
+        assert!(ch.cancel(10));
         assert!(!ch.cancel(99));
-        let c = wait_for(&mut ch, &e, 2);
+        let c = wait_for(&mut ch, &e, 10);
         assert_eq!(c.result.unwrap_err().kind, IoErrorKind::Canceled);
-        let c = wait_for(&mut ch, &e, 1);
-        assert_eq!(c.result, Ok(16 << 20));
+        for ud in 1..=4 {
+            let c = wait_for(&mut ch, &e, ud);
+            assert_eq!(c.result, Ok(16 << 20));
+        }
         assert_eq!(ch.in_flight(), 0);
         let mut got = [0u8; 4096];
         std::os::unix::fs::FileExt::read_exact_at(&check, &mut got, 20 << 20).unwrap();
