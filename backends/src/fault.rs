@@ -933,6 +933,59 @@ mod tests {
     }
 
     #[test]
+    fn wraps_an_asynchronous_file_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.img");
+        let file =
+            crate::FileBackend::create(&path, 1 << 20, crate::FileOptions::default()).unwrap();
+        let fb = FaultBackend::new(Arc::new(file));
+        let ctl = fb.control();
+        ctl.add(FaultRule::new(
+            OpMatch::kind(OpKind::Write).overlapping(0, 4096),
+            FaultAction::Hold,
+        ));
+        let e = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut ch = fb.open_channel(&e).unwrap();
+        let mut a = vec![1u8; 4096];
+        let mut b = vec![2u8; 4096];
+        let mut r = vec![0u8; 4096];
+        // SAFETY: the buffers outlive the channel.
+        unsafe {
+            ch.submit(
+                IoOp::Write {
+                    offset: 0,
+                    fua: true,
+                },
+                &iov(&mut a),
+                1,
+            )
+            .unwrap();
+            // Outside the held range: goes straight through.
+            ch.submit(
+                IoOp::Write {
+                    offset: 4096,
+                    fua: true,
+                },
+                &iov(&mut b),
+                2,
+            )
+            .unwrap();
+        }
+        assert_eq!(wait_for(&mut *ch, &e, 2).result, Ok(4096));
+        // SAFETY: as above.
+        unsafe { ch.submit(IoOp::Read { offset: 0 }, &iov(&mut r), 3) }.unwrap();
+        assert_eq!(wait_for(&mut *ch, &e, 3).result, Ok(4096));
+        assert!(r.iter().all(|&x| x == 0));
+        assert_eq!(ch.in_flight(), 1);
+        ctl.release();
+        assert_eq!(wait_for(&mut *ch, &e, 1).result, Ok(4096));
+        let data = std::fs::read(&path).unwrap();
+        assert!(data[..4096].iter().all(|&x| x == 1));
+        assert!(data[4096..8192].iter().all(|&x| x == 2));
+        assert!(fb.describe().starts_with("fault:file:"));
+    }
+
+    #[test]
     fn wait_held_across_threads_and_timeout() {
         let (_ram, fb, ctl, e) = setup();
         ctl.add(FaultRule::new(
