@@ -85,6 +85,7 @@ impl Fixture {
             worker,
             nexus,
             next_token: 1,
+            _dir: None,
         };
         f.clear_power_on_ua();
         f
