@@ -63,6 +63,10 @@ const SA_COPY_STATUS: u8 = 0x00;
 const SA_OPERATING_PARAMETERS: u8 = 0x03;
 const SA_FAILED_SEGMENT_DETAILS: u8 = 0x04;
 
+/// The most of a parameter list the handler looks at.
+const MAX_PARAM_COPY: usize = 64 << 10;
+const _: () = assert!(MAX_PARAM_COPY >= parse::HEADER_LEN + MAX_DESCRIPTOR_LIST_LEN as usize);
+
 fn be32(b: &[u8], at: usize) -> u32 {
     match b.get(at..at + 4) {
         Some(s) => u32::from_be_bytes([s[0], s[1], s[2], s[3]]),
@@ -76,7 +80,13 @@ fn extended_copy(ctx: &mut CmdCtx<'_>) -> ExecResult {
         // Not an error (SPC-4 6.4.1): nothing to do.
         return Ok(Exec::Good(0));
     }
-    let data = ctx.data_out(usize::try_from(len).unwrap_or(usize::MAX));
+    // A valid list is at most the header and MAX_DESCRIPTOR_LIST_LEN bytes (no
+    // inline data): copying more of a huge buffer would only waste time.
+    let data = ctx.data_out(
+        usize::try_from(len)
+            .unwrap_or(usize::MAX)
+            .min(MAX_PARAM_COPY),
+    );
     let params = parse_xcopy(&data)?;
     let record = ctx
         .lun

@@ -593,3 +593,58 @@ fn third_party_copy_vpd_page_lists_the_commands() {
     assert_eq!(off, p.len());
     assert_eq!(types, vec![0x0001, 0x0004, 0x0008, 0x8001]);
 }
+
+#[test]
+fn write_range_only_when_every_destination_is_this_lun() {
+    let f = Fixture::ram();
+    let (lun1, _) = second_lun(&f, 512, false);
+    let naa0 = f.lun.naa();
+    let p = parse_xcopy(&param_list(
+        1,
+        HOLD,
+        &[target_desc(&naa0, 512), target_desc(&lun1.naa(), 512)],
+        &[seg_desc(1, 0, 8, 0, 100), seg_desc(0, 0, 4, 0, 40)],
+    ))
+    .unwrap();
+    let plans = job::resolve(&f.registry, &f.lun, &p).unwrap();
+    assert_eq!(
+        job::write_range(&f.lun, &plans),
+        Some(crate::exec::LbaRange {
+            lba: 40,
+            blocks: 68,
+            exclusive: false
+        })
+    );
+    let p = parse_xcopy(&param_list(
+        1,
+        HOLD,
+        &[target_desc(&naa0, 512), target_desc(&lun1.naa(), 512)],
+        &[seg_desc(0, 1, 8, 0, 100)],
+    ))
+    .unwrap();
+    let plans = job::resolve(&f.registry, &f.lun, &p).unwrap();
+    assert_eq!(job::write_range(&f.lun, &plans), None);
+}
+
+#[test]
+fn stopped_copy_target_is_unreachable() {
+    let mut f = Fixture::ram();
+    let (lun1, _) = second_lun(&f, 512, false);
+    lun1.media.lock().unwrap().stopped = true;
+    let naa0 = f.lun.naa();
+    let list = param_list(
+        1,
+        HOLD,
+        &[target_desc(&naa0, 512), target_desc(&lun1.naa(), 512)],
+        &[seg_desc(0, 1, 1, 0, 0)],
+    );
+    let r = xcopy(&mut f, list.clone());
+    assert_check(
+        &r,
+        SenseKey::CopyAborted,
+        asc::COPY_TARGET_DEVICE_NOT_REACHABLE,
+    );
+    lun1.media.lock().unwrap().stopped = false;
+    let r = xcopy(&mut f, list);
+    assert_good(&r);
+}
