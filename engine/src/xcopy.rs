@@ -21,6 +21,10 @@
 //! ADDITIONAL SENSE INFORMATION. A segment naming an unknown LUN, or a descriptor
 //! the list does not have, is COPY TARGET DEVICE NOT REACHABLE (as LIO answers).
 //!
+//! Reach: any LUN of the daemon is a copy target, found by its NAA designator,
+//! even one the I_T nexus has not mapped (LIO limits copy targets to the LUNs of
+//! the initiator's ACL; doing the same here is a check in `job::target`).
+//!
 //! Atomicity: a copy is not atomic, and need not be (SPC-4 makes no such promise;
 //! LIO's and SCST's copies are series of READs and WRITEs). It does declare a
 //! shared write range when every destination is the LUN the command came to, so
