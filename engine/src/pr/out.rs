@@ -137,7 +137,8 @@ pub(crate) fn tid_initiator(tid: &[u8]) -> Option<Arc<str>> {
 #[derive(Default)]
 struct Effects {
     uas: Vec<(NexusKey, Asc)>,
-    abort: Vec<NexusKey>,
+    /// Registrations whose I_T nexuses lose their commands (PREEMPT AND ABORT).
+    abort: Vec<Registration>,
 }
 
 impl Effects {
@@ -300,9 +301,7 @@ fn preempt(
     for r in &gone {
         fx.ua(r, asc::REGISTRATIONS_PREEMPTED);
         if abort {
-            if let Some(k) = r.ua_key() {
-                fx.abort.push(k);
-            }
+            fx.abort.push(r.clone());
         }
     }
     if takes_reservation {
@@ -442,8 +441,12 @@ fn prout(ctx: &mut CmdCtx<'_>) -> ExecResult {
         }
     }
     if !fx.abort.is_empty() {
-        let keys = fx.abort;
-        crate::taskset::abort_nexuses(&ctx.lun.tasks, |k| keys.contains(k), ctx.nexus.id);
+        let gone = fx.abort;
+        let pred = |k: &NexusKey| {
+            gone.iter()
+                .any(|r| r.matches(&k.initiator, k.relative_port, &[]))
+        };
+        crate::taskset::abort_nexuses(&ctx.lun.tasks, pred, ctx.nexus.id);
     }
     Ok(Exec::Good(u32::try_from(plen).unwrap_or(u32::MAX)))
 }

@@ -20,16 +20,29 @@ fn check_third_party(ctx: &CmdCtx<'_>) -> Result<(), CmdError> {
     Ok(())
 }
 
+/// With persistent registrations present (SPC-4 5.13.3, CRH = 1), RESERVE and
+/// RELEASE complete with GOOD and change nothing when they come from the
+/// persistent reservation holder, or from a registered I_T nexus while a
+/// registrants-only or all-registrants reservation exists; otherwise they
+/// conflict (SPC-2 5.5.1). `None`: no persistent state, SPC-2 rules apply.
+fn crh(st: &super::PrState, ctx: &CmdCtx<'_>) -> Option<ExecResult> {
+    if !st.has_pr() {
+        return None;
+    }
+    let shared = st
+        .res
+        .is_some_and(|r| r.ptype.registrants_only() || r.ptype.all_registrants());
+    Some(match st.reg_of(ctx.nexus) {
+        Some(r) if shared || st.is_holder(r) => Ok(Exec::Good(0)),
+        _ => Err(CmdError::ReservationConflict),
+    })
+}
+
 fn reserve(ctx: &mut CmdCtx<'_>) -> ExecResult {
     check_third_party(ctx)?;
     let mut st = super::lock(ctx.lun);
-    if st.has_pr() {
-        // SPC-4 5.13.3: the persistent reservation holder gets GOOD and nothing
-        // changes; everyone else conflicts.
-        return match st.reg_of(ctx.nexus) {
-            Some(r) if st.is_holder(r) => Ok(Exec::Good(0)),
-            _ => Err(CmdError::ReservationConflict),
-        };
+    if let Some(r) = crh(&st, ctx) {
+        return r;
     }
     match &st.spc2 {
         Some(h) if *h != ctx.nexus.key => Err(CmdError::ReservationConflict),
@@ -43,12 +56,8 @@ fn reserve(ctx: &mut CmdCtx<'_>) -> ExecResult {
 fn release(ctx: &mut CmdCtx<'_>) -> ExecResult {
     check_third_party(ctx)?;
     let mut st = super::lock(ctx.lun);
-    if st.has_pr() {
-        // SPC-4 5.13.3: GOOD without effect from a registered I_T nexus.
-        return match st.reg_of(ctx.nexus) {
-            Some(_) => Ok(Exec::Good(0)),
-            None => Err(CmdError::ReservationConflict),
-        };
+    if let Some(r) = crh(&st, ctx) {
+        return r;
     }
     // RELEASE from another I_T nexus, or with no reservation: GOOD, no effect.
     if st.spc2.as_ref() == Some(&ctx.nexus.key) {

@@ -932,21 +932,18 @@ fn reserve6_with_persistent_reservations() {
     let n1 = f.nexus.clone();
     let n2 = f.second_nexus(N2);
     register(&mut f, &n1, 1);
-    // Registrations exist: RESERVE conflicts, RELEASE from a registrant is GOOD.
-    assert_eq!(
-        status(&mut f, &n1, &RESERVE6),
-        ScsiStatus::ReservationConflict
-    );
-    assert_eq!(
-        status(&mut f, &n2, &RESERVE6),
-        ScsiStatus::ReservationConflict
-    );
-    assert_eq!(status(&mut f, &n1, &RELEASE6), ScsiStatus::Good);
-    assert_eq!(
-        status(&mut f, &n2, &RELEASE6),
-        ScsiStatus::ReservationConflict
-    );
-    // The persistent reservation holder's RESERVE is GOOD and changes nothing.
+    // Registrations exist: RESERVE and RELEASE conflict for everyone.
+    for n in [&n1, &n2] {
+        assert_eq!(
+            status(&mut f, n, &RESERVE6),
+            ScsiStatus::ReservationConflict
+        );
+        assert_eq!(
+            status(&mut f, n, &RELEASE6),
+            ScsiStatus::ReservationConflict
+        );
+    }
+    // The persistent reservation holder gets GOOD and nothing changes.
     assert_good(&prout(
         &mut f,
         &n1,
@@ -956,11 +953,32 @@ fn reserve6_with_persistent_reservations() {
         0,
     ));
     assert_eq!(status(&mut f, &n1, &RESERVE6), ScsiStatus::Good);
+    assert_eq!(status(&mut f, &n1, &RELEASE6), ScsiStatus::Good);
     assert_eq!(
         read_reservation(&mut f),
         Some((1, PrType::WriteExclusive.code()))
     );
     assert!(can_read(&mut f, &n2));
+    // A registered non-holder: RESERVATION CONFLICT under Write Exclusive, GOOD
+    // under a registrants-only reservation.
+    register(&mut f, &n2, 2);
+    assert_eq!(
+        status(&mut f, &n2, &RELEASE6),
+        ScsiStatus::ReservationConflict
+    );
+    assert_good(&prout(
+        &mut f,
+        &n1,
+        SA_RELEASE,
+        PrType::WriteExclusive,
+        1,
+        0,
+    ));
+    let t = PrType::WriteExclusiveRegistrantsOnly;
+    assert_good(&prout(&mut f, &n1, SA_RESERVE, t, 1, 0));
+    assert_eq!(status(&mut f, &n2, &RESERVE6), ScsiStatus::Good);
+    assert_eq!(status(&mut f, &n2, &RELEASE6), ScsiStatus::Good);
+    assert_eq!(read_reservation(&mut f), Some((1, t.code())));
 }
 
 #[test]
