@@ -1002,3 +1002,45 @@ fn persistent_reservations_survive_nexus_loss_and_lun_reset() {
         Some((1, PrType::ExclusiveAccess.code()))
     );
 }
+
+#[test]
+fn all_tg_pt_registration_covers_every_target_port() {
+    let mut f = Fixture::ram();
+    let n1 = f.nexus.clone();
+    let port2 = Arc::new(crate::nexus::TargetPort {
+        name: "iqn.2026-11.org.oxtarget:test,t,0x0002".into(),
+        protocol: crate::nexus::Protocol::Iscsi,
+        relative_id: 2,
+        group_id: 1,
+    });
+    let same_init = Fixture::make_nexus(&port2, &f.map, &n1.key.initiator);
+    let _ = take_ua(&mut f, &same_init);
+    // Without ALL_TG_PT the other port's nexus is not registered.
+    register(&mut f, &n1, 5);
+    let r = prout(&mut f, &same_init, SA_RESERVE, PrType::WriteExclusive, 5, 0);
+    assert_eq!(r.status, ScsiStatus::ReservationConflict);
+    assert_good(&prout(
+        &mut f,
+        &n1,
+        SA_REGISTER,
+        PrType::WriteExclusive,
+        5,
+        0,
+    ));
+    // With it, it is.
+    let r = prout_flags(&mut f, &n1, SA_REGISTER, PrType::WriteExclusive, 0, 6, 0x04);
+    assert_good(&r);
+    assert_good(&prout(
+        &mut f,
+        &same_init,
+        SA_RESERVE,
+        PrType::WriteExclusive,
+        6,
+        0,
+    ));
+    assert!(can_write(&mut f, &n1));
+    assert_eq!(
+        read_reservation(&mut f),
+        Some((6, PrType::WriteExclusive.code()))
+    );
+}
