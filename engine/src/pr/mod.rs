@@ -116,14 +116,6 @@ impl Registration {
         };
         who && (self.all_tg_pt || self.rel_port == rel_port)
     }
-
-    /// The nexus key unit attentions for this registrant go to.
-    pub fn ua_key(&self) -> Option<NexusKey> {
-        self.initiator.as_ref().map(|i| NexusKey {
-            initiator: i.clone(),
-            relative_port: self.rel_port,
-        })
-    }
 }
 
 /// The persistent reservation (LU_SCOPE is the only scope).

@@ -136,16 +136,15 @@ pub(crate) fn tid_initiator(tid: &[u8]) -> Option<Arc<str>> {
 /// I_T nexuses whose commands to abort, after the lock is dropped.
 #[derive(Default)]
 struct Effects {
-    uas: Vec<(NexusKey, Asc)>,
+    /// Unit attentions for every I_T nexus of a registration.
+    uas: Vec<(Registration, Asc)>,
     /// Registrations whose I_T nexuses lose their commands (PREEMPT AND ABORT).
     abort: Vec<Registration>,
 }
 
 impl Effects {
     fn ua(&mut self, r: &Registration, a: Asc) {
-        if let Some(k) = r.ua_key() {
-            self.uas.push((k, a));
-        }
+        self.uas.push((r.clone(), a));
     }
 }
 
@@ -435,10 +434,10 @@ fn prout(ctx: &mut CmdCtx<'_>) -> ExecResult {
             }
         }
     }
-    for (k, a) in fx.uas {
-        if k != ctx.nexus.key {
-            ctx.lun.ua.establish(&k, a);
-        }
+    let me = &ctx.nexus.key;
+    for (r, a) in fx.uas {
+        let pred = |k: &NexusKey| k != me && r.matches(&k.initiator, k.relative_port, &[]);
+        ctx.lun.ua.establish_matching(a, pred);
     }
     if !fx.abort.is_empty() {
         let gone = fx.abort;

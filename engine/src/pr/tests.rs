@@ -1043,4 +1043,21 @@ fn all_tg_pt_registration_covers_every_target_port() {
         read_reservation(&mut f),
         Some((6, PrType::WriteExclusive.code()))
     );
+    // Another initiator preempts it: the initiator's nexuses on both ports hear.
+    let n2 = f.second_nexus(N2);
+    register(&mut f, &n2, 7);
+    assert_good(&prout(
+        &mut f,
+        &n2,
+        SA_PREEMPT,
+        PrType::ExclusiveAccess,
+        7,
+        6,
+    ));
+    assert_eq!(take_ua(&mut f, &n1), Some(asc::REGISTRATIONS_PREEMPTED));
+    assert_eq!(
+        take_ua(&mut f, &same_init),
+        Some(asc::REGISTRATIONS_PREEMPTED)
+    );
+    assert_eq!(take_ua(&mut f, &n2), None);
 }
