@@ -217,6 +217,7 @@ impl Worker {
         let r = self.alloc_slot();
         let entry = TaskEntry {
             nexus: nexus.id,
+            key: nexus.key.clone(),
             tag: cmd.tag,
             attr: cmd.attr,
             running: false,
