@@ -400,3 +400,310 @@ pub(crate) const OPS: &[OpInfo] = &[
         flags: 0,
     },
 ];
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use backends::ram::RamBackend;
+
+    use super::*;
+    use crate::cmd::DataDir;
+    use crate::lun::LunConfig;
+    use crate::sense::FieldPointer;
+    use crate::testutil::{assert_check, assert_good, uuid_for, Fixture};
+
+    const TUR: [u8; 6] = [0, 0, 0, 0, 0, 0];
+
+    fn fixture(edit: impl FnOnce(&mut LunConfig)) -> Fixture {
+        let mut c = LunConfig::new("lunx", uuid_for("lunx"));
+        edit(&mut c);
+        Fixture::with(c, Arc::new(RamBackend::new(16 << 20)))
+    }
+
+    fn removable() -> Fixture {
+        fixture(|c| c.removable = true)
+    }
+
+    fn ssu(start: bool, loej: bool, pc: u8) -> [u8; 6] {
+        [
+            0x1b,
+            0,
+            0,
+            0,
+            (pc << 4) | (u8::from(loej) << 1) | u8::from(start),
+            0,
+        ]
+    }
+
+    fn prevent(p: u8) -> [u8; 6] {
+        [0x1e, 0, 0, 0, p, 0]
+    }
+
+    fn field(r: &CmdResponse) -> Option<FieldPointer> {
+        r.sense_data.and_then(|s| s.field)
+    }
+
+    #[test]
+    fn test_unit_ready_is_good_then_not_ready_after_stop() {
+        let mut f = Fixture::ram();
+        assert_good(&f.run(&TUR, DataDir::None, vec![]).0);
+        assert_good(&f.run(&ssu(false, false, 0), DataDir::None, vec![]).0);
+        let (r, _) = f.run(&TUR, DataDir::None, vec![]);
+        assert_check(
+            &r,
+            SenseKey::NotReady,
+            asc::LUN_NOT_READY_INITIALIZING_REQUIRED,
+        );
+        // Medium commands are refused too, INQUIRY is not.
+        let (r, _) = f.read_in(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], 512);
+        assert_check(
+            &r,
+            SenseKey::NotReady,
+            asc::LUN_NOT_READY_INITIALIZING_REQUIRED,
+        );
+        assert_good(&f.read_in(&[0x12, 0, 0, 0, 96, 0], 96).0);
+        assert_good(&f.run(&ssu(true, false, 0), DataDir::None, vec![]).0);
+        assert_good(&f.run(&TUR, DataDir::None, vec![]).0);
+    }
+
+    #[test]
+    fn inquiry_standard_data() {
+        let mut f = Fixture::ram();
+        let (r, d) = f.read_in(&[0x12, 0, 0, 1, 0, 0], 256);
+        assert_good(&r);
+        assert_eq!(d.len(), 96);
+        assert_eq!(d[0], 0x00);
+        assert_eq!(d[1], 0x00, "not removable");
+        assert_eq!(d[2], 0x06, "SPC-4");
+        assert_eq!(d[3] & 0x0f, 0x02);
+        assert_eq!(usize::from(d[4]) + 5, d.len());
+        assert_eq!(d[5] & 0x30, 0x10, "TPGS implicit");
+        assert_eq!(d[5] & 0x08, 0x08, "3PC");
+        assert_eq!(d[5] & 0x01, 0x00, "PROTECT");
+        assert_eq!(d[7] & 0x02, 0x02, "CmdQue");
+        assert_eq!(&d[8..16], b"OXTARGET");
+        let descs: Vec<u16> = (0..8)
+            .map(|i| u16::from_be_bytes([d[58 + 2 * i], d[59 + 2 * i]]))
+            .collect();
+        assert!(descs.contains(&0x0460) && descs.contains(&0x04c0));
+        assert!(descs.contains(&0x0960), "iSCSI port");
+        // Removable LUNs set RMB.
+        let mut f = removable();
+        let (_, d) = f.read_in(&[0x12, 0, 0, 0, 36, 0], 36);
+        assert_eq!(d[1], 0x80);
+    }
+
+    #[test]
+    fn inquiry_allocation_length_truncates_and_is_16_bits() {
+        let mut f = Fixture::ram();
+        for n in [0u16, 5, 35, 255, 511, 512] {
+            let l = n.to_be_bytes();
+            let (r, d) = f.read_in(&[0x12, 0, 0, l[0], l[1], 0], 600);
+            assert_good(&r);
+            assert_eq!(d.len(), usize::from(n).min(96));
+        }
+    }
+
+    #[test]
+    fn inquiry_field_errors() {
+        let mut f = Fixture::ram();
+        let (r, _) = f.read_in(&[0x12, 0, 0x80, 0, 255, 0], 255);
+        assert_check(&r, SenseKey::IllegalRequest, asc::INVALID_FIELD_IN_CDB);
+        assert_eq!(field(&r).map(|p| p.byte), Some(2));
+        let (r, _) = f.read_in(&[0x12, 0x02, 0, 0, 255, 0], 255);
+        assert_check(&r, SenseKey::IllegalRequest, asc::INVALID_FIELD_IN_CDB);
+        assert_eq!(field(&r).map(|p| (p.byte, p.bit)), Some((1, Some(1))));
+        let (r, _) = f.read_in(&[0x12, 0x01, 0xc7, 0, 255, 0], 255);
+        assert_check(&r, SenseKey::IllegalRequest, asc::INVALID_FIELD_IN_CDB);
+        let (r, d) = f.read_in(&[0x12, 0x01, 0x80, 0, 255, 0], 255);
+        assert_good(&r);
+        assert_eq!(d[1], 0x80);
+    }
+
+    #[test]
+    fn request_sense_reports_and_clears_unit_attention() {
+        let mut f = Fixture::ram();
+        let n2 = f.second_nexus("iqn.x:two,i,0x1");
+        f.lun.ua.establish(&n2.key, asc::CAPACITY_DATA_HAS_CHANGED);
+        let (r, d) = f.run_on(
+            &n2,
+            &[0x03, 0, 0, 0, 18, 0],
+            DataDir::FromDevice,
+            vec![0; 18],
+        );
+        assert_good(&r);
+        assert_eq!((d[0], d[2], d[12], d[13]), (0x70, 0x06, 0x2a, 0x09));
+        let (r, d) = f.run_on(
+            &n2,
+            &[0x03, 0x01, 0, 0, 252, 0],
+            DataDir::FromDevice,
+            vec![0; 252],
+        );
+        assert_good(&r);
+        assert_eq!(r.transferred, 8);
+        assert_eq!(&d[..4], &[0x72, 0x00, 0x00, 0x00], "NO SENSE, descriptor");
+        // Truncated to the allocation length.
+        let (r, d) = f.read_in(&[0x03, 0, 0, 0, 4, 0], 18);
+        assert_good(&r);
+        assert_eq!(d.len(), 4);
+    }
+
+    #[test]
+    fn request_sense_reports_not_ready_when_stopped() {
+        let mut f = Fixture::ram();
+        assert_good(&f.run(&ssu(false, false, 0), DataDir::None, vec![]).0);
+        let (r, d) = f.read_in(&[0x03, 0, 0, 0, 18, 0], 18);
+        assert_good(&r);
+        assert_eq!((d[2], d[12], d[13]), (0x02, 0x04, 0x02));
+    }
+
+    #[test]
+    fn report_luns_lists_mapped_luns() {
+        let mut f = Fixture::ram();
+        let other = f.lun.clone();
+        f.map.insert(300, other);
+        let (r, d) = f.read_in(&[0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], 256);
+        assert_good(&r);
+        assert_eq!(&d[0..4], &[0, 0, 0, 16]);
+        assert_eq!(&d[8..16], &[0; 8]);
+        assert_eq!(&d[16..18], &[0x41, 0x2c]);
+        // SELECT REPORT 01h: well-known LUNs only: none.
+        let (r, d) = f.read_in(&[0xa0, 0, 0x01, 0, 0, 0, 0, 0, 1, 0, 0, 0], 256);
+        assert_good(&r);
+        assert_eq!(d, vec![0u8; 8]);
+        let (r, d) = f.read_in(&[0xa0, 0, 0x02, 0, 0, 0, 0, 0, 1, 0, 0, 0], 256);
+        assert_good(&r);
+        assert_eq!(d.len(), 24);
+        for sr in [0x10u8, 0x11, 0x12] {
+            let (r, d) = f.read_in(&[0xa0, 0, sr, 0, 0, 0, 0, 0, 1, 0, 0, 0], 256);
+            assert_good(&r);
+            assert_eq!(&d[0..4], &[0; 4]);
+        }
+    }
+
+    #[test]
+    fn report_luns_errors() {
+        let mut f = Fixture::ram();
+        let (r, _) = f.read_in(&[0xa0, 0, 0x03, 0, 0, 0, 0, 0, 1, 0, 0, 0], 256);
+        assert_check(&r, SenseKey::IllegalRequest, asc::INVALID_FIELD_IN_CDB);
+        assert_eq!(field(&r).map(|p| p.byte), Some(2));
+        let (r, _) = f.read_in(&[0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 0, 0], 15);
+        assert_check(&r, SenseKey::IllegalRequest, asc::INVALID_FIELD_IN_CDB);
+        assert_eq!(field(&r).map(|p| p.byte), Some(6));
+    }
+
+    #[test]
+    fn lun_encoding() {
+        assert_eq!(encode_lun(5), [0, 5, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(encode_lun(0x3fff), [0x7f, 0xff, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(encode_lun(0x12345), [0xd2, 0x01, 0x23, 0x45, 0, 0, 0, 0]);
+        assert_eq!(
+            encode_lun(0x12_3456_789a),
+            [0xe2, 0x12, 0x34, 0x56, 0x78, 0x9a, 0, 0]
+        );
+    }
+
+    #[test]
+    fn unmapped_lun_inquiry_and_report_luns() {
+        let mut f = Fixture::ram();
+        let n = f.nexus.clone();
+        let mut run = |f: &mut Fixture, cdb: &[u8]| {
+            let mut c = f.cmd(cdb, DataDir::FromDevice, vec![0; 64]);
+            c.lun = 9;
+            let t = c.token;
+            f.worker.submit(&n, c);
+            let done = f.wait_token(t);
+            let mut b = vec![0u8; 64];
+            done.data.read_at(0, &mut b);
+            (done.response.unwrap(), b)
+        };
+        let (r, d) = run(&mut f, &[0x12, 0, 0, 0, 36, 0]);
+        assert_good(&r);
+        assert_eq!(d[0], 0x7f);
+        let (r, d) = run(&mut f, &[0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 64, 0, 0]);
+        assert_good(&r);
+        assert_eq!(&d[0..4], &[0, 0, 0, 8]);
+        let (r, _) = run(&mut f, &[0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0]);
+        assert_check(&r, SenseKey::IllegalRequest, asc::INVALID_FIELD_IN_CDB);
+    }
+
+    #[test]
+    fn removable_eject_and_load() {
+        let mut f = removable();
+        assert_good(&f.run(&ssu(false, true, 0), DataDir::None, vec![]).0);
+        let (r, _) = f.run(&TUR, DataDir::None, vec![]);
+        assert_check(&r, SenseKey::NotReady, asc::MEDIUM_NOT_PRESENT);
+        let (r, d) = f.read_in(&[0x03, 0, 0, 0, 18, 0], 18);
+        assert_good(&r);
+        assert_eq!((d[2], d[12]), (0x02, 0x3a));
+        assert_good(&f.run(&ssu(true, true, 0), DataDir::None, vec![]).0);
+        assert_good(&f.run(&TUR, DataDir::None, vec![]).0);
+    }
+
+    #[test]
+    fn removable_stop_without_loej_keeps_medium_ready() {
+        let mut f = removable();
+        assert_good(&f.run(&ssu(false, false, 0), DataDir::None, vec![]).0);
+        assert_good(&f.run(&TUR, DataDir::None, vec![]).0);
+    }
+
+    #[test]
+    fn power_condition_ignores_start_and_loej() {
+        let mut f = removable();
+        for pc in 1..16u8 {
+            assert_good(&f.run(&ssu(false, true, pc), DataDir::None, vec![]).0);
+            assert_good(&f.run(&TUR, DataDir::None, vec![]).0);
+        }
+    }
+
+    #[test]
+    fn loej_on_non_removable_is_invalid_field() {
+        let mut f = Fixture::ram();
+        let (r, _) = f.run(&ssu(false, true, 0), DataDir::None, vec![]);
+        assert_check(&r, SenseKey::IllegalRequest, asc::INVALID_FIELD_IN_CDB);
+        assert_eq!(field(&r).map(|p| (p.byte, p.bit)), Some((4, Some(1))));
+        assert_good(&f.run(&TUR, DataDir::None, vec![]).0);
+    }
+
+    #[test]
+    fn prevent_blocks_eject_from_every_nexus_until_allowed() {
+        let mut f = removable();
+        let n2 = f.second_nexus("iqn.x:two,i,0x1");
+        assert_good(&f.run(&prevent(1), DataDir::None, vec![]).0);
+        let (r, _) = f.run(&ssu(false, true, 0), DataDir::None, vec![]);
+        assert_check(&r, SenseKey::IllegalRequest, asc::MEDIUM_REMOVAL_PREVENTED);
+        let (r, _) = f.run_on(&n2, &ssu(false, true, 0), DataDir::None, vec![]);
+        assert_check(&r, SenseKey::IllegalRequest, asc::MEDIUM_REMOVAL_PREVENTED);
+        // Another nexus's ALLOW does not lift this nexus's PREVENT.
+        assert_good(&f.run_on(&n2, &prevent(0), DataDir::None, vec![]).0);
+        let (r, _) = f.run(&ssu(false, true, 0), DataDir::None, vec![]);
+        assert_check(&r, SenseKey::IllegalRequest, asc::MEDIUM_REMOVAL_PREVENTED);
+        assert_good(&f.run(&TUR, DataDir::None, vec![]).0);
+        assert_good(&f.run(&prevent(0), DataDir::None, vec![]).0);
+        assert_good(&f.run(&ssu(false, true, 0), DataDir::None, vec![]).0);
+    }
+
+    #[test]
+    fn prevent_is_cleared_by_lun_reset_and_nexus_loss() {
+        let mut f = removable();
+        assert_good(&f.run(&prevent(1), DataDir::None, vec![]).0);
+        on_lun_reset(&f.lun);
+        assert!(media(&f.lun).prevent.is_empty());
+        assert_good(&f.run(&prevent(1), DataDir::None, vec![]).0);
+        on_nexus_loss(&f.lun, &f.nexus.key.clone());
+        assert_good(&f.run(&ssu(false, true, 0), DataDir::None, vec![]).0);
+    }
+
+    #[test]
+    fn prevent_field_errors() {
+        let mut f = removable();
+        let (r, _) = f.run(&prevent(2), DataDir::None, vec![]);
+        assert_check(&r, SenseKey::IllegalRequest, asc::INVALID_FIELD_IN_CDB);
+        let mut f = Fixture::ram();
+        assert_good(&f.run(&prevent(0), DataDir::None, vec![]).0);
+        let (r, _) = f.run(&prevent(1), DataDir::None, vec![]);
+        assert_check(&r, SenseKey::IllegalRequest, asc::INVALID_FIELD_IN_CDB);
+        assert_eq!(field(&r).map(|p| p.byte), Some(4));
+    }
+}
