@@ -158,8 +158,7 @@ fn select_pages(code: u8, sub: u8) -> Result<Vec<(u8, u8)>, Sense> {
     }
 }
 
-/// The sense format a LUN uses now, and MODE SENSE's header and block descriptor
-/// as used by the worker's tests.
+/// The block descriptor (SBC-3 6.4.2): short, or long for LLBAA=1.
 fn block_descriptor(lun: &Lun, long: bool) -> Vec<u8> {
     let blocks = lun.num_blocks();
     let bs = lun.block_size();
@@ -400,4 +399,310 @@ pub(crate) fn mode_select6(ctx: &mut CmdCtx<'_>) -> ExecResult {
 
 pub(crate) fn mode_select10(ctx: &mut CmdCtx<'_>) -> ExecResult {
     mode_select(ctx, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use backends::ram::RamBackend;
+
+    use super::*;
+    use crate::cmd::{CmdResponse, DataDir};
+    use crate::sense::{FieldPointer, SenseKey};
+    use crate::testutil::{assert_check, assert_good, uuid_for, Fixture};
+
+    fn sense6(dbd: bool, pc: u8, page: u8, sub: u8, alloc: u8) -> [u8; 6] {
+        [0x1a, u8::from(dbd) << 3, (pc << 6) | page, sub, alloc, 0]
+    }
+
+    fn sense10(llbaa: bool, dbd: bool, pc: u8, page: u8, sub: u8) -> [u8; 10] {
+        let b1 = (u8::from(llbaa) << 4) | (u8::from(dbd) << 3);
+        [0x5a, b1, (pc << 6) | page, sub, 0, 0, 0, 0x01, 0x00, 0]
+    }
+
+    fn select6(list: &[u8]) -> [u8; 6] {
+        [0x15, 0x10, 0, 0, list.len() as u8, 0]
+    }
+
+    /// The pages after header and block descriptor of MODE SENSE(6) data.
+    fn pages6(d: &[u8]) -> Vec<(u8, u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut pos = 4 + usize::from(d[3]);
+        while pos < d.len() {
+            let spf = d[pos] & 0x40 != 0;
+            let (sub, len) = if spf {
+                (
+                    d[pos + 1],
+                    4 + usize::from(u16::from_be_bytes([d[pos + 2], d[pos + 3]])),
+                )
+            } else {
+                (0, 2 + usize::from(d[pos + 1]))
+            };
+            out.push((d[pos] & 0x3f, sub, d[pos..pos + len].to_vec()));
+            pos += len;
+        }
+        out
+    }
+
+    fn field(r: &CmdResponse) -> Option<FieldPointer> {
+        r.sense_data.and_then(|s| s.field)
+    }
+
+    /// MODE SELECT(6) list: header, no block descriptor, then `pages`.
+    fn list6(pages: &[&[u8]]) -> Vec<u8> {
+        let mut l = vec![0u8; 4];
+        for p in pages {
+            l.extend_from_slice(p);
+        }
+        l
+    }
+
+    fn current_page(f: &mut Fixture, page: u8) -> Vec<u8> {
+        let (r, d) = f.read_in(&sense6(true, 0, page, 0, 255), 255);
+        assert_good(&r);
+        pages6(&d).remove(0).2
+    }
+
+    #[test]
+    fn mode_sense6_all_pages_with_block_descriptor() {
+        let mut f = Fixture::ram();
+        let (r, d) = f.read_in(&sense6(false, 0, 0x3f, 0, 255), 255);
+        assert_good(&r);
+        assert_eq!(usize::from(d[0]) + 1, d.len());
+        assert_eq!(d[2], 0x10, "DPOFUA, not write-protected");
+        assert_eq!(d[3], 8);
+        let blocks = u32::from_be_bytes([d[4], d[5], d[6], d[7]]);
+        assert_eq!(u64::from(blocks), f.lun.num_blocks());
+        assert_eq!(&d[9..12], &[0, 2, 0]);
+        let codes: Vec<(u8, u8)> = pages6(&d).iter().map(|p| (p.0, p.1)).collect();
+        assert_eq!(codes, vec![(0x01, 0), (0x08, 0), (0x0a, 0), (0x1c, 0)]);
+        // Subpage FFh adds the control extension subpage.
+        let (r, d) = f.read_in(&sense6(true, 0, 0x3f, 0xff, 255), 255);
+        assert_good(&r);
+        assert_eq!(d[3], 0);
+        let codes: Vec<(u8, u8)> = pages6(&d).iter().map(|p| (p.0, p.1)).collect();
+        assert!(codes.contains(&(0x0a, 0x01)));
+        let (r, d) = f.read_in(&sense6(true, 0, 0x0a, 0x01, 255), 255);
+        assert_good(&r);
+        assert_eq!(pages6(&d).len(), 1);
+        assert_eq!(&d[4..8], &[0x4a, 0x01, 0x00, 0x1c]);
+    }
+
+    #[test]
+    fn mode_sense_page_control_values() {
+        let mut f = Fixture::ram();
+        let cur = current_page(&mut f, 0x08);
+        assert_eq!(cur[2] & 0x04, 0x04, "WCE on by default");
+        let (_, d) = f.read_in(&sense6(true, 1, 0x0a, 0, 255), 255);
+        let mask = pages6(&d).remove(0).2;
+        assert_eq!(mask[2], 0x04, "D_SENSE changeable");
+        assert_eq!(mask[4], 0x08, "SWP changeable");
+        assert_eq!(mask[3], 0, "QERR, QAM not changeable");
+        let ctl = current_page(&mut f, 0x0a);
+        assert_eq!(ctl[3] & 0x06, 0, "QERR 00b");
+        assert_eq!(ctl[5] & 0x40, 0, "TAS 0");
+        assert_eq!(&ctl[8..10], &[0xff, 0xff]);
+        let (r, _) = f.read_in(&sense6(true, 2, 0x08, 0, 255), 255);
+        assert_good(&r);
+        let (r, _) = f.read_in(&sense6(true, 3, 0x08, 0, 255), 255);
+        assert_check(
+            &r,
+            SenseKey::IllegalRequest,
+            asc::SAVING_PARAMETERS_NOT_SUPPORTED,
+        );
+    }
+
+    #[test]
+    fn mode_sense_unknown_page_or_subpage_is_invalid_field() {
+        let mut f = Fixture::ram();
+        let (r, _) = f.read_in(&sense6(false, 0, 0x19, 0, 255), 255);
+        assert_check(&r, SenseKey::IllegalRequest, asc::INVALID_FIELD_IN_CDB);
+        assert_eq!(field(&r).map(|p| p.byte), Some(2));
+        let (r, _) = f.read_in(&sense6(false, 0, 0x08, 0x05, 255), 255);
+        assert_check(&r, SenseKey::IllegalRequest, asc::INVALID_FIELD_IN_CDB);
+        assert_eq!(field(&r).map(|p| p.byte), Some(3));
+    }
+
+    #[test]
+    fn mode_sense_truncates_to_allocation_length() {
+        let mut f = Fixture::ram();
+        let (r, d) = f.read_in(&sense6(false, 0, 0x3f, 0, 4), 4);
+        assert_good(&r);
+        assert_eq!(d.len(), 4);
+        assert!(usize::from(d[0]) > 3);
+    }
+
+    #[test]
+    fn mode_sense10_long_lba_descriptor() {
+        let mut f = Fixture::ram();
+        let (r, d) = f.read_in(&sense10(true, false, 0, 0x08, 0), 256);
+        assert_good(&r);
+        assert_eq!(usize::from(u16::from_be_bytes([d[0], d[1]])) + 2, d.len());
+        assert_eq!(d[4] & 0x01, 1, "LONGLBA");
+        assert_eq!(&d[6..8], &[0, 16]);
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&d[8..16]);
+        assert_eq!(u64::from_be_bytes(b), f.lun.num_blocks());
+        assert_eq!(&d[20..24], &512u32.to_be_bytes());
+        assert_eq!(d[24], 0x08);
+        let (r, d) = f.read_in(&sense10(false, true, 0, 0x08, 0), 256);
+        assert_good(&r);
+        assert_eq!(&d[6..8], &[0, 0]);
+        assert_eq!(d[8], 0x08);
+    }
+
+    #[test]
+    fn read_only_lun_reports_wp() {
+        let mut c = LunConfig::new("ro", uuid_for("ro"));
+        c.read_only = true;
+        let mut f = Fixture::with(c, Arc::new(RamBackend::new(1 << 20)));
+        let (r, d) = f.read_in(&sense6(false, 0, 0x3f, 0, 255), 255);
+        assert_good(&r);
+        assert_eq!(d[2] & 0x80, 0x80);
+    }
+
+    #[test]
+    fn mode_select_wce_changes_and_tells_other_nexuses() {
+        let mut f = Fixture::ram();
+        let n2 = f.second_nexus("iqn.x:two,i,0x1");
+        let mut page = current_page(&mut f, 0x08);
+        page[2] &= !0x04;
+        let list = list6(&[&page]);
+        let (r, _) = f.run(&select6(&list), DataDir::ToDevice, list.clone());
+        assert_good(&r);
+        assert!(!write_cache_enabled(&f.lun));
+        assert_eq!(current_page(&mut f, 0x08)[2] & 0x04, 0);
+        let (r, _) = f.run_on(&n2, &[0, 0, 0, 0, 0, 0], DataDir::None, vec![]);
+        assert_check(&r, SenseKey::UnitAttention, asc::MODE_PARAMETERS_CHANGED);
+        // The originator got no unit attention; the same list again changes nothing.
+        let (r, _) = f.run(&select6(&list), DataDir::ToDevice, list.clone());
+        assert_good(&r);
+        let (r, _) = f.run_on(&n2, &[0, 0, 0, 0, 0, 0], DataDir::None, vec![]);
+        assert_good(&r);
+        // LOGICAL UNIT RESET restores the default.
+        crate::spc::on_lun_reset(&f.lun);
+        assert!(write_cache_enabled(&f.lun));
+    }
+
+    #[test]
+    fn mode_select_d_sense_switches_sense_format() {
+        let mut f = Fixture::ram();
+        let mut page = current_page(&mut f, 0x0a);
+        page[2] |= 0x04;
+        let list = list6(&[&page]);
+        assert_good(&f.run(&select6(&list), DataDir::ToDevice, list).0);
+        let (r, _) = f.read_in(&[0x12, 0, 0x80, 0, 255, 0], 255);
+        assert_check(&r, SenseKey::IllegalRequest, asc::INVALID_FIELD_IN_CDB);
+        assert_eq!(r.sense.as_ref().map(|s| s[0]), Some(0x72));
+    }
+
+    #[test]
+    fn mode_select_swp_write_protects() {
+        let mut f = Fixture::ram();
+        let mut page = current_page(&mut f, 0x0a);
+        page[4] |= 0x08;
+        let list = list6(&[&page]);
+        assert_good(&f.run(&select6(&list), DataDir::ToDevice, list).0);
+        assert!(write_protected(&f.lun));
+        let (r, d) = f.read_in(&sense6(true, 0, 0x0a, 0, 255), 255);
+        assert_good(&r);
+        assert_eq!(d[2] & 0x80, 0x80);
+        let w = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        let (r, _) = f.run(&w, DataDir::ToDevice, vec![0; 512]);
+        assert_check(&r, SenseKey::DataProtect, asc::WRITE_PROTECTED);
+    }
+
+    #[test]
+    fn mode_select_refuses_non_changeable_fields() {
+        let mut f = Fixture::ram();
+        let mut page = current_page(&mut f, 0x0a);
+        page[3] |= 0x02; // QERR 01b
+        let list = list6(&[&page]);
+        let (r, _) = f.run(&select6(&list), DataDir::ToDevice, list);
+        assert_check(
+            &r,
+            SenseKey::IllegalRequest,
+            asc::INVALID_FIELD_IN_PARAMETER_LIST,
+        );
+        let p = field(&r).expect("field pointer");
+        assert!(!p.cdb);
+        assert_eq!((p.byte, p.bit), (4 + 3, Some(1)));
+        // Nothing changed.
+        assert_eq!(current_page(&mut f, 0x0a)[3] & 0x02, 0);
+    }
+
+    #[test]
+    fn mode_select_list_errors() {
+        let mut f = Fixture::ram();
+        // Unknown page.
+        let list = list6(&[&[0x19, 0x02, 0, 0]]);
+        let (r, _) = f.run(&select6(&list), DataDir::ToDevice, list);
+        assert_check(
+            &r,
+            SenseKey::IllegalRequest,
+            asc::INVALID_FIELD_IN_PARAMETER_LIST,
+        );
+        assert_eq!(field(&r).map(|p| p.byte), Some(4));
+        // Wrong page length.
+        let list = list6(&[&[0x08, 0x04, 0, 0, 0, 0]]);
+        let (r, _) = f.run(&select6(&list), DataDir::ToDevice, list);
+        assert_check(
+            &r,
+            SenseKey::IllegalRequest,
+            asc::INVALID_FIELD_IN_PARAMETER_LIST,
+        );
+        assert_eq!(field(&r).map(|p| p.byte), Some(5));
+        // A page cut short by the end of the list.
+        let page = current_page(&mut f, 0x08);
+        let list = list6(&[&page[..10]]);
+        let (r, _) = f.run(&select6(&list), DataDir::ToDevice, list);
+        assert_check(
+            &r,
+            SenseKey::IllegalRequest,
+            asc::PARAMETER_LIST_LENGTH_ERROR,
+        );
+        // Shorter than the header.
+        let (r, _) = f.run(&[0x15, 0x10, 0, 0, 2, 0], DataDir::ToDevice, vec![0, 0]);
+        assert_check(
+            &r,
+            SenseKey::IllegalRequest,
+            asc::PARAMETER_LIST_LENGTH_ERROR,
+        );
+        // Block descriptor with another block size.
+        let mut list = vec![0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0x10, 0];
+        let (r, _) = f.run(&select6(&list), DataDir::ToDevice, list.clone());
+        assert_check(
+            &r,
+            SenseKey::IllegalRequest,
+            asc::INVALID_FIELD_IN_PARAMETER_LIST,
+        );
+        assert_eq!(field(&r).map(|p| p.byte), Some(9));
+        list[10] = 0x02;
+        assert_good(&f.run(&select6(&list), DataDir::ToDevice, list).0);
+        // SP=1: no saved pages.
+        let (r, _) = f.run(&[0x15, 0x11, 0, 0, 0, 0], DataDir::None, vec![]);
+        assert_check(&r, SenseKey::IllegalRequest, asc::INVALID_FIELD_IN_CDB);
+        // Zero length is no error.
+        assert_good(&f.run(&[0x15, 0x10, 0, 0, 0, 0], DataDir::None, vec![]).0);
+    }
+
+    #[test]
+    fn mode_select10_with_subpage() {
+        let mut f = Fixture::ram();
+        let (_, d) = f.read_in(&sense10(false, true, 0, 0x0a, 0x01), 256);
+        let mut list = vec![0u8; 8];
+        list.extend_from_slice(&d[8..]);
+        let l = (list.len() as u16).to_be_bytes();
+        let cdb = [0x55, 0x10, 0, 0, 0, 0, 0, l[0], l[1], 0];
+        assert_good(&f.run(&cdb, DataDir::ToDevice, list.clone()).0);
+        list[8 + 4] = 0x01; // TCMOS: not changeable
+        let (r, _) = f.run(&cdb, DataDir::ToDevice, list);
+        assert_check(
+            &r,
+            SenseKey::IllegalRequest,
+            asc::INVALID_FIELD_IN_PARAMETER_LIST,
+        );
+        assert_eq!(field(&r).map(|p| p.byte), Some(12));
+    }
 }
