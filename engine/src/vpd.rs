@@ -332,3 +332,201 @@ pub(crate) fn page(lun: &Lun, nexus: &Nexus, code: u8) -> Option<Vec<u8>> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use backends::ram::RamBackend;
+
+    use super::*;
+    use crate::lun::LunConfig;
+    use crate::sense::{asc, SenseKey};
+    use crate::testutil::{assert_check, assert_good, uuid_for, Fixture};
+
+    fn vpd_cdb(code: u8, alloc: u16) -> [u8; 6] {
+        let a = alloc.to_be_bytes();
+        [0x12, 0x01, code, a[0], a[1], 0]
+    }
+
+    fn read_page(f: &mut Fixture, code: u8) -> Vec<u8> {
+        let (r, d) = f.read_in(&vpd_cdb(code, 1024), 1024);
+        assert_good(&r);
+        assert_eq!(d[1], code);
+        assert_eq!(
+            usize::from(u16::from_be_bytes([d[2], d[3]])) + 4,
+            d.len(),
+            "page length of {code:#x}"
+        );
+        d
+    }
+
+    fn thick() -> Fixture {
+        let mut c = LunConfig::new("thick", uuid_for("thick"));
+        c.thin = false;
+        Fixture::with(c, Arc::new(RamBackend::new(1 << 20)))
+    }
+
+    #[test]
+    fn supported_pages_are_sorted_and_all_readable() {
+        let mut f = Fixture::ram();
+        let d = read_page(&mut f, page::SUPPORTED);
+        let pages = d[4..].to_vec();
+        assert_eq!(pages, vec![0x00, 0x80, 0x83, 0x86, 0xb0, 0xb1, 0xb2]);
+        assert!(pages.windows(2).all(|w| w[0] < w[1]));
+        for p in pages {
+            read_page(&mut f, p);
+        }
+    }
+
+    #[test]
+    fn provisioning_page_only_when_thin() {
+        let mut f = thick();
+        let d = read_page(&mut f, page::SUPPORTED);
+        assert!(!d[4..].contains(&0xb2));
+        let (r, _) = f.read_in(&vpd_cdb(0xb2, 255), 255);
+        assert_check(&r, SenseKey::IllegalRequest, asc::INVALID_FIELD_IN_CDB);
+        let bl = read_page(&mut f, page::BLOCK_LIMITS);
+        assert_eq!(&bl[20..28], &[0; 8], "no UNMAP limits when not thin");
+    }
+
+    #[test]
+    fn unit_serial_number() {
+        let mut f = Fixture::ram();
+        let d = read_page(&mut f, page::UNIT_SERIAL);
+        assert_eq!(&d[4..], f.lun.config.serial.as_bytes());
+    }
+
+    #[test]
+    fn device_identification_designators() {
+        let mut f = Fixture::ram();
+        let d = read_page(&mut f, page::DEVICE_ID);
+        let mut descs = Vec::new();
+        let mut pos = 4;
+        while pos < d.len() {
+            let len = usize::from(d[pos + 3]);
+            descs.push(d[pos..pos + 4 + len].to_vec());
+            pos += 4 + len;
+        }
+        assert_eq!(pos, d.len());
+        // NAA-6, binary, LU association.
+        assert_eq!(&descs[0][..4], &[0x01, 0x03, 0, 16]);
+        assert_eq!(&descs[0][4..], &f.lun.naa());
+        assert_eq!(descs[0][4] >> 4, 6);
+        // T10 vendor id, ASCII.
+        assert_eq!(&descs[1][..2], &[0x02, 0x01]);
+        assert_eq!(&descs[1][4..12], b"OXTARGET");
+        // SCSI name string of the target port: iSCSI, PIV, port association.
+        assert_eq!(&descs[2][..2], &[0x53, 0x98]);
+        assert_eq!(descs[2].len() % 4, 0);
+        let name = &descs[2][4..];
+        assert!(name.starts_with(f.port.name.as_bytes()));
+        assert!(name.ends_with(&[0]));
+        // Relative target port 1 and target port group 1.
+        assert_eq!(descs[3], vec![0x51, 0x94, 0, 4, 0, 0, 0, 1]);
+        assert_eq!(descs[4], vec![0x51, 0x95, 0, 4, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn extended_inquiry_task_attributes() {
+        let mut f = Fixture::ram();
+        let d = read_page(&mut f, page::EXTENDED_INQUIRY);
+        assert_eq!(d.len(), 64);
+        assert_eq!(d[5] & 0x07, 0x07);
+        assert_eq!(d[6] & 0x01, 0x01);
+    }
+
+    #[test]
+    fn block_limits_match_the_opcode_table() {
+        let mut f = Fixture::ram();
+        let d = read_page(&mut f, page::BLOCK_LIMITS);
+        assert_eq!(d.len(), 64);
+        assert_eq!(d[4] & 0x01, u8::from(WSNZ));
+        let caw = if supports(0x89, None) {
+            MAX_CAW_BLOCKS
+        } else {
+            0
+        };
+        assert_eq!(d[5], caw);
+        let be32 = |at: usize| u32::from_be_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]]);
+        assert_eq!(be32(8), MAX_XFER_BLOCKS);
+        let unmap = supports(0x42, None);
+        assert_eq!(be32(20), if unmap { MAX_UNMAP_LBA_COUNT } else { 0 });
+        assert_eq!(be32(24), if unmap { MAX_UNMAP_DESCRIPTORS } else { 0 });
+        let atomic = supports(0x9c, None);
+        assert_eq!(be32(44), if atomic { MAX_ATOMIC_BLOCKS } else { 0 });
+        assert!(MAX_ATOMIC_BLOCKS <= MAX_XFER_BLOCKS);
+        // Truncation keeps the page length field of the whole page.
+        let (r, t) = f.read_in(&vpd_cdb(page::BLOCK_LIMITS, 8), 8);
+        assert_good(&r);
+        assert_eq!(t.len(), 8);
+        assert_eq!(t[3], 0x3c);
+    }
+
+    #[test]
+    fn block_device_characteristics_non_rotating() {
+        let mut f = Fixture::ram();
+        let d = read_page(&mut f, page::BLOCK_DEVICE_CHARACTERISTICS);
+        assert_eq!(d.len(), 64);
+        assert_eq!(&d[4..6], &[0, 1]);
+    }
+
+    #[test]
+    fn logical_block_provisioning_thin() {
+        let mut f = Fixture::ram();
+        let d = read_page(&mut f, page::LOGICAL_BLOCK_PROVISIONING);
+        assert_eq!(d.len(), 8);
+        assert_eq!(d[5] & 0x04, 0x04, "LBPRZ: RAM discards read as zeroes");
+        assert_eq!(d[5] & 0x80 != 0, supports(0x42, None));
+        assert_eq!(d[6] & 0x07, 0x02);
+    }
+
+    /// A RAM backend that takes at most 64 KiB per I/O.
+    struct Limited(RamBackend);
+
+    impl backends::Backend for Limited {
+        fn size(&self) -> u64 {
+            self.0.size()
+        }
+        fn capabilities(&self) -> backends::Capabilities {
+            let mut c = self.0.capabilities();
+            c.max_transfer = 64 << 10;
+            c.optimal_transfer = 16 << 10;
+            c.rotational = true;
+            c
+        }
+        fn open_channel(
+            &self,
+            notify: &vmm_sys_util::eventfd::EventFd,
+        ) -> Result<Box<dyn backends::IoChannel>, backends::BackendError> {
+            self.0.open_channel(notify)
+        }
+        fn block_status(
+            &self,
+            offset: u64,
+            len: u64,
+        ) -> Result<backends::Extent, backends::BackendError> {
+            self.0.block_status(offset, len)
+        }
+        fn resize(&self, new_size: u64) -> Result<(), backends::BackendError> {
+            self.0.resize(new_size)
+        }
+        fn describe(&self) -> String {
+            "limited".into()
+        }
+    }
+
+    #[test]
+    fn backend_capabilities_shape_limits_and_characteristics() {
+        let f = Fixture::ram();
+        assert_eq!(max_transfer_blocks(&f.lun), MAX_XFER_BLOCKS);
+        let c = LunConfig::new("lim", uuid_for("lim"));
+        let mut f = Fixture::with(c, Arc::new(Limited(RamBackend::new(1 << 20))));
+        assert_eq!(max_transfer_blocks(&f.lun), 128);
+        let d = read_page(&mut f, page::BLOCK_LIMITS);
+        assert_eq!(&d[8..12], &128u32.to_be_bytes());
+        assert_eq!(&d[12..16], &32u32.to_be_bytes());
+        let d = read_page(&mut f, page::BLOCK_DEVICE_CHARACTERISTICS);
+        assert_eq!(&d[4..6], &[0, 0], "rotational: rate not reported");
+    }
+}
