@@ -608,7 +608,7 @@ mod tests {
     fn unmapped_lun_inquiry_and_report_luns() {
         let mut f = Fixture::ram();
         let n = f.nexus.clone();
-        let mut run = |f: &mut Fixture, cdb: &[u8]| {
+        let run = |f: &mut Fixture, cdb: &[u8]| {
             let mut c = f.cmd(cdb, DataDir::FromDevice, vec![0; 64]);
             c.lun = 9;
             let t = c.token;

@@ -31,6 +31,7 @@ pub const MAX_CAW_BLOCKS: u8 = 255;
 /// MAXIMUM ATOMIC TRANSFER LENGTH (WRITE ATOMIC(16)) in logical blocks; at most
 /// [`MAX_XFER_BLOCKS`] as SBC-4 requires. libiscsi writes up to 256 blocks.
 pub const MAX_ATOMIC_BLOCKS: u32 = 256;
+const _: () = assert!(MAX_ATOMIC_BLOCKS <= MAX_XFER_BLOCKS);
 /// ATOMIC ALIGNMENT: an atomic write's LBA must be a multiple of this (1: none).
 pub const ATOMIC_ALIGNMENT: u32 = 1;
 /// ATOMIC TRANSFER LENGTH GRANULARITY: an atomic write's length must be a multiple
@@ -200,7 +201,7 @@ fn device_identification(lun: &Lun, nexus: &Nexus) -> Vec<u8> {
     // SCSI name string: UTF-8, NUL-terminated, padded to a multiple of 4 (7.8.6.11).
     let mut name: Vec<u8> = port.name.bytes().take(251).collect();
     name.push(0);
-    while name.len() % 4 != 0 {
+    while !name.len().is_multiple_of(4) {
         name.push(0);
     }
     designator(
@@ -455,7 +456,6 @@ mod tests {
         assert_eq!(be32(24), if unmap { MAX_UNMAP_DESCRIPTORS } else { 0 });
         let atomic = supports(0x9c, None);
         assert_eq!(be32(44), if atomic { MAX_ATOMIC_BLOCKS } else { 0 });
-        assert!(MAX_ATOMIC_BLOCKS <= MAX_XFER_BLOCKS);
         // Truncation keeps the page length field of the whole page.
         let (r, t) = f.read_in(&vpd_cdb(page::BLOCK_LIMITS, 8), 8);
         assert_good(&r);
