@@ -7,6 +7,9 @@
 //! (software write protect, see [`write_protected`]). Nothing is savable: PC=11b
 //! and SP=1 are refused. A LOGICAL UNIT RESET restores the default values.
 
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Mutex;
+
 use crate::exec::{CmdCtx, Exec, ExecResult};
 use crate::lun::{Lun, LunConfig};
 use crate::sense::{asc, CmdError, Sense, SenseFormat};
@@ -33,8 +36,59 @@ impl ModeState {
     }
 }
 
-fn state(lun: &Lun) -> std::sync::MutexGuard<'_, ModeState> {
-    lun.mode.lock().unwrap_or_else(|e| e.into_inner())
+const WCE: u8 = 1 << 0;
+const D_SENSE: u8 = 1 << 1;
+const SWP: u8 = 1 << 2;
+
+/// The mode parameters of one LUN, readable without a lock: the write path asks
+/// for WCE and SWP on every command. MODE SELECT and resets serialize on `select`.
+#[derive(Debug)]
+pub struct ModeParams {
+    bits: AtomicU8,
+    select: Mutex<()>,
+}
+
+impl ModeParams {
+    pub fn new(config: &LunConfig) -> Self {
+        let p = ModeParams {
+            bits: AtomicU8::new(0),
+            select: Mutex::new(()),
+        };
+        p.set(&ModeState::new(config));
+        p
+    }
+
+    /// The current values.
+    pub fn get(&self) -> ModeState {
+        let b = self.bits.load(Ordering::Acquire);
+        ModeState {
+            wce: b & WCE != 0,
+            d_sense: b & D_SENSE != 0,
+            swp: b & SWP != 0,
+        }
+    }
+
+    fn set(&self, st: &ModeState) {
+        let mut b = 0;
+        if st.wce {
+            b |= WCE;
+        }
+        if st.d_sense {
+            b |= D_SENSE;
+        }
+        if st.swp {
+            b |= SWP;
+        }
+        self.bits.store(b, Ordering::Release);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.select.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn state(lun: &Lun) -> ModeState {
+    lun.mode.get()
 }
 
 /// The sense data format the control mode page selects.
@@ -47,21 +101,22 @@ pub(crate) fn sense_format(lun: &Lun) -> SenseFormat {
 }
 
 /// Whether the write cache is enabled (caching page WCE). When it is not, every
-/// write must reach stable storage before it completes (FUA).
+/// write must reach stable storage before it completes (FUA). Lock-free.
 pub fn write_cache_enabled(lun: &Lun) -> bool {
     state(lun).wce
 }
 
 /// Whether writes are refused with DATA PROTECT, WRITE PROTECTED: the LUN is
-/// configured read-only, or the control page's SWP bit is set.
+/// configured read-only, or the control page's SWP bit is set. Lock-free.
 pub fn write_protected(lun: &Lun) -> bool {
     lun.config.read_only || state(lun).swp
 }
 
 /// LOGICAL UNIT RESET: current values return to the defaults (there are no saved
-/// values).
+/// values; SAM-5 6.3.3).
 pub(crate) fn on_lun_reset(lun: &Lun) {
-    *state(lun) = ModeState::new(&lun.config);
+    let _g = lun.mode.lock();
+    lun.mode.set(&ModeState::new(&lun.config));
 }
 
 /// Page control (PC) of MODE SENSE.
@@ -380,11 +435,11 @@ fn mode_select(ctx: &mut CmdCtx<'_>, ten: bool) -> ExecResult {
     let list = ctx.data_out(len);
     let lun = ctx.lun;
     let changed = {
-        let mut st = state(lun);
-        let new = parse_select(lun, &st, &list, ten)?;
-        let changed = new != *st;
-        *st = new;
-        changed
+        let _g = lun.mode.lock();
+        let cur = lun.mode.get();
+        let new = parse_select(lun, &cur, &list, ten)?;
+        lun.mode.set(&new);
+        new != cur
     };
     if changed {
         lun.ua
