@@ -760,4 +760,33 @@ mod tests {
         );
         assert_eq!(field(&r).map(|p| p.byte), Some(12));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Any parameter list is either refused or yields values; never a panic.
+        #[test]
+        fn parse_select_never_panics(
+            list in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
+            ten in proptest::prelude::any::<bool>(),
+        ) {
+            let f = Fixture::ram();
+            let cur = f.lun.mode.get();
+            let _ = parse_select(&f.lun, &cur, &list, ten);
+        }
+
+        /// A valid page with only changeable bits flipped is accepted.
+        #[test]
+        fn changeable_bits_are_accepted(wce in proptest::prelude::any::<bool>(),
+                                        d_sense in proptest::prelude::any::<bool>()) {
+            let f = Fixture::ram();
+            let cur = f.lun.mode.get();
+            let want = ModeState { wce, d_sense, swp: false };
+            let mut list = vec![0u8; 4];
+            list.extend(build(0x08, 0, &want, false));
+            list.extend(build(0x0a, 0, &want, false));
+            let got = parse_select(&f.lun, &cur, &list, false);
+            proptest::prop_assert_eq!(got, Ok(want));
+        }
+    }
 }

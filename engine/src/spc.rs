@@ -706,4 +706,29 @@ mod tests {
         assert_check(&r, SenseKey::IllegalRequest, asc::INVALID_FIELD_IN_CDB);
         assert_eq!(field(&r).map(|p| p.byte), Some(4));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Random CDBs of this module's commands answer with a status, never a
+        /// panic, and never more data than the allocation length allows.
+        #[test]
+        fn random_cdbs_never_panic(
+            pick in 0usize..OPS.len(),
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 16),
+            alloc in 0usize..600,
+        ) {
+            let op = &OPS[pick];
+            let mut cdb = tail[..op.cdb_len()].to_vec();
+            cdb[0] = op.opcode;
+            if let Some(sa) = op.service_action {
+                cdb[1] = (cdb[1] & 0xe0) | sa as u8;
+            }
+            let last = cdb.len() - 1;
+            cdb[last] = 0; // no NACA
+            let mut f = removable();
+            let (r, _) = f.run(&cdb, DataDir::FromDevice, vec![0; alloc]);
+            proptest::prop_assert!(r.transferred as usize <= alloc);
+        }
+    }
 }
