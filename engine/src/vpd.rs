@@ -88,6 +88,12 @@ pub fn provisioning(lun: &Lun) -> (bool, bool, bool) {
     )
 }
 
+/// LBPRZ: deallocated blocks of `lun` read as zeroes. READ CAPACITY(16) must
+/// report the same as VPD B2h.
+pub fn lbprz(lun: &Lun) -> bool {
+    lun.config.thin && lun.backend.capabilities().discard_zeroes
+}
+
 fn pad_ascii(s: &str, n: usize) -> Vec<u8> {
     let mut v: Vec<u8> = s
         .bytes()
@@ -300,7 +306,7 @@ fn logical_block_provisioning(lun: &Lun) -> Vec<u8> {
     if lbpws10 {
         f |= 0x20;
     }
-    if lun.backend.capabilities().discard_zeroes {
+    if lbprz(lun) {
         f |= 0x04; // LBPRZ
     }
     b[1] = f;
