@@ -13,12 +13,14 @@ pub mod mode;
 pub mod nexus;
 pub mod opcodes;
 pub mod pr;
+pub mod rsoc;
 pub mod sbc;
 pub mod sense;
 pub mod spc;
 pub(crate) mod taskset;
 pub mod tmf;
 pub mod ua;
+pub mod vpd;
 pub mod worker;
 pub mod xcopy;
 

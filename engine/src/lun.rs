@@ -68,7 +68,7 @@ pub struct Lun {
     pub(crate) tasks: Mutex<TaskSet>,
     pub ua: UnitAttentions,
     /// Mode page values and medium state.
-    pub(crate) mode: Mutex<crate::mode::ModeState>,
+    pub(crate) mode: crate::mode::ModeParams,
     pub(crate) media: Mutex<crate::spc::MediaState>,
     /// SPC-2 reservation and persistent reservations.
     pub(crate) pr: Mutex<crate::pr::PrState>,
@@ -112,14 +112,14 @@ impl Lun {
         if backend.capabilities().read_only && !config.read_only {
             return Err(LunError::ReadOnlyBackend { name: config.name });
         }
-        let mode = crate::mode::ModeState::new(&config);
+        let mode = crate::mode::ModeParams::new(&config);
         Ok(Arc::new(Lun {
             uid: NEXT_LUN_UID.fetch_add(1, Ordering::Relaxed),
             config,
             backend,
             tasks: Mutex::new(TaskSet::default()),
             ua: UnitAttentions::default(),
-            mode: Mutex::new(mode),
+            mode,
             media: Mutex::new(crate::spc::MediaState::default()),
             pr: Mutex::new(crate::pr::PrState::default()),
             copy: Mutex::new(crate::xcopy::CopyState::default()),

@@ -636,7 +636,7 @@ fn checks_and_handler(
     slot.info = Some(info);
     opcodes::check_control(cdb, info.cdb_len())?;
     crate::pr::check_access(&slot.lun, &slot.nexus, info, cdb)?;
-    if info.has(flags::WRITES) && slot.lun.config.read_only {
+    if info.has(flags::WRITES) && crate::mode::write_protected(&slot.lun) {
         return Err(Sense::new(SenseKey::DataProtect, asc::WRITE_PROTECTED).into());
     }
     if info.has(flags::MEDIUM) {
