@@ -72,6 +72,9 @@ pub struct Lun {
     pub(crate) media: Mutex<crate::spc::MediaState>,
     /// SPC-2 reservation and persistent reservations.
     pub(crate) pr: Mutex<crate::pr::PrState>,
+    /// Whether any reservation (SPC-2 or persistent) exists: read without the lock
+    /// by every command's conflict check, written by `pr::lock`'s guard.
+    pub(crate) pr_reserved: std::sync::atomic::AtomicBool,
     /// EXTENDED COPY bookkeeping (RECEIVE COPY RESULTS).
     pub(crate) copy: Mutex<crate::xcopy::CopyState>,
 }
@@ -122,6 +125,7 @@ impl Lun {
             mode,
             media: Mutex::new(crate::spc::MediaState::default()),
             pr: Mutex::new(crate::pr::PrState::default()),
+            pr_reserved: std::sync::atomic::AtomicBool::new(false),
             copy: Mutex::new(crate::xcopy::CopyState::default()),
         }))
     }

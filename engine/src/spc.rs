@@ -67,8 +67,6 @@ pub(crate) fn on_lun_reset(lun: &Lun) {
 }
 
 /// I_T nexus loss: the prevention that nexus held is cleared (SPC-4 6.13).
-/// `tmf::nexus_loss` is to call it (the task management owner wires it).
-#[allow(dead_code)]
 pub(crate) fn on_nexus_loss(lun: &Lun, key: &NexusKey) {
     media(lun).prevent.remove(key);
 }

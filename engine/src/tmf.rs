@@ -211,6 +211,7 @@ fn reset_lun(l: &Arc<Lun>, by: &Nexus) {
 pub(crate) fn nexus_loss(l: &Arc<Lun>, nexus: &Nexus) {
     crate::pr::on_nexus_loss(l, &nexus.key);
     crate::xcopy::on_nexus_loss(l, &nexus.key);
+    crate::spc::on_nexus_loss(l, &nexus.key);
     l.ua.clear(&nexus.key);
     l.ua.establish(&nexus.key, asc::I_T_NEXUS_LOSS_OCCURRED);
 }

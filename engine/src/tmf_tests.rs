@@ -47,9 +47,11 @@ fn submit(f: &mut Fixture, cdb: &[u8], dir: DataDir, data: Vec<u8>, attr: TaskAt
     t
 }
 
+type Finished = (Vec<(u64, Option<ScsiStatus>)>, Vec<(u64, TmfResponse)>);
+
 /// Polls for `ms` and returns the tokens of the commands that completed, and the
 /// task management responses.
-fn drain(f: &mut Fixture, ms: u64) -> (Vec<(u64, Option<ScsiStatus>)>, Vec<(u64, TmfResponse)>) {
+fn drain(f: &mut Fixture, ms: u64) -> Finished {
     let deadline = std::time::Instant::now() + Duration::from_millis(ms);
     let (mut cmds, mut tmfs) = (Vec::new(), Vec::new());
     let mut ev = Vec::new();

@@ -47,6 +47,7 @@ pub mod page {
     pub const UNIT_SERIAL: u8 = 0x80;
     pub const DEVICE_ID: u8 = 0x83;
     pub const EXTENDED_INQUIRY: u8 = 0x86;
+    pub const THIRD_PARTY_COPY: u8 = 0x8f;
     pub const BLOCK_LIMITS: u8 = 0xb0;
     pub const BLOCK_DEVICE_CHARACTERISTICS: u8 = 0xb1;
     pub const LOGICAL_BLOCK_PROVISIONING: u8 = 0xb2;
@@ -139,6 +140,7 @@ pub fn supported_pages(lun: &Lun) -> Vec<u8> {
         page::UNIT_SERIAL,
         page::DEVICE_ID,
         page::EXTENDED_INQUIRY,
+        page::THIRD_PARTY_COPY,
         page::BLOCK_LIMITS,
         page::BLOCK_DEVICE_CHARACTERISTICS,
     ];
@@ -333,6 +335,7 @@ pub(crate) fn page(lun: &Lun, nexus: &Nexus, code: u8) -> Option<Vec<u8>> {
         }
         page::DEVICE_ID => device_identification(lun, nexus),
         page::EXTENDED_INQUIRY => extended_inquiry(),
+        page::THIRD_PARTY_COPY => crate::xcopy::third_party_copy_vpd(lun),
         page::BLOCK_LIMITS => block_limits(lun),
         page::BLOCK_DEVICE_CHARACTERISTICS => block_device_characteristics(lun),
         page::LOGICAL_BLOCK_PROVISIONING => logical_block_provisioning(lun),
@@ -379,7 +382,7 @@ mod tests {
         let mut f = Fixture::ram();
         let d = read_page(&mut f, page::SUPPORTED);
         let pages = d[4..].to_vec();
-        assert_eq!(pages, vec![0x00, 0x80, 0x83, 0x86, 0xb0, 0xb1, 0xb2]);
+        assert_eq!(pages, vec![0x00, 0x80, 0x83, 0x86, 0x8f, 0xb0, 0xb1, 0xb2]);
         assert!(pages.windows(2).all(|w| w[0] < w[1]));
         for p in pages {
             read_page(&mut f, p);

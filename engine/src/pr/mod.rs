@@ -196,8 +196,40 @@ impl PrState {
     }
 }
 
-pub(crate) fn lock(lun: &Lun) -> std::sync::MutexGuard<'_, PrState> {
-    lun.pr.lock().unwrap_or_else(|e| e.into_inner())
+/// The reservation state, locked. When the guard drops it publishes whether any
+/// reservation exists, so that `check_access` takes no lock on a LUN without one.
+pub(crate) struct PrGuard<'a> {
+    lun: &'a Lun,
+    st: std::sync::MutexGuard<'a, PrState>,
+}
+
+impl std::ops::Deref for PrGuard<'_> {
+    type Target = PrState;
+    fn deref(&self) -> &PrState {
+        &self.st
+    }
+}
+
+impl std::ops::DerefMut for PrGuard<'_> {
+    fn deref_mut(&mut self) -> &mut PrState {
+        &mut self.st
+    }
+}
+
+impl Drop for PrGuard<'_> {
+    fn drop(&mut self) {
+        let any = self.st.spc2.is_some() || self.st.res.is_some();
+        self.lun
+            .pr_reserved
+            .store(any, std::sync::atomic::Ordering::Release);
+    }
+}
+
+pub(crate) fn lock(lun: &Lun) -> PrGuard<'_> {
+    PrGuard {
+        lun,
+        st: lun.pr.lock().unwrap_or_else(|e| e.into_inner()),
+    }
 }
 
 /// RESERVATION CONFLICT if `nexus` may not run `info` now.
@@ -207,6 +239,10 @@ pub(crate) fn check_access(
     info: &OpInfo,
     cdb: &[u8],
 ) -> Result<(), CmdError> {
+    // The hot path: no reservation of either kind, nothing can conflict.
+    if !lun.pr_reserved.load(std::sync::atomic::Ordering::Acquire) {
+        return Ok(());
+    }
     let st = lock(lun);
     if let Some(holder) = &st.spc2 {
         if *holder != nexus.key && !conflict::spc2_allowed(cdb) {
