@@ -329,7 +329,10 @@ impl Worker {
             match step {
                 Step::Done(Ok(wanted)) => {
                     let write = slot.info.is_some_and(|i| i.has(flags::WRITES));
-                    let resp = good_response(&slot.cmd, wanted, write);
+                    let mut resp = good_response(&slot.cmd, wanted, write);
+                    if let Some(job) = &slot.job {
+                        resp.status = job.status();
+                    }
                     self.finish(r, Some(resp));
                     return;
                 }
