@@ -74,6 +74,8 @@ pub struct Lun {
     pub(crate) pr: Mutex<crate::pr::PrState>,
     /// EXTENDED COPY bookkeeping (RECEIVE COPY RESULTS).
     pub(crate) copy: Mutex<crate::xcopy::CopyState>,
+    /// SANITIZE in progress or failed (SBC-4 4.11).
+    pub(crate) sanitize: crate::sbc::SanitizeState,
 }
 
 impl std::fmt::Debug for Lun {
@@ -123,6 +125,7 @@ impl Lun {
             media: Mutex::new(crate::spc::MediaState::default()),
             pr: Mutex::new(crate::pr::PrState::default()),
             copy: Mutex::new(crate::xcopy::CopyState::default()),
+            sanitize: crate::sbc::SanitizeState::default(),
         }))
     }
 

@@ -612,6 +612,7 @@ fn run_handler(slot: &mut Slot, registry: &Arc<LunRegistry>) -> Result<Exec, Cmd
     if info.has(flags::WRITES) && slot.lun.config.read_only {
         return Err(Sense::new(SenseKey::DataProtect, asc::WRITE_PROTECTED).into());
     }
+    crate::sbc::check_sanitize(&slot.lun, info)?;
     if info.has(flags::MEDIUM) {
         crate::spc::check_ready(&slot.lun)?;
     }
