@@ -108,6 +108,9 @@ pub(crate) struct Plan {
     /// Bytes of all phases, and done so far (progress indication).
     total: u64,
     done: u64,
+    /// Byte offset of the operation in flight, for sense data when the backend does
+    /// not say where it failed.
+    last_off: Option<u64>,
 }
 
 impl Plan {
@@ -135,6 +138,7 @@ impl Plan {
             max_scratch,
             total,
             done: 0,
+            last_off: None,
         }
     }
 
@@ -359,8 +363,11 @@ impl Job for Plan {
     fn step(&mut self, ctx: &mut JobCtx<'_>, last: Option<Result<usize, IoError>>) -> Step {
         if let Some(result) = last {
             let pending = self.pending.take();
-            if let Err(e) = result {
+            if let Err(mut e) = result {
                 let write = matches!(pending, Some(Pending::Advance(_, true)));
+                if e.offset.is_none() {
+                    e.offset = self.last_off;
+                }
                 return Step::Done(Err(io_error_sense(&e, self.block_size, write)));
             }
             if let Some(p) = pending {
@@ -369,7 +376,17 @@ impl Job for Plan {
                 }
             }
         }
-        self.next(ctx)
+        let step = self.next(ctx);
+        if let Step::Io { op, .. } = &step {
+            self.last_off = match *op {
+                IoOp::Read { offset }
+                | IoOp::Write { offset, .. }
+                | IoOp::Discard { offset, .. }
+                | IoOp::WriteZeroes { offset, .. } => Some(offset),
+                IoOp::Flush => None,
+            };
+        }
+        step
     }
 
     fn range(&self) -> Option<LbaRange> {
@@ -425,5 +442,121 @@ fn merge_from(chunk: &mut [u8], data: &dyn DataBuf, from: usize, have: usize, or
             break;
         }
         i += k;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_cdb::*;
+    use crate::cmd::DataDir;
+    use crate::sense::{asc, SenseKey};
+    use crate::testutil::{assert_check, assert_good, Fixture};
+
+    /// Reads and writes at or past `bad` bytes fail with EIO (no offset given).
+    struct Failing(backends::ram::RamBackend, u64);
+
+    struct FailingChannel {
+        inner: Box<dyn backends::IoChannel>,
+        bad: u64,
+        failed: Vec<backends::Completion>,
+    }
+
+    impl backends::IoChannel for FailingChannel {
+        unsafe fn submit(
+            &mut self,
+            op: backends::IoOp,
+            iovecs: &[libc::iovec],
+            user_data: u64,
+        ) -> Result<(), backends::BackendError> {
+            let (off, write) = match op {
+                backends::IoOp::Read { offset } => (offset, false),
+                backends::IoOp::Write { offset, .. } => (offset, true),
+                _ => (0, false),
+            };
+            let len: u64 = iovecs.iter().map(|v| v.iov_len as u64).sum();
+            if len > 0 && off + len > self.bad {
+                let kind = if write {
+                    backends::IoErrorKind::Write
+                } else {
+                    backends::IoErrorKind::Read
+                };
+                self.failed.push(backends::Completion {
+                    user_data,
+                    result: Err(backends::IoError::new(kind, libc::EIO, None)),
+                });
+                return Ok(());
+            }
+            // SAFETY: forwarded unchanged; our caller upholds `submit`'s contract.
+            unsafe { self.inner.submit(op, iovecs, user_data) }
+        }
+        fn cancel(&mut self, _: u64) -> bool {
+            false
+        }
+        fn reap(&mut self, out: &mut Vec<backends::Completion>) {
+            self.inner.reap(out);
+            out.append(&mut self.failed);
+        }
+        fn in_flight(&self) -> usize {
+            self.failed.len() + self.inner.in_flight()
+        }
+    }
+
+    impl backends::Backend for Failing {
+        fn size(&self) -> u64 {
+            self.0.size()
+        }
+        fn capabilities(&self) -> backends::Capabilities {
+            self.0.capabilities()
+        }
+        fn open_channel(
+            &self,
+            n: &vmm_sys_util::eventfd::EventFd,
+        ) -> Result<Box<dyn backends::IoChannel>, backends::BackendError> {
+            Ok(Box::new(FailingChannel {
+                inner: self.0.open_channel(n)?,
+                bad: self.1,
+                failed: Vec::new(),
+            }))
+        }
+        fn block_status(&self, o: u64, l: u64) -> Result<backends::Extent, backends::BackendError> {
+            self.0.block_status(o, l)
+        }
+        fn resize(&self, s: u64) -> Result<(), backends::BackendError> {
+            self.0.resize(s)
+        }
+        fn describe(&self) -> String {
+            "failing".into()
+        }
+    }
+
+    #[test]
+    fn backend_errors_are_medium_errors_with_the_lba() {
+        let cfg = crate::lun::LunConfig::new("bad", crate::testutil::uuid_for("bad"));
+        let mut f = Fixture::with(
+            cfg,
+            std::sync::Arc::new(Failing(backends::ram::RamBackend::new(1 << 20), 512 * 100)),
+        );
+        let (r, _) = f.read_in(&rw10(0x28, 0, 8), 4096);
+        assert_good(&r);
+        let (r, _) = f.read_in(&rw10(0x28, 99, 4), 2048);
+        assert_check(&r, SenseKey::MediumError, asc::UNRECOVERED_READ_ERROR);
+        assert_eq!(r.sense_data.unwrap().information, Some(99));
+        let (r, _) = f.run(&rw10(0x2a, 120, 1), DataDir::ToDevice, vec![0; 512]);
+        assert_check(&r, SenseKey::MediumError, asc::WRITE_ERROR);
+        assert_eq!(r.sense_data.unwrap().information, Some(120));
+        // A compare read that fails is a read error, not a miscompare.
+        let mut buf = vec![0; 512];
+        buf.extend_from_slice(&[1; 512]);
+        let (r, _) = f.run(&caw(150, 1), DataDir::ToDevice, buf);
+        assert_check(&r, SenseKey::MediumError, asc::UNRECOVERED_READ_ERROR);
+    }
+
+    #[test]
+    fn progress_runs_from_zero_to_full() {
+        let f = Fixture::ram();
+        let p = super::Plan::new(&f.lun, vec![super::Phase::Check { off: 0, len: 10 }], 0);
+        assert_eq!(p.progress(), 0);
+        let empty = super::Plan::new(&f.lun, vec![], 0);
+        assert_eq!(empty.progress(), 0);
     }
 }
