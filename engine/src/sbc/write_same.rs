@@ -5,7 +5,8 @@
 //! end of the medium" (WSNZ=0). With UNMAP on a thin LUN a zero block deallocates
 //! the range (LBPRZ: it reads back as zeroes); a non-zero block is written, since
 //! deallocating it would change what the blocks read. ANCHOR is refused (ANC_SUP=0).
-//! On a fully provisioned LUN the UNMAP bit is ignored and the data written.
+//! A fully provisioned LUN reports LBPWS=LBPWS10=0, so UNMAP there is INVALID
+//! FIELD IN CDB (libiscsi WriteSame*.UnmapVPD requires the two to agree).
 
 use super::limits;
 use super::plan::{Phase, Plan};
@@ -21,6 +22,9 @@ pub(super) fn write_same(ctx: &mut CmdCtx<'_>) -> ExecResult {
     let ndob = cdb.len() == 16 && cdb[1] & 0x01 != 0;
     if anchor {
         return Err(Sense::invalid_cdb_field(1, Some(4)).into());
+    }
+    if unmap && !ctx.lun.config.thin {
+        return Err(Sense::invalid_cdb_field(1, Some(3)).into());
     }
     let e = extent(cdb);
     let lun = ctx.lun;
@@ -154,6 +158,23 @@ mod tests {
         assert_good(&r);
         let (_, d) = f.read_in(&rw10(0x28, 0, 2), 1024);
         assert_eq!(d, vec![0xa6; 1024]);
+    }
+
+    #[test]
+    fn unmap_bit_needs_a_thin_lun() {
+        let mut cfg = crate::lun::LunConfig::new("thick", crate::testutil::uuid_for("thick"));
+        cfg.thin = false;
+        let mut f = Fixture::with(
+            cfg,
+            std::sync::Arc::new(backends::ram::RamBackend::new(1 << 20)),
+        );
+        let (r, _) = f.run(&ws16(0, 1, 0x08), DataDir::ToDevice, vec![0; 512]);
+        assert_check(&r, SenseKey::IllegalRequest, asc::INVALID_FIELD_IN_CDB);
+        f.run(&rw10(0x2a, 0, 1), DataDir::ToDevice, vec![3; 512]);
+        let (r, _) = f.run(&ws16(0, 1, 0), DataDir::ToDevice, vec![0; 512]);
+        assert_good(&r);
+        let (_, d) = f.read_in(&rw10(0x28, 0, 1), 512);
+        assert_eq!(d, vec![0; 512]);
     }
 
     #[test]
