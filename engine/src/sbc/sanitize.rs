@@ -322,6 +322,30 @@ mod tests {
     }
 
     #[test]
+    fn an_aborted_sanitize_fails_only_once_it_has_written() {
+        let f = small();
+        for (started, ause, after) in [
+            (false, false, SAN_IDLE),
+            (true, false, SAN_FAILED),
+            (true, true, SAN_FAILED_AUSE),
+        ] {
+            assert!(f.lun.sanitize.begin());
+            let job = SanitizeJob {
+                plan: Plan::new(&f.lun, vec![Phase::Flush], 0),
+                lun: f.lun.clone(),
+                ause,
+                started,
+                finished: false,
+            };
+            drop(job);
+            assert_eq!(f.lun.sanitize.get(), after);
+        }
+        // A running sanitize cannot be claimed twice.
+        f.lun.sanitize.set(super::super::SAN_RUNNING);
+        assert!(!f.lun.sanitize.begin());
+    }
+
+    #[test]
     fn read_only_lun_refuses_sanitize() {
         let mut cfg = crate::lun::LunConfig::new("ro", crate::testutil::uuid_for("ro"));
         cfg.read_only = true;
