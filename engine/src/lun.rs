@@ -77,6 +77,8 @@ pub struct Lun {
     pub(crate) pr_reserved: std::sync::atomic::AtomicBool,
     /// EXTENDED COPY bookkeeping (RECEIVE COPY RESULTS).
     pub(crate) copy: Mutex<crate::xcopy::CopyState>,
+    /// SANITIZE in progress or failed (SBC-4 4.11).
+    pub(crate) sanitize: crate::sbc::SanitizeState,
 }
 
 impl std::fmt::Debug for Lun {
@@ -127,6 +129,7 @@ impl Lun {
             pr: Mutex::new(crate::pr::PrState::default()),
             pr_reserved: std::sync::atomic::AtomicBool::new(false),
             copy: Mutex::new(crate::xcopy::CopyState::default()),
+            sanitize: crate::sbc::SanitizeState::default(),
         }))
     }
 

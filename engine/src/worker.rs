@@ -344,7 +344,10 @@ impl Worker {
             match step {
                 Step::Done(Ok(wanted)) => {
                     let write = slot.info.is_some_and(|i| i.has(flags::WRITES));
-                    let resp = good_response(&slot.cmd, wanted, write);
+                    let mut resp = good_response(&slot.cmd, wanted, write);
+                    if let Some(job) = &slot.job {
+                        resp.status = job.status();
+                    }
                     self.finish(r, Some(resp));
                     return;
                 }
@@ -639,6 +642,7 @@ fn checks_and_handler(
     if info.has(flags::WRITES) && crate::mode::write_protected(&slot.lun) {
         return Err(Sense::new(SenseKey::DataProtect, asc::WRITE_PROTECTED).into());
     }
+    crate::sbc::check_sanitize(&slot.lun, info)?;
     if info.has(flags::MEDIUM) {
         crate::spc::check_ready(&slot.lun)?;
     }
