@@ -82,6 +82,15 @@ impl ModeParams {
         self.bits.store(b, Ordering::Release);
     }
 
+    /// Sets WCE directly (tests of the write path).
+    #[cfg(test)]
+    pub(crate) fn set_wce_for_test(&self, wce: bool) {
+        let _g = self.lock();
+        let mut st = self.get();
+        st.wce = wce;
+        self.set(&st);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.select.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -153,9 +153,9 @@ fn request_sense(ctx: &mut CmdCtx<'_>) -> ExecResult {
     let alloc = usize::from(cdb[4]);
     let s = match ctx.lun.ua.pop(&ctx.nexus.key) {
         Some(a) => Sense::unit_attention(a),
-        None => {
-            not_ready(ctx.lun).unwrap_or(Sense::new(SenseKey::NoSense, asc::NO_ADDITIONAL_SENSE))
-        }
+        None => crate::sbc::sanitize_sense(ctx.lun)
+            .or_else(|| not_ready(ctx.lun))
+            .unwrap_or(Sense::new(SenseKey::NoSense, asc::NO_ADDITIONAL_SENSE)),
     };
     let mut d = if cdb[1] & 0x01 != 0 {
         s.to_descriptor()

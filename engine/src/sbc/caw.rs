@@ -53,7 +53,7 @@ pub(super) fn orwrite(ctx: &mut CmdCtx<'_>) -> ExecResult {
     let cdb = ctx.cdb;
     check_no_protect(cdb)?;
     let e = extent(cdb);
-    check_xfer(&e)?;
+    check_xfer(ctx.lun, &e)?;
     check_range(ctx.lun, e.lba, e.blocks)?;
     let wanted = xfer_bytes(ctx.lun, e.blocks, e.len_at)?;
     if e.blocks == 0 {

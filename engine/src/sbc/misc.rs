@@ -41,9 +41,9 @@ pub(crate) fn capacity16_data(lun: &Lun) -> Vec<u8> {
     d[13] = lbppb_exponent(lun) & 0x0f;
     if lun.config.thin {
         d[14] |= 0x80; // LBPME
-        if lun.backend.capabilities().discard_zeroes {
-            d[14] |= 0x40; // LBPRZ
-        }
+    }
+    if crate::vpd::lbprz(lun) {
+        d[14] |= 0x40; // LBPRZ, as the provisioning VPD page says
     }
     d
 }

@@ -36,34 +36,16 @@ mod model_tests;
 #[cfg(test)]
 mod test_cdb;
 
-/// Block limits this module enforces. The SPC branch reports them in the Block
-/// Limits VPD page (`crate::vpd`, same names); until that is merged they live here
-/// and the integrator unifies the two.
+/// The block limits this module enforces: the constants of `crate::vpd`, which the
+/// Block Limits VPD page reports, so the two cannot disagree. Only what no page
+/// reports is defined here.
 pub mod limits {
-    /// MAXIMUM TRANSFER LENGTH (blocks) of READ, WRITE, VERIFY, WRITE AND VERIFY,
-    /// ORWRITE, WRITE ATOMIC.
-    pub const MAX_XFER_BLOCKS: u32 = 16384;
-    /// OPTIMAL TRANSFER LENGTH (blocks).
-    pub const OPTIMAL_XFER_BLOCKS: u32 = 2048;
-    /// MAXIMUM COMPARE AND WRITE LENGTH (blocks).
-    pub const MAX_CAW_BLOCKS: u8 = 255;
-    /// MAXIMUM WRITE SAME LENGTH (blocks).
-    pub const MAX_WS_BLOCKS: u64 = 1 << 22;
-    /// WSNZ: a WRITE SAME of zero blocks (to the end of the medium) is allowed.
-    pub const WSNZ: bool = false;
-    /// MAXIMUM UNMAP LBA COUNT (blocks per UNMAP command).
-    pub const MAX_UNMAP_LBA_COUNT: u32 = 1 << 24;
-    /// MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT.
-    pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
+    pub use crate::vpd::{
+        ATOMIC_ALIGNMENT, ATOMIC_GRANULARITY, MAX_CAW_BLOCKS, MAX_UNMAP_DESCRIPTORS,
+        MAX_UNMAP_LBA_COUNT, MAX_WRITE_SAME_BLOCKS as MAX_WS_BLOCKS, MAX_XFER_BLOCKS, WSNZ,
+    };
     /// MAXIMUM ATOMIC TRANSFER LENGTH (blocks).
-    pub const MAX_ATOMIC_XFER_BLOCKS: u32 = MAX_XFER_BLOCKS;
-    /// ATOMIC ALIGNMENT (0: none).
-    pub const ATOMIC_ALIGNMENT: u32 = 0;
-    /// ATOMIC TRANSFER LENGTH GRANULARITY (0: none).
-    pub const ATOMIC_GRANULARITY: u32 = 0;
-    /// MAXIMUM ATOMIC TRANSFER LENGTH WITH ATOMIC BOUNDARY (0: boundaries not
-    /// supported).
-    pub const MAX_ATOMIC_XFER_WITH_BOUNDARY: u32 = 0;
+    pub const MAX_ATOMIC_XFER_BLOCKS: u32 = crate::vpd::MAX_ATOMIC_BLOCKS;
     /// MAXIMUM ATOMIC BOUNDARY SIZE (0: boundaries not supported).
     pub const MAX_ATOMIC_BOUNDARY: u32 = 0;
     /// PRE-FETCH: the blocks a prefetch may stage ("the cache"), in bytes.
@@ -130,8 +112,8 @@ pub(crate) fn check_no_protect(cdb: &[u8]) -> Result<(), CmdError> {
 }
 
 /// INVALID FIELD IN CDB when a transfer exceeds the MAXIMUM TRANSFER LENGTH.
-pub(crate) fn check_xfer(e: &Extent) -> Result<(), CmdError> {
-    if e.blocks > u64::from(limits::MAX_XFER_BLOCKS) {
+pub(crate) fn check_xfer(lun: &Lun, e: &Extent) -> Result<(), CmdError> {
+    if e.blocks > u64::from(crate::vpd::max_transfer_blocks(lun)) {
         return Err(Sense::invalid_cdb_field(e.len_at, None).into());
     }
     Ok(())
@@ -151,11 +133,7 @@ pub(crate) fn byte_off(lun: &Lun, lba: u64) -> u64 {
     lba.saturating_mul(u64::from(lun.block_size()))
 }
 
-/// The caching mode page's WCE. `crate::mode::write_cache_enabled` replaces this
-/// when the SPC branch is merged.
-fn write_cache_enabled(lun: &Lun) -> bool {
-    lun.mode.lock().unwrap_or_else(|e| e.into_inner()).wce
-}
+use crate::mode::write_cache_enabled;
 
 /// Whether a write must reach stable storage before it completes: FUA in the CDB,
 /// or the write cache is disabled.
@@ -606,7 +584,7 @@ mod tests {
             blocks: u64::from(limits::MAX_XFER_BLOCKS) + 1,
             len_at: 7,
         };
-        match check_xfer(&e) {
+        match check_xfer(&crate::testutil::Fixture::ram().lun, &e) {
             Err(CmdError::Check(s)) => assert_eq!(s.field.map(|f| f.byte), Some(7)),
             other => panic!("{other:?}"),
         }

@@ -30,7 +30,7 @@ pub(super) fn read(ctx: &mut CmdCtx<'_>) -> ExecResult {
     if cdb.len() > 6 {
         check_no_protect(cdb)?;
     }
-    check_xfer(&e)?;
+    check_xfer(ctx.lun, &e)?;
     check_range(ctx.lun, e.lba, e.blocks)?;
     let wanted = xfer_bytes(ctx.lun, e.blocks, e.len_at)?;
     if e.blocks == 0 {
@@ -94,7 +94,7 @@ pub(super) fn write(ctx: &mut CmdCtx<'_>) -> ExecResult {
     } else {
         false
     };
-    check_xfer(&e)?;
+    check_xfer(ctx.lun, &e)?;
     check_range(ctx.lun, e.lba, e.blocks)?;
     let wanted = xfer_bytes(ctx.lun, e.blocks, e.len_at)?;
     if e.blocks == 0 {
@@ -265,7 +265,7 @@ mod tests {
     #[test]
     fn write_cache_disabled_still_writes() {
         let mut f = Fixture::ram();
-        f.lun.mode.lock().unwrap().wce = false;
+        f.lun.mode.set_wce_for_test(false);
         let (r, _) = f.run(&rw10(0x2a, 5, 1), DataDir::ToDevice, vec![7; 512]);
         assert_good(&r);
         let (_, d) = f.read_in(&rw10(0x28, 5, 1), 512);

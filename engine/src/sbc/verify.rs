@@ -31,7 +31,7 @@ pub(super) fn verify(ctx: &mut CmdCtx<'_>) -> ExecResult {
         return Err(reserved_bytchk());
     }
     let e = extent(cdb);
-    check_xfer(&e)?;
+    check_xfer(ctx.lun, &e)?;
     check_range(ctx.lun, e.lba, e.blocks)?;
     let bytes = xfer_bytes(ctx.lun, e.blocks, e.len_at)?;
     if e.blocks == 0 {
@@ -83,7 +83,7 @@ pub(super) fn write_and_verify(ctx: &mut CmdCtx<'_>) -> ExecResult {
         return Err(reserved_bytchk());
     }
     let e = extent(cdb);
-    check_xfer(&e)?;
+    check_xfer(ctx.lun, &e)?;
     check_range(ctx.lun, e.lba, e.blocks)?;
     let bytes = xfer_bytes(ctx.lun, e.blocks, e.len_at)?;
     if e.blocks == 0 {
