@@ -194,10 +194,36 @@ pub enum BackendSpec {
     },
     /// A block device, `O_DIRECT`.
     BlockDev { path: PathBuf, read_only: bool },
+    /// Any backend behind the fault-injection wrapper, with these rules in force
+    /// from the start (more can be added at run time through its control handle).
+    Fault {
+        inner: Box<BackendSpec>,
+        rules: Vec<FaultRule>,
+    },
 }
 
 /// Opens the backend `spec` describes.
 pub fn open(spec: &BackendSpec) -> Result<Arc<dyn Backend>, BackendError> {
+    Ok(open_with_control(spec)?.0)
+}
+
+/// Opens the backend `spec` describes, and hands back the control handle of its
+/// fault-injection wrapper if it has one (the outermost).
+pub fn open_with_control(
+    spec: &BackendSpec,
+) -> Result<(Arc<dyn Backend>, Option<FaultControl>), BackendError> {
+    if let BackendSpec::Fault { inner, rules } = spec {
+        let fault = FaultBackend::new(open(inner)?);
+        let ctl = fault.control();
+        for r in rules {
+            ctl.add(r.clone());
+        }
+        return Ok((Arc::new(fault), Some(ctl)));
+    }
+    Ok((open_plain(spec)?, None))
+}
+
+fn open_plain(spec: &BackendSpec) -> Result<Arc<dyn Backend>, BackendError> {
     Ok(match spec {
         BackendSpec::Ram { size } => Arc::new(RamBackend::new(*size)),
         BackendSpec::Null { size } => Arc::new(NullBackend::new(*size)),
@@ -226,12 +252,60 @@ pub fn open(spec: &BackendSpec) -> Result<Arc<dyn Backend>, BackendError> {
                 ..BlockDevOptions::default()
             },
         )?),
+        BackendSpec::Fault { .. } => open_with_control(spec)?.0,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_a_fault_wrapper_from_spec() {
+        let spec = BackendSpec::Fault {
+            inner: Box::new(BackendSpec::Ram { size: 1 << 20 }),
+            rules: vec![FaultRule::new(
+                OpMatch::kind(OpKind::Write),
+                FaultAction::Fail {
+                    kind: IoErrorKind::Write,
+                    errno: libc::EIO,
+                },
+            )],
+        };
+        let (b, ctl) = open_with_control(&spec).unwrap();
+        assert_eq!(b.size(), 1 << 20);
+        let ctl = ctl.expect("control handle");
+        let efd = EventFd::new(0).unwrap();
+        let mut ch = b.open_channel(&efd).unwrap();
+        let mut buf = [7u8; 512];
+        let iov = [libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        }];
+        // SAFETY: `buf` outlives the operation, which completes before we reap.
+        unsafe {
+            ch.submit(
+                IoOp::Write {
+                    offset: 0,
+                    fua: false,
+                },
+                &iov,
+                1,
+            )
+        }
+        .unwrap();
+        let mut out = Vec::new();
+        for _ in 0..100 {
+            ch.reap(&mut out);
+            if !out.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].result.map_err(|e| e.kind), Err(IoErrorKind::Write));
+        assert_eq!(ctl.hits(), 1);
+    }
 
     #[test]
     fn open_from_spec() {
