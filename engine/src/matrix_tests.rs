@@ -1439,6 +1439,26 @@ fn sbc_cases() -> Vec<Case> {
                     (400, 1024 - 400, 1, 1024, 0),
                 )
             }),
+        case(
+            "GET LBA STATUS at the last blocks",
+            get_lba_status(BLOCKS - 8, 1024),
+        )
+        .alloc(1024)
+        .pre_write(BLOCKS - 8, vec![1; 8 * BS])
+        .returns(
+            [
+                &20u32.to_be_bytes()[..],
+                &[0; 4],
+                &(BLOCKS - 8).to_be_bytes(),
+                &8u32.to_be_bytes(),
+                &[0; 4],
+            ]
+            .concat(),
+        ),
+        case("UNMAP the last block", unmap_cdb(24))
+            .out(unmap_params(&[(BLOCKS - 1, 1)]))
+            .pre_write(BLOCKS - 2, vec![0xff; 2 * BS])
+            .medium(BLOCKS - 2, [vec![0xff; BS], vec![0; BS]].concat()),
         case("PRE-FETCH(16) more than the cache", rw16(0x90, 0, 0)),
         case("WRITE(10) 4096-byte blocks", rw10(0x2a, 3, 2))
             .out(pattern(8192, 12))
@@ -1923,17 +1943,9 @@ fn run_family(family: &str) {
     let mut failures = Vec::new();
     let mut ran = 0;
     for c in all_cases().iter().filter(|c| family_of(c) == family) {
-        for kind in ["ram", "file"] {
-            let make = || {
-                let [ram, file] = Fixture::both_with(config(c), c.size);
-                if kind == "ram" {
-                    ram.1
-                } else {
-                    file.1
-                }
-            };
+        for (kind, f) in Fixture::both_with(config(c), c.size) {
             ran += 1;
-            if let Err(e) = run_case(make, c) {
+            if let Err(e) = run_case(move || f, c) {
                 failures.push(format!("{} [{kind}]: {e}", c.name));
             }
         }
@@ -2050,6 +2062,13 @@ fn every_row_has_a_success_and_an_error_case() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+    let good = cases.iter().filter(|c| c.expect.success()).count();
+    eprintln!(
+        "{} matrix cases ({good} success, {} error) for {} rows",
+        cases.len(),
+        cases.len() - good,
+        opcodes::all().count()
+    );
 }
 
 /// A data buffer whose bytes start `skew` bytes past a 4096-byte boundary, inside
