@@ -34,6 +34,8 @@ pub use sense::{CmdError, ScsiStatus, Sense, SenseKey};
 pub use tmf::{TmfFunction, TmfRequest, TmfResponse};
 pub use worker::{Event, Worker};
 #[cfg(test)]
+mod matrix_tests;
+#[cfg(test)]
 mod tmf_tests;
 #[cfg(test)]
 mod worker_tests;

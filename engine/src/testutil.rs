@@ -45,11 +45,32 @@ impl Fixture {
 
     /// A 64 MiB sparse image file (io_uring engine), 512-byte blocks.
     pub fn file() -> Self {
+        Self::file_with(
+            LunConfig::new("lun0", uuid_for("lun0")),
+            64 << 20,
+            Default::default(),
+        )
+    }
+
+    /// The same file LUN opened with `O_DIRECT` (buffers and offsets must then be
+    /// aligned to the file system's logical block size).
+    pub fn file_direct() -> Self {
+        Self::file_with(
+            LunConfig::new("lun0", uuid_for("lun0")),
+            64 << 20,
+            backends::FileOptions {
+                direct: true,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// A LUN with `config` on a sparse image file of `size` bytes opened with `opts`.
+    pub fn file_with(config: LunConfig, size: u64, opts: backends::FileOptions) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("lun0.img");
-        let backend = backends::FileBackend::create(&path, 64 << 20, Default::default())
-            .expect("file backend");
-        let mut f = Self::with(LunConfig::new("lun0", uuid_for("lun0")), Arc::new(backend));
+        let backend = backends::FileBackend::create(&path, size, opts).expect("file backend");
+        let mut f = Self::with(config, Arc::new(backend));
         f._dir = Some(dir);
         f
     }
@@ -57,6 +78,17 @@ impl Fixture {
     /// The same LUN on each backend kind that tests must cover: RAM and a file.
     pub fn both() -> [(&'static str, Self); 2] {
         [("ram", Self::ram()), ("file", Self::file())]
+    }
+
+    /// A LUN with `config` and `size` bytes on RAM and on a sparse file.
+    pub fn both_with(config: LunConfig, size: u64) -> [(&'static str, Self); 2] {
+        [
+            (
+                "ram",
+                Self::with(config.clone(), Arc::new(RamBackend::new(size))),
+            ),
+            ("file", Self::file_with(config, size, Default::default())),
+        ]
     }
 
     pub fn with(config: LunConfig, backend: Arc<dyn Backend>) -> Self {
