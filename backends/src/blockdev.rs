@@ -61,6 +61,13 @@ fn queue_u64(dev: u64, name: &str) -> Option<u64> {
 
 /// Whether the device `dev` says it is rotational; `None` if it cannot tell (network
 /// and virtual file systems).
+pub(crate) fn logical_block_of(dev: u64) -> Option<u32> {
+    if libc::major(dev) == 0 {
+        return None;
+    }
+    queue_u64(dev, "logical_block_size").and_then(|v| u32::try_from(v).ok())
+}
+
 pub(crate) fn rotational_of(dev: u64) -> Option<bool> {
     if libc::major(dev) == 0 {
         return None;
@@ -145,6 +152,7 @@ impl BlockDevBackend {
             ),
             block_status: false,
             read_only: opts.read_only,
+            dma_alignment: logical_block.max(512),
         };
         let name: String = path
             .file_name()

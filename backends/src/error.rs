@@ -67,7 +67,7 @@ impl IoError {
             libc::ENOSPC | libc::EDQUOT => IoErrorKind::NoSpace,
             libc::ECANCELED => IoErrorKind::Canceled,
             libc::EOPNOTSUPP | libc::ENOTTY => IoErrorKind::Unsupported,
-            libc::EINVAL | libc::EFBIG => IoErrorKind::OutOfRange,
+            libc::EFBIG => IoErrorKind::OutOfRange,
             libc::EIO | libc::ENODATA | libc::EILSEQ if is_write => IoErrorKind::Write,
             libc::EIO | libc::ENODATA | libc::EILSEQ => IoErrorKind::Read,
             _ => IoErrorKind::Other,

@@ -54,6 +54,7 @@ pub struct FileBackend {
     opts: FileOptions,
     pool: Arc<PoolCell>,
     rotational: bool,
+    dma_alignment: u32,
 }
 
 fn open_err(path: &Path, source: std::io::Error) -> BackendError {
@@ -111,6 +112,13 @@ impl FileBackend {
             }
         }
         let rotational = crate::blockdev::rotational_of(meta.dev()).unwrap_or(false);
+        // O_DIRECT wants buffers and lengths aligned to the logical block size of the
+        // device under the file system; 4096 where it cannot be read (safe for all).
+        let dma_alignment = if opts.direct {
+            crate::blockdev::logical_block_of(meta.dev()).map_or(4096, |b| b.max(512))
+        } else {
+            1
+        };
         let target = Arc::new(Target {
             fd: OwnedFd::from(file),
             kind: TargetKind::File,
@@ -123,6 +131,7 @@ impl FileBackend {
             pool: Arc::new(PoolCell::new(opts.threads, &short_name(path))),
             opts,
             rotational,
+            dma_alignment,
         })
     }
 
@@ -235,6 +244,7 @@ impl Backend for FileBackend {
             max_transfer: 0,
             block_status: true,
             read_only: self.opts.read_only,
+            dma_alignment: self.dma_alignment,
         }
     }
 

@@ -57,6 +57,10 @@ pub struct Capabilities {
     pub block_status: bool,
     /// The backend is read-only (opened without write access).
     pub read_only: bool,
+    /// Every iovec's address and length must be a multiple of this (`O_DIRECT`: the
+    /// device's logical block size); 0 or 1: no constraint. Callers with unaligned
+    /// memory bounce through an aligned copy.
+    pub dma_alignment: u32,
 }
 
 /// One operation. Offsets and lengths are in bytes.

@@ -40,6 +40,7 @@ impl Backend for NullBackend {
             max_transfer: 0,
             block_status: true,
             read_only: false,
+            dma_alignment: 1,
         }
     }
 

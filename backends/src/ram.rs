@@ -266,6 +266,7 @@ impl Backend for RamBackend {
             max_transfer: 0,
             block_status: true,
             read_only: false,
+            dma_alignment: 1,
         }
     }
     fn open_channel(&self, notify: &EventFd) -> Result<Box<dyn IoChannel>, BackendError> {

@@ -6,6 +6,7 @@
 //! command's buffer. What comes back is a [`CmdResponse`]: status, sense data and
 //! residual. The engine never sees a transport's wire format.
 
+pub(crate) mod bounce;
 pub mod cmd;
 pub mod exec;
 pub mod lun;

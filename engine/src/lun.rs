@@ -75,10 +75,20 @@ pub struct Lun {
     /// Whether any reservation (SPC-2 or persistent) exists: read without the lock
     /// by every command's conflict check, written by `pr::lock`'s guard.
     pub(crate) pr_reserved: std::sync::atomic::AtomicBool,
+    /// Counters every transport reads the same way.
+    pub stats: LunStats,
     /// EXTENDED COPY bookkeeping (RECEIVE COPY RESULTS).
     pub(crate) copy: Mutex<crate::xcopy::CopyState>,
     /// SANITIZE in progress or failed (SBC-4 4.11).
     pub(crate) sanitize: crate::sbc::SanitizeState,
+}
+
+/// Per-LUN statistics.
+#[derive(Debug, Default)]
+pub struct LunStats {
+    /// Operations that went through an aligned bounce copy instead of the
+    /// caller's memory (zero copy was not possible).
+    pub bounce_copies: AtomicU64,
 }
 
 impl std::fmt::Debug for Lun {
@@ -128,6 +138,7 @@ impl Lun {
             media: Mutex::new(crate::spc::MediaState::default()),
             pr: Mutex::new(crate::pr::PrState::default()),
             pr_reserved: std::sync::atomic::AtomicBool::new(false),
+            stats: LunStats::default(),
             copy: Mutex::new(crate::xcopy::CopyState::default()),
             sanitize: crate::sbc::SanitizeState::default(),
         }))

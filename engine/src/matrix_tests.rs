@@ -2013,7 +2013,6 @@ fn matrix_xcopy() {
 /// ILLEGAL REQUEST, LBA OUT OF RANGE for an in-range command, depending on where
 /// the allocator put the buffer. See `o_direct_*` below for the exact split.
 #[test]
-#[ignore = "O_DIRECT with unaligned transport and scratch buffers fails with LBA OUT OF RANGE"]
 fn matrix_o_direct() {
     let mut failures = Vec::new();
     let mut ran = 0;
@@ -2165,13 +2164,18 @@ fn o_direct_with_aligned_transport_buffers() {
     );
     assert_eq!(r.status, ScsiStatus::Good, "{}", describe(&r));
     assert_eq!(back, data);
+    let bounced = f
+        .lun
+        .stats
+        .bounce_copies
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(bounced, 0, "aligned memory goes to the backend as it is");
 }
 
 /// The same with a transport buffer 16 bytes past an aligned address (what a heap
-/// allocation or a guest's memory may well be): fails today with LBA OUT OF RANGE
-/// (EINVAL from the kernel, mapped to `OutOfRange`).
+/// allocation or a guest's memory may well be): the worker bounces it through an
+/// aligned copy, and counts the copy.
 #[test]
-#[ignore = "O_DIRECT with an unaligned transport buffer fails with LBA OUT OF RANGE"]
 fn o_direct_with_unaligned_transport_buffers() {
     let mut f = Fixture::file_direct();
     let data = pattern(8 * BS, 22);
@@ -2182,15 +2186,34 @@ fn o_direct_with_unaligned_transport_buffers() {
         PlacedBuf::new(&data, 16),
     );
     assert_eq!(r.status, ScsiStatus::Good, "{}", describe(&r));
+    let bounced = f
+        .lun
+        .stats
+        .bounce_copies
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(bounced, 1, "one bounce for the unaligned write");
+    let (r, back) = run_placed(
+        &mut f,
+        &rw10(0x28, 16, 8),
+        DataDir::FromDevice,
+        PlacedBuf::new(&vec![0u8; 8 * BS], 16),
+    );
+    assert_eq!(r.status, ScsiStatus::Good, "{}", describe(&r));
+    assert_eq!(back, data);
+    let bounced = f
+        .lun
+        .stats
+        .bounce_copies
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(bounced, 2, "and one for the unaligned read");
 }
 
 /// WRITE SAME with an aligned data-out block on an `O_DIRECT` file: the pattern
 /// is written from the worker's scratch buffer (`Slot::scratch`, a `Vec<u8>`), not
-/// from the transport's buffer, so aligning the transport's memory is not enough.
-/// Fails today with LBA OUT OF RANGE, as COMPARE AND WRITE's compare read, VERIFY
-/// with BYTCHK and the read-modify-write of a partial block do.
+/// from the transport's buffer, so aligning the transport's memory is not enough:
+/// the worker bounces unaligned scratch too (as for COMPARE AND WRITE's compare
+/// read, VERIFY with BYTCHK and the read-modify-write of a partial block).
 #[test]
-#[ignore = "O_DIRECT from the worker's unaligned scratch buffer fails with LBA OUT OF RANGE"]
 fn o_direct_write_same_from_scratch() {
     let mut f = Fixture::file_direct();
     let blk = pattern(BS, 23);

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use backends::{Completion, IoChannel, IoError, IoErrorKind, IoOp};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::bounce::{self, AlignedBuf, Bounce};
 use crate::cmd::{CmdResponse, Completed, Residual, ScsiCmd, TaskAttr};
 use crate::exec::{CmdCtx, Exec, IoBuf, Job, JobCtx, Step};
 use crate::lun::{Lun, LunRegistry};
@@ -99,6 +100,8 @@ struct Slot {
     info: Option<&'static OpInfo>,
     job: Option<Box<dyn Job>>,
     scratch: Vec<u8>,
+    /// The aligned copy an operation in flight uses, if it needed one.
+    bounce: Option<Bounce>,
     aborted: bool,
 }
 
@@ -118,7 +121,8 @@ pub struct Worker {
     slots: Vec<Option<Slot>>,
     gens: Vec<u32>,
     free: Vec<u32>,
-    channels: HashMap<u64, Box<dyn IoChannel>>,
+    /// Backend channels of this thread by LUN uid, with the backend's DMA alignment.
+    channels: HashMap<u64, (Box<dyn IoChannel>, usize)>,
     ready: Vec<Event>,
     iovs: Vec<libc::iovec>,
     reaped: Vec<Completion>,
@@ -242,6 +246,7 @@ impl Worker {
             info: None,
             job: None,
             scratch: Vec::new(),
+            bounce: None,
             aborted: false,
         });
         if run {
@@ -396,19 +401,55 @@ impl Worker {
                 .backend
                 .open_channel(&self.notify)
                 .map_err(|_| fail(IoErrorKind::Other))?;
-            self.channels.insert(lun.uid, ch);
+            let align = lun.backend.capabilities().dma_alignment as usize;
+            self.channels.insert(lun.uid, (ch, align));
         }
-        let ch = self
+        let (ch, align) = self
             .channels
             .get_mut(&lun.uid)
             .ok_or(fail(IoErrorKind::Other))?;
-        // SAFETY: the iovecs point into the command's data buffer or the slot's
-        // scratch vector. Both are owned by the slot, which stays in the table, is
-        // not touched by the job (`step` is not called) and is not freed until this
-        // operation's completion has been reaped (`finish` on an aborted slot with
-        // I/O in flight waits for the completion, see `on_completion`).
-        unsafe { ch.submit(op, &self.iovs, r.user_data()) }
-            .map_err(|_| fail(IoErrorKind::Other))?;
+        let align = *align;
+        let is_read = matches!(op, IoOp::Read { .. });
+        let is_write = matches!(op, IoOp::Write { .. });
+        if (is_read || is_write) && !bounce::aligned(&self.iovs, align) {
+            let len: usize = self.iovs.iter().map(|v| v.iov_len).sum();
+            // A read may be rounded up (the extra bytes are dropped); a write may not,
+            // and an unaligned write length is the caller's to avoid.
+            let padded = if is_read {
+                len.div_ceil(align) * align
+            } else {
+                len
+            };
+            let mut b = AlignedBuf::new(padded, align);
+            if is_write {
+                bounce::gather(buf, slot.cmd.data.as_ref(), &slot.scratch, b.as_mut_slice());
+            }
+            self.iovs.clear();
+            self.iovs.push(libc::iovec {
+                iov_base: b.as_mut_slice().as_mut_ptr().cast(),
+                iov_len: padded,
+            });
+            slot.bounce = Some(Bounce {
+                buf: b,
+                target: buf,
+                len,
+                read: is_read,
+            });
+            lun.stats
+                .bounce_copies
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        // SAFETY: the iovecs point into the command's data buffer, the slot's scratch
+        // vector or the slot's bounce buffer. All are owned by the slot, which stays
+        // in the table, is not touched by the job (`step` is not called) and is not
+        // freed until this operation's completion has been reaped (`finish` on an
+        // aborted slot with I/O in flight waits for the completion, see
+        // `on_completion`).
+        let submitted = unsafe { ch.submit(op, &self.iovs, r.user_data()) };
+        if submitted.is_err() {
+            slot.bounce = None;
+            return Err(fail(IoErrorKind::Other));
+        }
         slot.state = SlotState::Io(lun.uid);
         Ok(())
     }
@@ -449,10 +490,23 @@ impl Worker {
             return;
         }
         slot.state = SlotState::Queued;
+        let mut result = c.result;
+        if let Some(b) = slot.bounce.take() {
+            if let (true, Ok(n)) = (b.read, &mut result) {
+                let got = (*n).min(b.len);
+                bounce::scatter(
+                    b.target,
+                    slot.cmd.data.as_mut(),
+                    &mut slot.scratch,
+                    &b.buf.as_slice()[..got],
+                );
+                *n = got;
+            }
+        }
         if slot.aborted {
             self.finish(r, None);
         } else {
-            self.run_job(r, Some(c.result));
+            self.run_job(r, Some(result));
         }
     }
 
@@ -476,7 +530,7 @@ impl Worker {
                     SlotState::Io(uid) => {
                         // The completion (canceled or not) finishes it; until then
                         // the buffers stay put.
-                        if let Some(ch) = self.channels.get_mut(&uid) {
+                        if let Some((ch, _)) = self.channels.get_mut(&uid) {
                             ch.cancel(r.user_data());
                         }
                     }
@@ -499,7 +553,7 @@ impl Worker {
                 self.on_msg(m);
             }
             let mut reaped = std::mem::take(&mut self.reaped);
-            for ch in self.channels.values_mut() {
+            for (ch, _) in self.channels.values_mut() {
                 ch.reap(&mut reaped);
             }
             progress |= !reaped.is_empty();
