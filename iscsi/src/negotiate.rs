@@ -509,15 +509,7 @@ impl Negotiator {
     /// MaxRecvDataSegmentLength declaration: each at most once, operational stage
     /// only. Proposals wait for an answer ([`Negotiator::awaiting_answers`]).
     pub fn offers(&mut self) -> Pairs {
-        let mut out = Pairs::default();
-        if !self.declared {
-            self.declared = true;
-            self.params.max_recv_data_segment_length = self.policy.max_recv_data_segment_length;
-            out.push(
-                "MaxRecvDataSegmentLength",
-                self.policy.max_recv_data_segment_length.to_string(),
-            );
-        }
+        let mut out = self.declaration();
         if self.offers_made || self.params.session_type == SessionType::Discovery {
             return out;
         }
@@ -557,6 +549,20 @@ impl Negotiator {
         for (k, v) in want {
             out.push(k, v.clone());
             self.offered.insert(k, v);
+        }
+        out
+    }
+
+    /// Our MaxRecvDataSegmentLength declaration, once.
+    pub fn declaration(&mut self) -> Pairs {
+        let mut out = Pairs::default();
+        if !self.declared {
+            self.declared = true;
+            self.params.max_recv_data_segment_length = self.policy.max_recv_data_segment_length;
+            out.push(
+                "MaxRecvDataSegmentLength",
+                self.policy.max_recv_data_segment_length.to_string(),
+            );
         }
         out
     }
