@@ -342,6 +342,8 @@ impl Negotiator {
                 continue;
             }
             if let Some(ours) = self.offered.remove(k) {
+                // Answered once; a later proposal of the same key is a repeat.
+                self.seen.insert(k.to_string());
                 self.answer(k, &ours, v);
                 continue;
             }

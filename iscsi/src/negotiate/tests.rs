@@ -194,6 +194,11 @@ fn target_offers_large_io_and_takes_the_answers() {
     assert_eq!(p.max_burst_length, 262_144);
     assert_eq!(p.first_burst_length, 65_536);
     assert_eq!(p.max_outstanding_r2t, 1, "Reject keeps the default");
+    // An answered key proposed again is a repeat.
+    assert_eq!(
+        n.respond(Stage::Operational, &pairs("InitialR2T=No")),
+        Err(NegotiationError::DuplicateKey("InitialR2T".into()))
+    );
 }
 
 #[test]
