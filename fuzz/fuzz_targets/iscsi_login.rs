@@ -23,12 +23,19 @@ impl TargetDirectory for Dir {
         match self.0 & 3 {
             _ if name != "iqn.2026-11.org.oxtarget:fuzz" => TargetLookup::NotFound,
             1 => TargetLookup::Removed,
-            2 => TargetLookup::Moved { address: "127.0.0.1:3260,1".into(), permanent: true },
+            2 => TargetLookup::Moved {
+                address: "127.0.0.1:3260,1".into(),
+                permanent: true,
+            },
             _ => TargetLookup::Found(TargetInfo {
                 name: name.into(),
                 alias: None,
                 portal_group_tag: 1,
-                auth: if self.0 & 4 != 0 { AuthPolicy::Chap } else { AuthPolicy::None },
+                auth: if self.0 & 4 != 0 {
+                    AuthPolicy::Chap
+                } else {
+                    AuthPolicy::None
+                },
             }),
         }
     }
@@ -40,9 +47,14 @@ impl TargetDirectory for Dir {
     }
     fn chap_credentials(&self, _: Option<&str>, _: &str) -> Option<ChapCredentials> {
         (self.0 & 32 != 0).then(|| ChapCredentials {
-            initiator: Secret { user: "u".into(), secret: b"initiator-secret".to_vec() },
-            target: (self.0 & 64 != 0)
-                .then(|| Secret { user: "t".into(), secret: b"target-secret-xx".to_vec() }),
+            initiator: Secret {
+                user: "u".into(),
+                secret: b"initiator-secret".to_vec(),
+            },
+            target: (self.0 & 64 != 0).then(|| Secret {
+                user: "t".into(),
+                secret: b"target-secret-xx".to_vec(),
+            }),
         })
     }
     fn existing_session(&self, _: Option<&str>, _: &str, _: Isid) -> Option<u16> {
@@ -108,12 +120,19 @@ fn structured(ctl: u8, len: usize) -> [u8; BHS_LEN] {
 }
 
 fuzz_target!(|input: &[u8]| {
-    let Some((&cfg, mut rest)) = input.split_first() else { return };
+    let Some((&cfg, mut rest)) = input.split_first() else {
+        return;
+    };
     let dir = Dir(cfg);
-    let mut login = Login::new(LoginConfig { response_segment_len: 64, ..LoginConfig::default() });
+    let mut login = Login::new(LoginConfig {
+        response_segment_len: 64,
+        ..LoginConfig::default()
+    });
     let mut neg = Negotiator::new(TargetPolicy::default());
     for _ in 0..40 {
-        let Some((&ctl, r)) = rest.split_first() else { return };
+        let Some((&ctl, r)) = rest.split_first() else {
+            return;
+        };
         rest = r;
         let mut header = [0u8; BHS_LEN];
         if ctl & 0x80 != 0 {
@@ -121,7 +140,9 @@ fuzz_target!(|input: &[u8]| {
             header.copy_from_slice(h);
             rest = &rest[BHS_LEN..];
         }
-        let Some((&len, r)) = rest.split_first() else { return };
+        let Some((&len, r)) = rest.split_first() else {
+            return;
+        };
         rest = r;
         let len = usize::from(len).min(rest.len());
         let (raw_data, r) = rest.split_at(len);
@@ -137,11 +158,18 @@ fuzz_target!(|input: &[u8]| {
             header = structured(ctl, data.len());
         } else {
             let mut b = Bhs(header);
-            b.set_u24(off::DATA_SEGMENT_LEN, u32::try_from(data.len()).unwrap_or(0));
+            b.set_u24(
+                off::DATA_SEGMENT_LEN,
+                u32::try_from(data.len()).unwrap_or(0),
+            );
             header = b.0;
         }
         if let Ok(pairs) = iscsi::text::parse(data) {
-            let stage = if ctl & 1 != 0 { Stage::Operational } else { Stage::Security };
+            let stage = if ctl & 1 != 0 {
+                Stage::Operational
+            } else {
+                Stage::Security
+            };
             let _ = neg.respond(stage, &pairs);
             let _ = neg.offers();
             let _ = neg.params();

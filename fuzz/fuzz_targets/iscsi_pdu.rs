@@ -7,7 +7,9 @@ use iscsi::pdu::{full_cdb, parse_ahs, FrameDecoder, Framing, Pdu, BHS_LEN};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {
-    let Some((&cfg, rest)) = input.split_first() else { return };
+    let Some((&cfg, rest)) = input.split_first() else {
+        return;
+    };
     let framing = Framing {
         header_digest: cfg & 1 != 0,
         data_digest: cfg & 2 != 0,
