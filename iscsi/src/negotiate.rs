@@ -236,7 +236,10 @@ enum Kind {
     Or,
 }
 
-/// The negotiated operational keys: name, result function, irrelevant in discovery.
+/// The negotiated operational keys: name, result function, and whether the key
+/// is irrelevant in a discovery session (RFC 7143 §13: the eight session keys
+/// that only matter for SCSI data transfer — the same set open-iscsi answers
+/// Irrelevant to).
 const KEYS: &[(&str, Kind, bool)] = &[
     ("HeaderDigest", Kind::Digest, false),
     ("DataDigest", Kind::Digest, false),
@@ -253,12 +256,13 @@ const KEYS: &[(&str, Kind, bool)] = &[
         Kind::Min(MIN_DATA_LEN, MAX_DATA_LEN),
         true,
     ),
-    ("DefaultTime2Wait", Kind::Max(0, 3600), true),
-    ("DefaultTime2Retain", Kind::Min(0, 3600), true),
+    ("DefaultTime2Wait", Kind::Max(0, 3600), false),
+    ("DefaultTime2Retain", Kind::Min(0, 3600), false),
     ("MaxOutstandingR2T", Kind::Min(1, 65535), true),
     ("DataPDUInOrder", Kind::Or, true),
     ("DataSequenceInOrder", Kind::Or, true),
-    ("ErrorRecoveryLevel", Kind::Min(0, 2), true),
+    // Relevant in discovery too: open-iscsi insists on an answer of "0".
+    ("ErrorRecoveryLevel", Kind::Min(0, 2), false),
     ("iSCSIProtocolLevel", Kind::Min(0, 31), true),
 ];
 

@@ -701,7 +701,7 @@ fn discovery_session() {
 }
 
 #[test]
-fn security_straight_to_full_feature_declares_receive_limit() {
+fn security_straight_to_full_feature_keeps_default_receive_limit() {
     let d = Dir::default();
     let mut l = Login::new(LoginConfig::default());
     let mut kv = identity("Normal");
@@ -713,8 +713,12 @@ fn security_straight_to_full_feature_declares_receive_limit() {
         &owned(&kv),
     );
     assert_eq!(r.transit, Some(Stage::FullFeature));
-    assert_eq!(p.get("MaxRecvDataSegmentLength"), Some("262144"));
-    complete(ev);
+    // Only security-stage keys in a security-stage response.
+    assert_eq!(p.get("MaxRecvDataSegmentLength"), None);
+    assert_eq!(p.get("AuthMethod"), Some("None"));
+    let o = complete(ev);
+    assert_eq!(o.params.max_recv_data_segment_length, 8192);
+    assert_eq!(o.params.max_xmit_data_segment_length, 8192);
 }
 
 #[test]

@@ -123,7 +123,7 @@ fn discovery_sessions_answer_operational_keys_irrelevant() {
     // SessionType applies to keys before it in the same text.
     assert_eq!(r.get("InitialR2T"), Some("Irrelevant"));
     assert_eq!(r.get("MaxBurstLength"), Some("Irrelevant"));
-    assert_eq!(r.get("ErrorRecoveryLevel"), Some("Irrelevant"));
+    assert_eq!(r.get("ErrorRecoveryLevel"), Some("0"));
     assert_eq!(r.get("HeaderDigest"), Some("None"));
     assert_eq!(n.session_type(), SessionType::Discovery);
     // Discovery: only the declaration, no proposals.
