@@ -166,6 +166,24 @@ pub struct LoginOutcome {
     pub next_stat_sn: u32,
 }
 
+impl LoginOutcome {
+    /// The engine's I_T nexus for this session: keyed on the initiator port name
+    /// (`<name>,i,0x<ISID>`), with the iSCSI-name TransportID (SPC-4 format 00b).
+    pub fn nexus(
+        &self,
+        port: std::sync::Arc<engine::TargetPort>,
+        luns: std::sync::Arc<engine::LunMap>,
+    ) -> std::sync::Arc<engine::Nexus> {
+        let name = self.params.initiator_name.as_deref().unwrap_or_default();
+        engine::Nexus::new(
+            &self.initiator_port,
+            engine::nexus::iscsi_transport_id(name),
+            port,
+            luns,
+        )
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LoginEvent {
     Complete(Box<LoginOutcome>),
@@ -397,7 +415,9 @@ impl Login {
             _ => self.operational(req, &mut out),
         };
         let text = out.encode();
-        self.out_chunks = split_segments(&text, self.cfg.response_segment_len.max(1)).into();
+        let max_chunk = usize::try_from(crate::pdu::MAX_DATA_SEGMENT_LEN).unwrap_or(usize::MAX);
+        let chunk = self.cfg.response_segment_len.clamp(1, max_chunk);
+        self.out_chunks = split_segments(&text, chunk).into();
         self.out_transit = transit;
         Ok(self.send_chunk(dir, req))
     }

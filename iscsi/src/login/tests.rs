@@ -230,6 +230,18 @@ fn open_iscsi_style_login_without_authentication() {
     assert!(!o.params.initial_r2t);
     assert!(o.params.immediate_data);
     assert_eq!(o.params.max_xmit_data_segment_length, 262_144);
+    let port = std::sync::Arc::new(engine::TargetPort {
+        name: format!("{TARGET},t,0x0001"),
+        protocol: engine::Protocol::Iscsi,
+        relative_id: 1,
+        group_id: 1,
+    });
+    let nexus = o.nexus(port, engine::LunMap::new());
+    assert_eq!(&*nexus.key.initiator, o.initiator_port.as_str());
+    assert_eq!(
+        nexus.transport_id,
+        engine::nexus::iscsi_transport_id(INITIATOR)
+    );
     assert_eq!(o.target.unwrap().name, TARGET);
     assert!(l.is_finished());
     // Nothing more comes out once finished.
