@@ -49,6 +49,8 @@ pub enum TargetLookup {
     NotFound,
     /// Known but taken out of service.
     Removed,
+    /// Temporarily unable to serve (e.g. being reconfigured).
+    Unavailable,
     /// Served elsewhere: answered with a redirection and this TargetAddress.
     Moved {
         address: String,
@@ -92,7 +94,8 @@ pub trait TargetDirectory {
 pub struct LoginConfig {
     pub policy: TargetPolicy,
     pub chap_algorithms: Vec<ChapAlgorithm>,
-    /// The TSIH a new session gets (non-zero; the caller allocates it).
+    /// The TSIH a new session gets; the caller allocates it. 0 means none is
+    /// free: a login for a new session then fails with "out of resources".
     pub new_tsih: u16,
     /// StatSN of the first response on this connection.
     pub initial_stat_sn: u32,
@@ -452,6 +455,12 @@ impl Login {
                     TargetLookup::NotFound => {
                         return Err(fail(LoginStatus::NOT_FOUND, format!("no target {name}")))
                     }
+                    TargetLookup::Unavailable => {
+                        return Err(fail(
+                            LoginStatus::SERVICE_UNAVAILABLE,
+                            format!("{name} unavailable"),
+                        ))
+                    }
                     TargetLookup::Removed => {
                         return Err(fail(LoginStatus::TARGET_REMOVED, format!("{name} removed")))
                     }
@@ -488,6 +497,9 @@ impl Login {
                 LoginStatus::SESSION_DOES_NOT_EXIST,
                 format!("no session with TSIH {}", req.tsih),
             ));
+        }
+        if req.tsih == 0 && self.cfg.new_tsih == 0 {
+            return Err(fail(LoginStatus::OUT_OF_RESOURCES, "no TSIH available"));
         }
         if self.stage == Stage::Operational && self.auth == AuthPolicy::Chap {
             return Err(fail(
@@ -640,7 +652,7 @@ impl Login {
                 Some(old_tsih) => SessionBinding::Reinstate { old_tsih },
                 None => SessionBinding::New,
             };
-            (self.cfg.new_tsih.max(1), b)
+            (self.cfg.new_tsih, b)
         };
         LoginOutcome {
             initiator_port: format!("{initiator},i,0x{}", req.isid),

@@ -14,6 +14,7 @@ struct Dir {
     auth: AuthPolicy,
     discovery: Option<AuthPolicy>,
     removed: bool,
+    unavailable: bool,
     moved: bool,
     deny: bool,
     creds: Option<ChapCredentials>,
@@ -28,6 +29,9 @@ impl TargetDirectory for Dir {
         }
         if self.removed {
             return TargetLookup::Removed;
+        }
+        if self.unavailable {
+            return TargetLookup::Unavailable;
         }
         if self.moved {
             return TargetLookup::Moved {
@@ -541,6 +545,23 @@ fn identity_failures() {
         assert_eq!(failed(ev), want);
         assert_eq!(r.transit, None);
     }
+}
+
+#[test]
+fn no_free_tsih_is_out_of_resources() {
+    let d = Dir::default();
+    let mut l = Login::new(LoginConfig {
+        new_tsih: 0,
+        ..LoginConfig::default()
+    });
+    let (r, _, ev) = send(
+        &mut l,
+        &d,
+        req(Stage::Security, None),
+        &owned(&identity("Normal")),
+    );
+    assert_eq!(r.status, S::OUT_OF_RESOURCES);
+    assert_eq!(failed(ev), S::OUT_OF_RESOURCES);
 }
 
 #[test]
