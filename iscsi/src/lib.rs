@@ -1,1 +1,16 @@
-//! oxtarget: the iSCSI target (not built yet: issue 3). The crate exists so that the workspace has the design card's layout; it has no code yet.
+//! oxtarget's iSCSI target (RFC 7143), sans I/O. Bytes from a connection enter as
+//! PDUs: [`pdu`] delimits them ([`pdu::Framing`], digests) and parses each
+//! 48-byte header into a typed [`pdu::Pdu`]; [`text`] decodes the key=value data
+//! segment of Login and Text PDUs; [`negotiate`] runs the parameter negotiation
+//! of RFC 7143 §13 into [`negotiate::SessionParams`]; [`chap`] authenticates the
+//! initiator (and the target to it); [`login`] drives the login phase and hands
+//! back response PDUs and events; [`discovery`] answers SendTargets. Nothing
+//! here owns a socket or a thread: a thin adapter feeds bytes in and writes the
+//! PDUs that come out.
+
+pub mod chap;
+pub mod discovery;
+pub mod login;
+pub mod negotiate;
+pub mod pdu;
+pub mod text;
