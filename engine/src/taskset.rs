@@ -44,6 +44,11 @@ pub(crate) struct TaskSet {
     tasks: BTreeMap<TaskSeq, TaskEntry>,
     /// Entries not yet running (or waiting on a range): skip the wake-up scan when 0.
     waiting: usize,
+    /// Entries that are not SIMPLE: while 0, a SIMPLE command starts without a scan.
+    non_simple: usize,
+    /// Entries holding an exclusive write range: while 0, a plain write's range
+    /// check needs no scan.
+    exclusive: usize,
     tmfs: Vec<PendingTmf>,
 }
 
@@ -72,6 +77,9 @@ impl TaskSet {
         self.next += 1;
         let run = self.may_start(seq, e.attr);
         e.running = run;
+        if !matches!(e.attr, TaskAttr::Simple | TaskAttr::Aca) {
+            self.non_simple += 1;
+        }
         if !run {
             self.waiting += 1;
         }
@@ -86,7 +94,8 @@ impl TaskSet {
             TaskAttr::Ordered => older.next().is_none(),
             // SAM-5 8.6.2: a SIMPLE task waits for older HEAD OF QUEUE and ORDERED ones.
             TaskAttr::Simple | TaskAttr::Aca => {
-                older.all(|t| matches!(t.attr, TaskAttr::Simple | TaskAttr::Aca))
+                self.non_simple == 0
+                    || older.all(|t| matches!(t.attr, TaskAttr::Simple | TaskAttr::Aca))
             }
         }
     }
@@ -96,6 +105,12 @@ impl TaskSet {
     pub fn begin_range(&mut self, seq: TaskSeq, range: LbaRange) -> bool {
         let ok = !self.range_blocked(seq, &range);
         if let Some(t) = self.tasks.get_mut(&seq) {
+            let was_exclusive = t.range.is_some_and(|r| r.exclusive);
+            if range.exclusive && !was_exclusive {
+                self.exclusive += 1;
+            } else if !range.exclusive && was_exclusive {
+                self.exclusive = self.exclusive.saturating_sub(1);
+            }
             t.range = Some(range);
             if !ok {
                 t.range_wait = true;
@@ -106,6 +121,9 @@ impl TaskSet {
     }
 
     fn range_blocked(&self, seq: TaskSeq, r: &LbaRange) -> bool {
+        if !r.exclusive && self.exclusive == 0 {
+            return false;
+        }
         self.tasks.iter().any(|(&s, t)| {
             if s == seq {
                 return false;
@@ -128,6 +146,12 @@ impl TaskSet {
         };
         if !gone.running || gone.range_wait {
             self.waiting = self.waiting.saturating_sub(1);
+        }
+        if !matches!(gone.attr, TaskAttr::Simple | TaskAttr::Aca) {
+            self.non_simple = self.non_simple.saturating_sub(1);
+        }
+        if gone.range.is_some_and(|r| r.exclusive) {
+            self.exclusive = self.exclusive.saturating_sub(1);
         }
         self.tmfs.retain_mut(|p| {
             p.remaining.remove(&seq);
