@@ -18,6 +18,7 @@ pub mod rsoc;
 pub mod sbc;
 pub mod sense;
 pub mod spc;
+pub(crate) mod statefile;
 pub(crate) mod taskset;
 pub mod tmf;
 pub mod ua;

@@ -113,6 +113,16 @@ pub enum LunError {
     },
     #[error("LUN {name}: backend is read-only but the LUN is not")]
     ReadOnlyBackend { name: String },
+    #[error("LUN {name}: {source}")]
+    Reservations {
+        name: String,
+        source: crate::pr::aptpl::PrError,
+    },
+    #[error("LUN {name}: {source}")]
+    ModePages {
+        name: String,
+        source: crate::mode::ModeLoadError,
+    },
 }
 
 impl Lun {
@@ -127,8 +137,11 @@ impl Lun {
         if backend.capabilities().read_only && !config.read_only {
             return Err(LunError::ReadOnlyBackend { name: config.name });
         }
-        let mode = crate::mode::ModeParams::new(&config);
-        Ok(Arc::new(Lun {
+        let mode = crate::mode::ModeParams::load(&config).map_err(|e| LunError::ModePages {
+            name: config.name.clone(),
+            source: e,
+        })?;
+        let lun = Arc::new(Lun {
             uid: NEXT_LUN_UID.fetch_add(1, Ordering::Relaxed),
             config,
             backend,
@@ -141,7 +154,13 @@ impl Lun {
             stats: LunStats::default(),
             copy: Mutex::new(crate::xcopy::CopyState::default()),
             sanitize: crate::sbc::SanitizeState::default(),
-        }))
+        });
+        // Persistent reservations saved with APTPL come back before any command.
+        crate::pr::load_aptpl(&lun).map_err(|source| LunError::Reservations {
+            name: lun.config.name.clone(),
+            source,
+        })?;
+        Ok(lun)
     }
 
     pub fn block_size(&self) -> u32 {

@@ -4,8 +4,10 @@
 //!
 //! Changeable: caching WCE (writes are FUA while it is clear, see
 //! [`write_cache_enabled`]), control D_SENSE (sense data format) and control SWP
-//! (software write protect, see [`write_protected`]). Nothing is savable: PC=11b
-//! and SP=1 are refused. A LOGICAL UNIT RESET restores the default values.
+//! (software write protect, see [`write_protected`]). With a state directory the
+//! changeable values are savable (MODE SELECT with SP=1 writes them to
+//! `mode-<uuid>.state`, PC=11b reads them, the LUN starts from them, and a LOGICAL
+//! UNIT RESET returns to them); without one, SP=1 and PC=11b are refused.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
@@ -45,41 +47,108 @@ const SWP: u8 = 1 << 2;
 #[derive(Debug)]
 pub struct ModeParams {
     bits: AtomicU8,
+    /// The saved values (the defaults until a MODE SELECT with SP=1).
+    saved: AtomicU8,
+    /// Where saved values live; `None`: nothing is savable.
+    path: Option<std::path::PathBuf>,
     select: Mutex<()>,
 }
 
+/// Why the saved mode pages of a LUN could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("saved mode pages {path}: {reason}")]
+pub struct ModeLoadError {
+    pub path: String,
+    pub reason: String,
+}
+
+const FILE_MAGIC: &str = "oxtarget-mode 1";
+
+fn encode_bits(b: u8) -> String {
+    format!(
+        "{FILE_MAGIC}\nwce {}\nd_sense {}\nswp {}\nend\n",
+        u8::from(b & WCE != 0),
+        u8::from(b & D_SENSE != 0),
+        u8::from(b & SWP != 0)
+    )
+}
+
+fn decode_bits(text: &str) -> Result<u8, String> {
+    let mut lines = text.lines();
+    if lines.next() != Some(FILE_MAGIC) {
+        return Err("not a mode page file of this version".into());
+    }
+    let mut b = 0u8;
+    for (key, bit) in [("wce", WCE), ("d_sense", D_SENSE), ("swp", SWP)] {
+        match lines
+            .next()
+            .and_then(|l| l.strip_prefix(key))
+            .map(str::trim)
+        {
+            Some("1") => b |= bit,
+            Some("0") => {}
+            _ => return Err(format!("expected `{key} 0|1`")),
+        }
+    }
+    match lines.next() {
+        Some("end") => Ok(b),
+        _ => Err("truncated (no `end` line)".into()),
+    }
+}
+
 impl ModeParams {
-    pub fn new(config: &LunConfig) -> Self {
+    /// The defaults, or the saved values if the state directory has them.
+    pub fn load(config: &LunConfig) -> Result<Self, ModeLoadError> {
+        let path = crate::statefile::path(config, "mode");
+        let mut start = 0;
         let p = ModeParams {
             bits: AtomicU8::new(0),
+            saved: AtomicU8::new(0),
+            path,
             select: Mutex::new(()),
         };
         p.set(&ModeState::new(config));
-        p
+        start |= p.bits.load(Ordering::Acquire);
+        if let Some(path) = &p.path {
+            let err = |reason: String| ModeLoadError {
+                path: path.display().to_string(),
+                reason,
+            };
+            if let Some(text) = crate::statefile::read(path).map_err(|e| err(e.to_string()))? {
+                start = decode_bits(&text).map_err(err)?;
+            }
+        }
+        p.bits.store(start, Ordering::Release);
+        p.saved.store(start, Ordering::Release);
+        Ok(p)
+    }
+
+    /// Whether MODE SELECT can save (SP=1) and MODE SENSE report saved values.
+    pub fn savable(&self) -> bool {
+        self.path.is_some()
+    }
+
+    fn saved_state(&self) -> ModeState {
+        from_bits(self.saved.load(Ordering::Acquire))
     }
 
     /// The current values.
     pub fn get(&self) -> ModeState {
-        let b = self.bits.load(Ordering::Acquire);
-        ModeState {
-            wce: b & WCE != 0,
-            d_sense: b & D_SENSE != 0,
-            swp: b & SWP != 0,
-        }
+        from_bits(self.bits.load(Ordering::Acquire))
     }
 
     fn set(&self, st: &ModeState) {
-        let mut b = 0;
-        if st.wce {
-            b |= WCE;
-        }
-        if st.d_sense {
-            b |= D_SENSE;
-        }
-        if st.swp {
-            b |= SWP;
-        }
-        self.bits.store(b, Ordering::Release);
+        self.bits.store(to_bits(st), Ordering::Release);
+    }
+
+    /// Writes `st` as the saved values (caller holds `select`).
+    fn save(&self, st: &ModeState) -> std::io::Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        crate::statefile::write_atomic(path, encode_bits(to_bits(st)).as_bytes())?;
+        self.saved.store(to_bits(st), Ordering::Release);
+        Ok(())
     }
 
     /// Sets WCE directly (tests of the write path).
@@ -94,6 +163,28 @@ impl ModeParams {
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.select.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+fn from_bits(b: u8) -> ModeState {
+    ModeState {
+        wce: b & WCE != 0,
+        d_sense: b & D_SENSE != 0,
+        swp: b & SWP != 0,
+    }
+}
+
+fn to_bits(st: &ModeState) -> u8 {
+    let mut b = 0;
+    if st.wce {
+        b |= WCE;
+    }
+    if st.d_sense {
+        b |= D_SENSE;
+    }
+    if st.swp {
+        b |= SWP;
+    }
+    b
 }
 
 fn state(lun: &Lun) -> ModeState {
@@ -121,11 +212,11 @@ pub fn write_protected(lun: &Lun) -> bool {
     lun.config.read_only || state(lun).swp
 }
 
-/// LOGICAL UNIT RESET: current values return to the defaults (there are no saved
-/// values; SAM-5 6.3.3).
+/// LOGICAL UNIT RESET: current values return to the saved ones (the defaults if
+/// none were saved; SAM-5 6.3.3).
 pub(crate) fn on_lun_reset(lun: &Lun) {
     let _g = lun.mode.lock();
-    lun.mode.set(&ModeState::new(&lun.config));
+    lun.mode.set(&lun.mode.saved_state());
 }
 
 /// Page control (PC) of MODE SENSE.
@@ -134,6 +225,7 @@ enum Pc {
     Current,
     Changeable,
     Default,
+    Saved,
 }
 
 /// The pages we have, (page code, subpage code), ascending.
@@ -198,11 +290,19 @@ fn build(code: u8, sub: u8, st: &ModeState, mask: bool) -> Vec<u8> {
 }
 
 fn page_bytes(lun: &Lun, code: u8, sub: u8, pc: Pc) -> Vec<u8> {
-    match pc {
+    let mut p = match pc {
         Pc::Current => build(code, sub, &state(lun), false),
         Pc::Changeable => build(code, sub, &ModeState::new(&lun.config), true),
         Pc::Default => build(code, sub, &ModeState::new(&lun.config), false),
+        Pc::Saved => build(code, sub, &lun.mode.saved_state(), false),
+    };
+    // PS: the pages with changeable values can be saved, given a state directory.
+    if lun.mode.savable() && matches!((code, sub), (0x08, 0) | (0x0a, 0)) {
+        if let Some(b) = p.first_mut() {
+            *b |= 0x80;
+        }
     }
+    p
 }
 
 /// The pages a (page code, subpage code) request selects, or the CDB field at fault.
@@ -249,6 +349,7 @@ fn mode_sense_data(ctx: &CmdCtx<'_>, ten: bool) -> Result<Vec<u8>, CmdError> {
         0 => Pc::Current,
         1 => Pc::Changeable,
         2 => Pc::Default,
+        _ if ctx.lun.mode.savable() => Pc::Saved,
         _ => return Err(Sense::illegal(asc::SAVING_PARAMETERS_NOT_SUPPORTED).into()),
     };
     let pages = select_pages(cdb[2] & 0x3f, cdb[3])?;
@@ -429,8 +530,9 @@ fn parse_select(lun: &Lun, cur: &ModeState, list: &[u8], ten: bool) -> Result<Mo
 
 fn mode_select(ctx: &mut CmdCtx<'_>, ten: bool) -> ExecResult {
     let cdb = ctx.cdb;
-    if cdb[1] & 0x01 != 0 {
-        // SP: we cannot save pages.
+    let save = cdb[1] & 0x01 != 0;
+    if save && !ctx.lun.mode.savable() {
+        // SP=1 without a state directory: nothing can be saved (SPC-4 6.13).
         return Err(Sense::invalid_cdb_field(1, Some(0)).into());
     }
     let len = if ten {
@@ -447,6 +549,14 @@ fn mode_select(ctx: &mut CmdCtx<'_>, ten: bool) -> ExecResult {
         let _g = lun.mode.lock();
         let cur = lun.mode.get();
         let new = parse_select(lun, &cur, &list, ten)?;
+        if save {
+            lun.mode.save(&new).map_err(|_| {
+                CmdError::from(Sense::new(
+                    crate::sense::SenseKey::HardwareError,
+                    asc::INTERNAL_TARGET_FAILURE,
+                ))
+            })?;
+        }
         lun.mode.set(&new);
         new != cur
     };
@@ -624,6 +734,64 @@ mod tests {
         let (r, d) = f.read_in(&sense6(false, 0, 0x3f, 0, 255), 255);
         assert_good(&r);
         assert_eq!(d[2] & 0x80, 0x80);
+    }
+
+    fn saving_fixture(dir: &std::path::Path) -> Fixture {
+        let mut c = LunConfig::new("saved", crate::testutil::uuid_for("saved"));
+        c.state_dir = Some(dir.to_path_buf());
+        Fixture::with(c, Arc::new(backends::RamBackend::new(1 << 20)))
+    }
+
+    #[test]
+    fn saved_values_are_written_read_back_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = saving_fixture(dir.path());
+        // PS is set on the savable pages; saved values start as the defaults.
+        let page = current_page(&mut f, 0x08);
+        assert_eq!(page[0], 0x88, "PS on the caching page");
+        let (r, d) = f.read_in(&sense6(true, 3, 0x08, 0, 255), 255);
+        assert_good(&r);
+        assert_eq!(pages6(&d)[0].2[2] & 0x04, 0x04, "saved WCE = default");
+        // MODE SELECT with SP=1: current and saved change.
+        let mut page = page;
+        page[2] &= !0x04;
+        let list = list6(&[&page]);
+        let mut cdb = select6(&list);
+        cdb[1] |= 0x01;
+        assert_good(&f.run(&cdb, DataDir::ToDevice, list).0);
+        assert!(!write_cache_enabled(&f.lun));
+        let (_, d) = f.read_in(&sense6(true, 3, 0x08, 0, 255), 255);
+        assert_eq!(pages6(&d)[0].2[2] & 0x04, 0, "saved WCE now 0");
+        // A reset returns to the saved values, not the defaults.
+        crate::spc::on_lun_reset(&f.lun);
+        assert!(!write_cache_enabled(&f.lun));
+        // A new LUN object with the same identity (a restart) starts from them.
+        let again = saving_fixture(dir.path());
+        assert!(!write_cache_enabled(&again.lun));
+    }
+
+    #[test]
+    fn a_corrupt_saved_mode_file_refuses_the_lun() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = LunConfig::new("bad", crate::testutil::uuid_for("bad"));
+        c.state_dir = Some(dir.path().to_path_buf());
+        let path = crate::statefile::path(&c, "mode").unwrap();
+        std::fs::write(&path, "oxtarget-mode 1\nwce 7\n").unwrap();
+        let e = Lun::new(c, Arc::new(backends::RamBackend::new(1 << 20))).err();
+        assert!(
+            matches!(e, Some(crate::lun::LunError::ModePages { .. })),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn mode_file_codec_round_trips_and_rejects_garbage() {
+        for b in 0..8u8 {
+            assert_eq!(decode_bits(&encode_bits(b)), Ok(b));
+        }
+        assert!(decode_bits("").is_err());
+        assert!(decode_bits("oxtarget-mode 1\nwce 1\nd_sense 0\nswp 0\n").is_err());
+        assert!(decode_bits("oxtarget-mode 2\nwce 1\nd_sense 0\nswp 0\nend\n").is_err());
     }
 
     #[test]

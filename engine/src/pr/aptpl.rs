@@ -1,7 +1,7 @@
 //! Persist through power loss (APTPL): while the last valid APTPL bit received was
 //! one, every change to the registrations and the reservation is written to the
 //! LUN's state directory (write a temporary file, fsync, rename, fsync the
-//! directory), and [`load_aptpl`] restores it when the daemon creates the LUN.
+//! directory), and [`load_aptpl`] restores it when the LUN is created (`Lun::new`).
 //!
 //! The file is small, line-oriented text, versioned, and ends with an `end` line so
 //! that a truncated file is detected:
@@ -14,7 +14,6 @@
 //! end
 //! ```
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -47,9 +46,7 @@ pub enum PrError {
 
 /// The state file of `lun`, named by its UUID (its stable identity).
 pub fn state_path(lun: &Lun) -> Option<PathBuf> {
-    let dir = lun.config.state_dir.as_ref()?;
-    let id: String = lun.config.uuid.iter().map(|b| format!("{b:02x}")).collect();
-    Some(dir.join(format!("pr-{id}.state")))
+    crate::statefile::path(&lun.config, "pr")
 }
 
 fn hex(b: &[u8]) -> String {
@@ -198,37 +195,16 @@ fn io_err<'a>(lun: &'a Lun, path: &Path) -> impl Fn(std::io::Error) -> PrError +
     }
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
 /// Saves `st` if APTPL is active, or removes the saved state if not.
 pub(crate) fn store(lun: &Lun, st: &PrState) -> Result<(), PrError> {
     let Some(path) = state_path(lun) else {
         return Ok(());
     };
-    let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let err = io_err(lun, &path);
     if !st.aptpl {
-        return match std::fs::remove_file(&path) {
-            Ok(()) => sync_dir(&dir).map_err(err),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(err(e)),
-        };
+        return crate::statefile::remove(&path).map_err(err);
     }
-    let tmp = path.with_extension("state.tmp");
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(encode(st).as_bytes())?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, &path)?;
-        sync_dir(&dir)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        err(e)
-    })
+    crate::statefile::write_atomic(&path, encode(st).as_bytes()).map_err(err)
 }
 
 /// Restores the persistent reservations of `lun` saved with APTPL, if any. The
