@@ -634,8 +634,12 @@ fn checks_and_handler(
     lookup: Result<&'static OpInfo, CmdError>,
 ) -> Result<Exec, CmdError> {
     let cdb = slot.cmd.cdb;
-    let cdb = cdb.as_slice();
     let info = lookup?;
+    // Transports may pad a CDB (iSCSI carries 16 bytes for a 6- or 10-byte one):
+    // handlers see exactly the command's own length (lookup refused shorter ones),
+    // so a length-dependent decode (READ(10) vs READ(16) layouts) is never fooled.
+    let cdb = cdb.as_slice();
+    let cdb = cdb.get(..info.cdb_len()).unwrap_or(cdb);
     slot.info = Some(info);
     opcodes::check_control(cdb, info.cdb_len())?;
     crate::pr::check_access(&slot.lun, &slot.nexus, info, cdb)?;

@@ -77,3 +77,24 @@ fn new_nexus_sees_power_on_unit_attention_once() {
     let (r, _) = f.run_on(&n2, &[0, 0, 0, 0, 0, 0], DataDir::None, vec![]);
     assert_good(&r);
 }
+
+#[test]
+fn padded_cdbs_decode_as_their_own_length() {
+    // iSCSI carries a 16-byte CDB field: a WRITE(10)/READ(10)/READ(6) padded with
+    // zeros must not be decoded with the 16-byte layout.
+    let mut f = Fixture::ram();
+    let pad = |c: &[u8]| {
+        let mut v = c.to_vec();
+        v.resize(16, 0);
+        v
+    };
+    let data: Vec<u8> = (0..1024).map(|i| (i * 3) as u8).collect();
+    let (r, _) = f.run(&pad(&write10(20, 2)), DataDir::ToDevice, data.clone());
+    assert_good(&r);
+    let (r, back) = f.read_in(&pad(&read10(20, 2)), 1024);
+    assert_good(&r);
+    assert_eq!(back, data);
+    let (r, back) = f.read_in(&pad(&[0x08, 0, 0, 20, 2, 0]), 1024);
+    assert_good(&r);
+    assert_eq!(back, data);
+}
