@@ -21,6 +21,10 @@ use crate::sense::{asc, CmdError, ScsiStatus, Sense, SenseFormat, SenseKey};
 use crate::taskset::{TaskEntry, TaskSeq};
 use crate::tmf::{Plan, TmfRequest, TmfResponse};
 
+/// Rounds of messages and completions one `poll` handles before it returns (and
+/// signals its own eventfd to be called again).
+const MAX_POLL_ROUNDS: usize = 64;
+
 /// A slot of the worker's command table, with a generation so that a stale message
 /// or completion for a reused slot is ignored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -491,7 +495,14 @@ impl Worker {
     /// finished to `out`. Never blocks.
     pub fn poll(&mut self, out: &mut Vec<Event>) {
         let _ = self.notify.read();
-        loop {
+        for round in 0.. {
+            if round == MAX_POLL_ROUNDS {
+                // Backends that complete inline (RAM, null) keep a long job (a
+                // SANITIZE of a large LUN) going round after round: hand the thread
+                // back to its loop — task management, other queues — and come back.
+                let _ = self.notify.write(1);
+                break;
+            }
             let msgs: Vec<Msg> =
                 std::mem::take(&mut *self.mailbox.msgs.lock().unwrap_or_else(|e| e.into_inner()));
             let mut progress = !msgs.is_empty();
