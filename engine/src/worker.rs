@@ -620,6 +620,28 @@ impl Worker {
     }
 }
 
+impl Drop for Worker {
+    /// A worker that goes away with commands in flight: its channels go first —
+    /// each cancels or waits for the operations it has in the device, which point
+    /// into the command buffers and scratch vectors of `slots` (`IoChannel::submit`
+    /// promises that memory only until the completion is reaped or the channel is
+    /// dropped). Then its commands leave their task sets, so that commands of other
+    /// workers queued behind them (ORDERED, ranges) run and task management
+    /// functions waiting for them finish.
+    fn drop(&mut self) {
+        self.channels.clear();
+        for slot in self.slots.iter_mut().filter_map(Option::take) {
+            let wake = slot
+                .lun
+                .tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(slot.seq);
+            wake.deliver();
+        }
+    }
+}
+
 /// The checks of SAM-5/SPC-4 that precede every command, then its handler.
 fn run_handler(
     slot: &mut Slot,

@@ -223,3 +223,155 @@ fn a_long_job_on_an_inline_backend_does_not_hold_the_thread() {
     );
     assert_eq!(tmf, Some(TmfResponse::FunctionComplete));
 }
+
+mod drop_order {
+    //! A worker dropped with I/O in flight: its channels (which wait for the
+    //! device) go before the command buffers the I/O points into, and its
+    //! commands leave their task sets so other workers are not blocked forever.
+
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use crate::cmd::{DataBuf, DataDir, TaskAttr};
+    use crate::lun::LunConfig;
+    use crate::testutil::{assert_good, uuid_for, Fixture};
+    use crate::worker::Worker;
+
+    /// Never completes anything; on drop records whether the buffer was gone.
+    struct Holder {
+        freed: Arc<AtomicBool>,
+        freed_first: Arc<AtomicBool>,
+    }
+
+    struct HolderChannel {
+        freed: Arc<AtomicBool>,
+        freed_first: Arc<AtomicBool>,
+        held: usize,
+    }
+
+    impl Drop for HolderChannel {
+        fn drop(&mut self) {
+            if self.held > 0 && self.freed.load(Ordering::SeqCst) {
+                self.freed_first.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    impl backends::Backend for Holder {
+        fn size(&self) -> u64 {
+            1 << 20
+        }
+        fn capabilities(&self) -> backends::Capabilities {
+            backends::RamBackend::new(4096).capabilities()
+        }
+        fn open_channel(
+            &self,
+            _notify: &vmm_sys_util::eventfd::EventFd,
+        ) -> Result<Box<dyn backends::IoChannel>, backends::BackendError> {
+            Ok(Box::new(HolderChannel {
+                freed: self.freed.clone(),
+                freed_first: self.freed_first.clone(),
+                held: 0,
+            }))
+        }
+        fn block_status(
+            &self,
+            _o: u64,
+            _l: u64,
+        ) -> Result<backends::Extent, backends::BackendError> {
+            Err(backends::BackendError::Unsupported { what: "status" })
+        }
+        fn resize(&self, _n: u64) -> Result<(), backends::BackendError> {
+            Err(backends::BackendError::Unsupported { what: "resize" })
+        }
+        fn describe(&self) -> String {
+            "holder".into()
+        }
+    }
+
+    impl backends::IoChannel for HolderChannel {
+        unsafe fn submit(
+            &mut self,
+            _op: backends::IoOp,
+            _iovecs: &[libc::iovec],
+            _user_data: u64,
+        ) -> Result<(), backends::BackendError> {
+            self.held += 1;
+            Ok(())
+        }
+        fn cancel(&mut self, _user_data: u64) -> bool {
+            false
+        }
+        fn reap(&mut self, _out: &mut Vec<backends::Completion>) {}
+        fn in_flight(&self) -> usize {
+            self.held
+        }
+    }
+
+    /// A data buffer that says when it is freed.
+    struct Tracked(Vec<u8>, Arc<AtomicBool>);
+
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            self.1.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl DataBuf for Tracked {
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn iovecs(&mut self, offset: usize, len: usize, out: &mut Vec<libc::iovec>) {
+            let mut v = crate::cmd::VecBuf(std::mem::take(&mut self.0));
+            v.iovecs(offset, len, out);
+            self.0 = v.0;
+        }
+        fn write_at(&mut self, offset: usize, src: &[u8]) -> usize {
+            let mut v = crate::cmd::VecBuf(std::mem::take(&mut self.0));
+            let n = v.write_at(offset, src);
+            self.0 = v.0;
+            n
+        }
+        fn read_at(&self, offset: usize, dst: &mut [u8]) -> usize {
+            let n = dst.len().min(self.0.len().saturating_sub(offset));
+            if n > 0 {
+                dst[..n].copy_from_slice(&self.0[offset..offset + n]);
+            }
+            n
+        }
+    }
+
+    #[test]
+    fn channels_go_before_buffers_and_tasks_leave_their_sets() {
+        let freed = Arc::new(AtomicBool::new(false));
+        let freed_first = Arc::new(AtomicBool::new(false));
+        let backend = Holder {
+            freed: freed.clone(),
+            freed_first: freed_first.clone(),
+        };
+        let mut f = Fixture::with(LunConfig::new("h", uuid_for("h")), Arc::new(backend));
+        let mut c = f.cmd(
+            &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+            DataDir::FromDevice,
+            Vec::new(),
+        );
+        c.data = Box::new(Tracked(vec![0; 512], freed.clone()));
+        let n = f.nexus.clone();
+        f.worker.submit(&n, c);
+        assert_eq!(f.worker.in_flight(), 1);
+        let fresh = Worker::new(f.registry.clone()).expect("worker");
+        drop(std::mem::replace(&mut f.worker, fresh));
+        assert!(freed.load(Ordering::SeqCst));
+        assert!(
+            !freed_first.load(Ordering::SeqCst),
+            "a buffer was freed while the channel still had I/O on it"
+        );
+        // The dropped worker's READ left the task set: an ORDERED command runs.
+        let mut c = f.cmd(&[0x00, 0, 0, 0, 0, 0], DataDir::None, Vec::new());
+        c.attr = TaskAttr::Ordered;
+        let t = c.token;
+        f.worker.submit(&n, c);
+        let done = f.wait_token(t);
+        assert_good(&done.response.expect("response"));
+    }
+}
