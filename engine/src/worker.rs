@@ -506,6 +506,16 @@ impl Worker {
             let msgs: Vec<Msg> =
                 std::mem::take(&mut *self.mailbox.msgs.lock().unwrap_or_else(|e| e.into_inner()));
             let mut progress = !msgs.is_empty();
+            // An abort posted after a start, in the same batch, wins: the task set
+            // already counts the command aborted, so it must not begin (and
+            // write) on the strength of the older start.
+            for m in &msgs {
+                if let Msg::Abort(r) = m {
+                    if let Some(slot) = self.slot_mut(*r) {
+                        slot.aborted = true;
+                    }
+                }
+            }
             for m in msgs {
                 self.on_msg(m);
             }
