@@ -91,6 +91,8 @@ enum SlotState {
     RangeWait,
     /// A backend operation is in flight on the channel of this LUN uid.
     Io(u64),
+    /// Its next operation waits for room on a full channel (`Slot::deferred_io`).
+    Deferred,
 }
 
 struct Slot {
@@ -104,6 +106,8 @@ struct Slot {
     job: Option<Box<dyn Job>>,
     scratch: Vec<u8>,
     aborted: bool,
+    /// The operation a full channel refused, to submit again once it has room.
+    deferred_io: Option<(Option<Arc<Lun>>, IoOp, IoBuf)>,
 }
 
 /// A task management function in progress on this worker.
@@ -128,6 +132,8 @@ pub struct Worker {
     reaped: Vec<Completion>,
     tmfs: HashMap<u64, PendingTmf>,
     next_tmf: u64,
+    /// Commands whose next operation waits for room on a full channel, oldest first.
+    deferred: Vec<SlotRef>,
     /// (nexus id, LUN uid) pairs that have had their first command here: their
     /// unit attention check takes no lock while the LUN has none pending.
     known: HashSet<(u64, u64)>,
@@ -160,6 +166,7 @@ impl Worker {
             reaped: Vec::new(),
             tmfs: HashMap::new(),
             next_tmf: 1,
+            deferred: Vec::new(),
             known: HashSet::new(),
         })
     }
@@ -247,6 +254,7 @@ impl Worker {
             job: None,
             scratch: Vec::new(),
             aborted: false,
+            deferred_io: None,
         });
         if run {
             self.dispatch(r);
@@ -410,11 +418,61 @@ impl Worker {
         // scratch vector. Both are owned by the slot, which stays in the table, is
         // not touched by the job (`step` is not called) and is not freed until this
         // operation's completion has been reaped (`finish` on an aborted slot with
-        // I/O in flight waits for the completion, see `on_completion`).
-        unsafe { ch.submit(op, &self.iovs, r.user_data()) }
-            .map_err(|_| fail(IoErrorKind::Other))?;
-        slot.state = SlotState::Io(lun.uid);
-        Ok(())
+        // I/O in flight waits for the completion, see `on_completion`) or the
+        // channel is dropped (`Drop for Worker` drops channels first).
+        match unsafe { ch.submit(op, &self.iovs, r.user_data()) } {
+            Ok(()) => {
+                slot.state = SlotState::Io(lun.uid);
+                Ok(())
+            }
+            // A full queue is back pressure, not a device error: the command waits
+            // for one of the operations in flight on that channel to complete.
+            Err(backends::BackendError::QueueFull(_)) if ch.in_flight() > 0 => {
+                slot.deferred_io = Some((Some(lun), op, buf));
+                slot.state = SlotState::Deferred;
+                self.deferred.push(r);
+                Ok(())
+            }
+            Err(_) => Err(fail(IoErrorKind::Other)),
+        }
+    }
+
+    /// Submits again the operations that found their channel full; returns whether
+    /// any command moved on.
+    fn retry_deferred(&mut self) -> bool {
+        if self.deferred.is_empty() {
+            return false;
+        }
+        let mut progress = false;
+        for r in std::mem::take(&mut self.deferred) {
+            let Some(slot) = self.slot_mut(r) else {
+                continue;
+            };
+            if slot.state != SlotState::Deferred {
+                continue;
+            }
+            let Some((lun, op, buf)) = slot.deferred_io.take() else {
+                continue;
+            };
+            slot.state = SlotState::Queued;
+            if slot.aborted {
+                self.finish(r, None);
+                progress = true;
+                continue;
+            }
+            match self.submit_io(r, lun, op, buf) {
+                Ok(()) => {
+                    progress |= self
+                        .slot_mut(r)
+                        .is_some_and(|s| s.state != SlotState::Deferred);
+                }
+                Err(e) => {
+                    progress = true;
+                    self.run_job(r, Some(Err(e)));
+                }
+            }
+        }
+        progress
     }
 
     /// Removes a command from its task set and queues its completion.
@@ -484,7 +542,9 @@ impl Worker {
                             ch.cancel(r.user_data());
                         }
                     }
-                    SlotState::Queued | SlotState::RangeWait => self.finish(r, None),
+                    SlotState::Queued | SlotState::RangeWait | SlotState::Deferred => {
+                        self.finish(r, None)
+                    }
                 }
             }
             Msg::TmfDrained(token) => self.tmf_drained(token),
@@ -528,6 +588,7 @@ impl Worker {
                 self.on_completion(c);
             }
             self.reaped = reaped;
+            progress |= self.retry_deferred();
             if !progress {
                 break;
             }
