@@ -295,9 +295,9 @@ impl Worker {
                 self.finish(r, Some(resp));
             }
             Ok(Exec::Data(bytes)) => {
-                let n = slot.cmd.data.write_at(0, &bytes);
-                let resp = good_response(&slot.cmd, bytes.len() as u32, false);
-                debug_assert!(n as u32 == resp.transferred);
+                slot.cmd.data.write_at(0, &bytes);
+                let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+                let resp = good_response(&slot.cmd, len, false);
                 self.finish(r, Some(resp));
             }
             Ok(Exec::Job(job)) => {
@@ -824,5 +824,5 @@ pub(crate) fn check_response(s: Sense, cmd: &ScsiCmd) -> CmdResponse {
 /// A GOOD response carrying `bytes` of data-in for a command with no LUN object.
 pub(crate) fn data_response(bytes: &[u8], cmd: &mut ScsiCmd) -> CmdResponse {
     cmd.data.write_at(0, bytes);
-    good_response(cmd, bytes.len() as u32, false)
+    good_response(cmd, u32::try_from(bytes.len()).unwrap_or(u32::MAX), false)
 }
