@@ -104,7 +104,7 @@ struct Slot {
     state: SlotState,
     info: Option<&'static OpInfo>,
     job: Option<Box<dyn Job>>,
-    scratch: Vec<u8>,
+    scratch: crate::exec::Scratch,
     aborted: bool,
     /// The operation a full channel refused, to submit again once it has room.
     deferred_io: Option<(Option<Arc<Lun>>, IoOp, IoBuf)>,
@@ -252,7 +252,7 @@ impl Worker {
             state: SlotState::Queued,
             info: None,
             job: None,
-            scratch: Vec::new(),
+            scratch: crate::exec::Scratch::default(),
             aborted: false,
             deferred_io: None,
         });

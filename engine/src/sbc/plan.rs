@@ -201,7 +201,7 @@ impl Plan {
         Self::io(op, IoBuf::Scratch { offset: 0, len })
     }
 
-    fn ensure_scratch(scratch: &mut Vec<u8>, n: u64) {
+    fn ensure_scratch(scratch: &mut crate::exec::Scratch, n: u64) {
         let n = n as usize;
         if scratch.len() < n {
             scratch.resize(n, 0);
