@@ -510,12 +510,14 @@ mod direct_io {
     use crate::lun::LunConfig;
     use crate::testutil::{assert_good, uuid_for, Fixture};
 
-    /// RAM that fails, like O_DIRECT, any I/O on a buffer not aligned to 4096.
-    struct Strict(backends::RamBackend);
+    /// RAM that fails, like O_DIRECT, any read or write whose length is not a
+    /// multiple of 512 and (with `.1`) any buffer not aligned to 4096.
+    struct Strict(backends::RamBackend, bool);
 
     struct StrictChannel {
         inner: Box<dyn backends::IoChannel>,
         refused: Vec<backends::Completion>,
+        check_base: bool,
     }
 
     impl backends::Backend for Strict {
@@ -532,6 +534,7 @@ mod direct_io {
             Ok(Box::new(StrictChannel {
                 inner: self.0.open_channel(notify)?,
                 refused: Vec::new(),
+                check_base: self.1,
             }))
         }
         fn block_status(&self, o: u64, l: u64) -> Result<backends::Extent, backends::BackendError> {
@@ -552,7 +555,14 @@ mod direct_io {
             iovecs: &[libc::iovec],
             user_data: u64,
         ) -> Result<(), backends::BackendError> {
-            if iovecs.iter().any(|v| (v.iov_base as usize) & 4095 != 0) {
+            let total: usize = iovecs.iter().map(|v| v.iov_len).sum();
+            let rw = matches!(
+                op,
+                backends::IoOp::Read { .. } | backends::IoOp::Write { .. }
+            );
+            let misaligned =
+                self.check_base && iovecs.iter().any(|v| (v.iov_base as usize) & 4095 != 0);
+            if misaligned || (rw && total & 511 != 0) {
                 self.refused.push(backends::Completion {
                     user_data,
                     result: Err(backends::IoError::new(
@@ -587,7 +597,7 @@ mod direct_io {
     fn scratch_io_is_aligned_for_direct_io() {
         let mut f = Fixture::with(
             LunConfig::new("strict", uuid_for("strict")),
-            Arc::new(Strict(backends::RamBackend::new(8 << 20))),
+            Arc::new(Strict(backends::RamBackend::new(8 << 20), true)),
         );
         // VERIFY(10), BYTCHK 0: reads 64 blocks into scratch.
         let (r, _) = f.run(&[0x2f, 0, 0, 0, 0, 0, 0, 0, 64, 0], DataDir::None, vec![]);
@@ -606,5 +616,31 @@ mod direct_io {
             vec![0x3c; 512],
         );
         assert_good(&r);
+    }
+
+    #[test]
+    fn a_short_data_in_buffer_reads_whole_blocks() {
+        let mut f = Fixture::with(
+            LunConfig::new("strict", uuid_for("strict")),
+            Arc::new(Strict(backends::RamBackend::new(8 << 20), false)),
+        );
+        let data: Vec<u8> = (0..1536u32).map(|i| (i % 251) as u8).collect();
+        let (r, _) = f.run(
+            &[0x2a, 0, 0, 0, 0, 4, 0, 0, 3, 0],
+            DataDir::ToDevice,
+            data.clone(),
+        );
+        assert_good(&r);
+        for have in [700usize, 300] {
+            let (r, d) = f.run(
+                &[0x28, 0, 0, 0, 0, 4, 0, 0, 3, 0],
+                DataDir::FromDevice,
+                vec![0; have],
+            );
+            assert_good(&r);
+            assert_eq!(r.transferred as usize, have);
+            assert_eq!(r.residual, crate::cmd::Residual::Over(1536 - have as u32));
+            assert_eq!(d, data[..have], "{have}");
+        }
     }
 }
