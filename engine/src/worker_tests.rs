@@ -495,6 +495,113 @@ mod back_pressure {
         }
         assert_eq!(f.worker.in_flight(), 0);
     }
+
+    /// Many overlapping writes, COMPARE AND WRITEs (exclusive ranges) and reads
+    /// with every task attribute, aborts and task set aborts in between, on a
+    /// channel that completes one operation per poll: every command ends exactly
+    /// once, every task management function answers, nothing is left behind.
+    #[test]
+    fn a_mixed_load_with_aborts_drains_completely() {
+        use crate::cmd::TaskAttr;
+        use crate::tmf::{TmfFunction, TmfRequest};
+        use crate::worker::Event;
+        use std::collections::HashSet;
+
+        for round in 0..16u64 {
+            let mut f = Fixture::with(
+                LunConfig::new("narrow", uuid_for("narrow")),
+                Arc::new(Narrow(backends::RamBackend::new(1 << 20))),
+            );
+            let n = f.nexus.clone();
+            let mut seed = 0x2545_f491_4f6c_dd1du64 ^ round.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let mut rnd = move |m: u64| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed % m
+            };
+            let mut open: HashSet<u64> = HashSet::new();
+            let mut tmfs = 0usize;
+            let mut ev = Vec::new();
+            let settle = |ev: &mut Vec<Event>, open: &mut HashSet<u64>, tmfs: &mut usize| {
+                for e in ev.drain(..) {
+                    match e {
+                        Event::Cmd(c) => assert!(open.remove(&c.token), "token {} twice", c.token),
+                        Event::Tmf { .. } => *tmfs -= 1,
+                    }
+                }
+            };
+            for i in 0..300u64 {
+                let lba = rnd(8) as u8;
+                let attr = match rnd(8) {
+                    0 => TaskAttr::Ordered,
+                    1 => TaskAttr::HeadOfQueue,
+                    _ => TaskAttr::Simple,
+                };
+                let mut c = match rnd(4) {
+                    0 => f.cmd(
+                        &[0x89, 0, 0, 0, 0, 0, 0, 0, 0, lba, 0, 0, 0, 1, 0, 0],
+                        DataDir::ToDevice,
+                        vec![0; 1024],
+                    ),
+                    1 => f.cmd(
+                        &[0x28, 0, 0, 0, 0, lba, 0, 0, 2, 0],
+                        DataDir::FromDevice,
+                        vec![0; 1024],
+                    ),
+                    _ => f.cmd(
+                        &[0x2a, 0, 0, 0, 0, lba, 0, 0, 2, 0],
+                        DataDir::ToDevice,
+                        vec![i as u8; 1024],
+                    ),
+                };
+                c.attr = attr;
+                open.insert(c.token);
+                f.worker.submit(&n, c);
+                match rnd(16) {
+                    0 => {
+                        tmfs += 1;
+                        // Tags are tokens: one of the last few commands.
+                        let tag = f
+                            .cmd(&[0], DataDir::None, vec![])
+                            .token
+                            .saturating_sub(1 + rnd(4));
+                        f.worker.task_mgmt(TmfRequest {
+                            nexus: n.clone(),
+                            lun: 0,
+                            function: TmfFunction::AbortTask { tag },
+                            token: i,
+                        });
+                    }
+                    1 => {
+                        tmfs += 1;
+                        f.worker.task_mgmt(TmfRequest {
+                            nexus: n.clone(),
+                            lun: 0,
+                            function: TmfFunction::AbortTaskSet,
+                            token: i,
+                        });
+                    }
+                    _ => {}
+                }
+                if rnd(3) == 0 {
+                    f.worker.poll(&mut ev);
+                    settle(&mut ev, &mut open, &mut tmfs);
+                }
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !open.is_empty() || tmfs > 0 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "stuck: {} commands, {tmfs} task management functions",
+                    open.len()
+                );
+                f.worker.wait(10, &mut ev);
+                settle(&mut ev, &mut open, &mut tmfs);
+            }
+            assert_eq!(f.worker.in_flight(), 0);
+        }
+    }
 }
 
 mod direct_io {
