@@ -1,8 +1,10 @@
 //! Sequences of commands and task management functions from two initiators,
 //! through the whole engine (decode, checks, task set, handler, backend I/O) on two
 //! small RAM LUNs (512- and 4096-byte blocks, so EXTENDED COPY has a second LUN to
-//! reach). Each input starts from a fresh engine, so a crash reproduces from its
-//! input alone. Every command must answer (or end aborted), never panic or hang,
+//! reach). The LUNs' channels complete operations one poll later and take at most
+//! `DEPTH` at a time, so commands overlap (task set, write ranges, aborts of
+//! commands in I/O, a full queue). Each input starts from a fresh engine, so a
+//! crash reproduces from its input alone. Every command must answer (or end aborted), never panic or hang,
 //! and never claim more data than its buffer holds.
 //!
 //! Input: up to `MAX_RECORDS` records, each a kind byte and its fields:
@@ -18,6 +20,8 @@
 use std::sync::Arc;
 
 use backends::ram::RamBackend;
+use backends::{Backend, BackendError, Completion, IoChannel, IoError, IoErrorKind, IoOp};
+use vmm_sys_util::eventfd::EventFd;
 use engine::nexus::iscsi_transport_id;
 use engine::{
     Cdb, DataDir, Event, Lun, LunConfig, LunMap, LunRegistry, Nexus, Protocol, ScsiCmd,
@@ -26,6 +30,91 @@ use engine::{
 use libfuzzer_sys::fuzz_target;
 
 const MAX_RECORDS: usize = 8;
+
+/// Operations one channel holds before it answers "queue full".
+const DEPTH: usize = 4;
+
+/// RAM whose channel completes operations at the next `reap`, not in `submit`.
+struct Later(RamBackend);
+
+struct LaterChannel {
+    inner: Box<dyn IoChannel>,
+    pending: Vec<(IoOp, Vec<libc::iovec>, u64)>,
+    canceled: Vec<u64>,
+    notify: EventFd,
+}
+
+impl Backend for Later {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn capabilities(&self) -> backends::Capabilities {
+        self.0.capabilities()
+    }
+    fn open_channel(&self, notify: &EventFd) -> Result<Box<dyn IoChannel>, BackendError> {
+        Ok(Box::new(LaterChannel {
+            inner: self.0.open_channel(notify)?,
+            pending: Vec::new(),
+            canceled: Vec::new(),
+            notify: notify.try_clone().map_err(|_| BackendError::Unsupported { what: "eventfd" })?,
+        }))
+    }
+    fn block_status(&self, o: u64, l: u64) -> Result<backends::Extent, BackendError> {
+        self.0.block_status(o, l)
+    }
+    fn resize(&self, n: u64) -> Result<(), BackendError> {
+        self.0.resize(n)
+    }
+    fn describe(&self) -> String {
+        "later".into()
+    }
+}
+
+impl IoChannel for LaterChannel {
+    unsafe fn submit(
+        &mut self,
+        op: IoOp,
+        iovecs: &[libc::iovec],
+        user_data: u64,
+    ) -> Result<(), BackendError> {
+        if self.pending.len() >= DEPTH {
+            return Err(BackendError::QueueFull(self.pending.len()));
+        }
+        self.pending.push((op, iovecs.to_vec(), user_data));
+        let _ = self.notify.write(1);
+        Ok(())
+    }
+    fn cancel(&mut self, user_data: u64) -> bool {
+        let Some(i) = self.pending.iter().position(|p| p.2 == user_data) else {
+            return false;
+        };
+        self.pending.remove(i);
+        self.canceled.push(user_data);
+        true
+    }
+    fn reap(&mut self, out: &mut Vec<Completion>) {
+        for ud in self.canceled.drain(..) {
+            out.push(Completion {
+                user_data: ud,
+                result: Err(IoError::new(IoErrorKind::Canceled, libc::ECANCELED, None)),
+            });
+        }
+        for (op, iovs, ud) in std::mem::take(&mut self.pending) {
+            // SAFETY: the iovecs came from our caller's `submit`, whose contract keeps
+            // them valid until this completion is reaped.
+            if unsafe { self.inner.submit(op, &iovs, ud) }.is_err() {
+                out.push(Completion {
+                    user_data: ud,
+                    result: Err(IoError::new(IoErrorKind::Other, libc::EIO, None)),
+                });
+            }
+        }
+        self.inner.reap(out);
+    }
+    fn in_flight(&self) -> usize {
+        self.pending.len() + self.canceled.len() + self.inner.in_flight()
+    }
+}
 
 struct Env {
     worker: Worker,
@@ -42,7 +131,7 @@ fn env() -> Env {
         cfg.removable = i == 0;
         cfg.thin = i == 0;
         cfg.block_size = bs;
-        let lun = Lun::new(cfg, Arc::new(RamBackend::new(1 << 20))).expect("lun");
+        let lun = Lun::new(cfg, Arc::new(Later(RamBackend::new(1 << 20)))).expect("lun");
         naa[i] = lun.naa();
         registry.add(lun.clone());
         map.insert(i as u64, lun);
