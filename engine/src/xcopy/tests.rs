@@ -70,8 +70,15 @@ fn read(f: &mut Fixture, lba: u32, blocks: u16) -> Vec<u8> {
     d
 }
 
-/// A second LUN in the registry (not mapped to the nexus), with its store.
+/// A second LUN in the registry, mapped to the nexus as LUN 1, with its store.
 fn second_lun(f: &Fixture, block_size: u32, read_only: bool) -> (Arc<Lun>, Arc<RamStore>) {
+    let (lun, store) = unmapped_lun(f, block_size, read_only);
+    f.map.insert(1, lun.clone());
+    (lun, store)
+}
+
+/// A LUN of the daemon that this I_T nexus cannot address.
+fn unmapped_lun(f: &Fixture, block_size: u32, read_only: bool) -> (Arc<Lun>, Arc<RamStore>) {
     let store = RamStore::new(16 << 20);
     let mut cfg = LunConfig::new("lun1", uuid_for("lun1"));
     cfg.block_size = block_size;
@@ -79,6 +86,42 @@ fn second_lun(f: &Fixture, block_size: u32, read_only: bool) -> (Arc<Lun>, Arc<R
     let lun = Lun::new(cfg, Arc::new(RamBackend(store.clone()))).unwrap();
     assert!(f.registry.add(lun.clone()));
     (lun, store)
+}
+
+/// A LUN this I_T nexus has no access to (another target's, another tenant's) is
+/// no copy target, whether it is read or written: COPY TARGET DEVICE NOT
+/// REACHABLE, and nothing moves.
+#[test]
+fn a_lun_the_nexus_cannot_address_is_unreachable() {
+    let mut f = Fixture::ram();
+    let (other, store) = unmapped_lun(&f, 512, false);
+    let naa0 = f.lun.naa();
+    let naa1 = other.naa();
+    write(&mut f, 0, &pattern(8 * 512, 3));
+    store.write_at(0, &pattern(8 * 512, 9)).unwrap();
+    for (src, dst) in [(0u16, 1u16), (1, 0)] {
+        let r = xcopy(
+            &mut f,
+            param_list(
+                1,
+                NONE,
+                &[target_desc(&naa0, 512), target_desc(&naa1, 512)],
+                &[seg_desc(src, dst, 8, 0, 100)],
+            ),
+        );
+        assert_check(
+            &r,
+            SenseKey::CopyAborted,
+            asc::COPY_TARGET_DEVICE_NOT_REACHABLE,
+        );
+    }
+    let mut back = vec![0u8; 8 * 512];
+    store.read_at(100 * 512, &mut back).unwrap();
+    assert!(back.iter().all(|&b| b == 0), "written into an unmapped LUN");
+    assert!(
+        read(&mut f, 100, 8).iter().all(|&b| b == 0),
+        "read from an unmapped LUN"
+    );
 }
 
 fn copy_status(f: &mut Fixture, list_id: u8) -> (CmdResponse, Vec<u8>) {
@@ -606,7 +649,7 @@ fn write_range_only_when_every_destination_is_this_lun() {
         &[seg_desc(1, 0, 8, 0, 100), seg_desc(0, 0, 4, 0, 40)],
     ))
     .unwrap();
-    let plans = job::resolve(&f.registry, &f.lun, &p).unwrap();
+    let plans = job::resolve(&f.registry, &f.lun, &f.map, &p).unwrap();
     assert_eq!(
         job::write_range(&f.lun, &plans),
         Some(crate::exec::LbaRange {
@@ -622,7 +665,7 @@ fn write_range_only_when_every_destination_is_this_lun() {
         &[seg_desc(0, 1, 8, 0, 100)],
     ))
     .unwrap();
-    let plans = job::resolve(&f.registry, &f.lun, &p).unwrap();
+    let plans = job::resolve(&f.registry, &f.lun, &f.map, &p).unwrap();
     assert_eq!(job::write_range(&f.lun, &plans), None);
 }
 
