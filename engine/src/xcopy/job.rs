@@ -50,7 +50,9 @@ pub(crate) fn resolve(
     for (i, s) in p.segments.iter().enumerate() {
         let src = target(registry, recv, mapped, p, &mut luns, s.src, i)?;
         let dst = target(registry, recv, mapped, p, &mut luns, s.dst, i)?;
-        if dst.config.read_only {
+        // Read-only, or software write protected (control mode page SWP): the
+        // worker checked neither, EXTENDED COPY is no WRITES command.
+        if crate::mode::write_protected(&dst) {
             return Err(Sense::new(SenseKey::DataProtect, asc::WRITE_PROTECTED));
         }
         let sbs = u64::from(src.block_size());
@@ -110,8 +112,15 @@ fn target(
     if t.block_len != 0 && t.block_len != lun.block_size() {
         return Err(param_field(t.offset + 29, Some(7)));
     }
-    // A stopped LUN cannot be copied to or from.
-    if !Arc::ptr_eq(&lun, recv) && crate::spc::check_ready(&lun).is_err() {
+    // A stopped LUN, or one being sanitized or left in sanitize failure mode,
+    // cannot be copied to or from (the worker checked the receiving LUN).
+    if !Arc::ptr_eq(&lun, recv)
+        && (crate::spc::check_ready(&lun).is_err()
+            || super::OPS
+                .iter()
+                .filter(|o| o.opcode == super::EXTENDED_COPY)
+                .any(|o| crate::sbc::check_sanitize(&lun, o).is_err()))
+    {
         return Err(unreachable(seg));
     }
     if let Some(slot) = luns.get_mut(idx) {

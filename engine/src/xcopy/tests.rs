@@ -691,3 +691,65 @@ fn stopped_copy_target_is_unreachable() {
     let r = xcopy(&mut f, list);
     assert_good(&r);
 }
+
+/// Software write protect (MODE SELECT, control page SWP) protects a LUN from
+/// copies into it as from WRITEs: EXTENDED COPY carries no WRITES flag (it may only
+/// read this LUN), so the copy itself must check its destinations.
+#[test]
+fn software_write_protected_destination_is_data_protect() {
+    let mut f = Fixture::ram();
+    let (lun1, store) = second_lun(&f, 512, false);
+    store.write_at(0, &pattern(512, 4)).unwrap();
+    let (r, d) = f.read_in(&[0x1a, 0x08, 0x0a, 0, 255, 0], 255);
+    assert_good(&r);
+    let mut page = d[4..].to_vec();
+    page[0] &= 0x3f;
+    page[4] |= 0x08;
+    let mut list = vec![0u8; 4];
+    list.extend_from_slice(&page);
+    let (r, _) = f.run(
+        &[0x15, 0x10, 0, 0, list.len() as u8, 0],
+        DataDir::ToDevice,
+        list,
+    );
+    assert_good(&r);
+    let naa0 = f.lun.naa();
+    let r = xcopy(
+        &mut f,
+        param_list(
+            1,
+            NONE,
+            &[target_desc(&lun1.naa(), 512), target_desc(&naa0, 512)],
+            &[seg_desc(0, 1, 1, 0, 0)],
+        ),
+    );
+    assert_check(&r, SenseKey::DataProtect, asc::WRITE_PROTECTED);
+    assert!(
+        read(&mut f, 0, 1).iter().all(|&b| b == 0),
+        "copied into a protected LUN"
+    );
+}
+
+/// A LUN being sanitized (or left in sanitize failure mode) is no copy target.
+#[test]
+fn a_lun_under_sanitize_is_unreachable() {
+    let mut f = Fixture::ram();
+    let (lun1, _) = second_lun(&f, 512, false);
+    let naa0 = f.lun.naa();
+    // LUN 1 in failure mode, as an aborted overwrite leaves it.
+    crate::sbc::test_set_sanitize_failed(&lun1);
+    let r = xcopy(
+        &mut f,
+        param_list(
+            1,
+            NONE,
+            &[target_desc(&naa0, 512), target_desc(&lun1.naa(), 512)],
+            &[seg_desc(0, 1, 1, 0, 0)],
+        ),
+    );
+    assert_check(
+        &r,
+        SenseKey::CopyAborted,
+        asc::COPY_TARGET_DEVICE_NOT_REACHABLE,
+    );
+}
