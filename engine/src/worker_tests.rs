@@ -750,4 +750,35 @@ mod direct_io {
             assert_eq!(d, data[..have], "{have}");
         }
     }
+
+    /// VERIFY and WRITE AND VERIFY with a data-out buffer that ends inside a
+    /// block compare what was sent, reading whole blocks to do it.
+    #[test]
+    fn a_short_compare_reads_whole_blocks() {
+        let mut f = Fixture::with(
+            LunConfig::new("strict", uuid_for("strict")),
+            Arc::new(Strict(backends::RamBackend::new(8 << 20), false)),
+        );
+        let data: Vec<u8> = (0..1024u32).map(|i| (i % 253) as u8).collect();
+        let (r, _) = f.run(
+            &[0x2a, 0, 0, 0, 0, 2, 0, 0, 2, 0],
+            DataDir::ToDevice,
+            data.clone(),
+        );
+        assert_good(&r);
+        // VERIFY(10) BYTCHK 01b, 2 blocks, 700 bytes sent.
+        let (r, _) = f.run(
+            &[0x2f, 0x02, 0, 0, 0, 2, 0, 0, 2, 0],
+            DataDir::ToDevice,
+            data[..700].to_vec(),
+        );
+        assert_good(&r);
+        // WRITE AND VERIFY(10) BYTCHK 01b, 2 blocks, 700 bytes sent.
+        let (r, _) = f.run(
+            &[0x2e, 0x02, 0, 0, 0, 2, 0, 0, 2, 0],
+            DataDir::ToDevice,
+            data[..700].to_vec(),
+        );
+        assert_good(&r);
+    }
 }

@@ -214,6 +214,15 @@ impl Plan {
         Self::io(op, IoBuf::Scratch { offset: 0, len })
     }
 
+    /// `n` rounded up to whole blocks: a compare or check of a data-out buffer that
+    /// ends inside a block still reads whole blocks (O_DIRECT backends refuse
+    /// others). Phases start on block boundaries and cover blocks of the command's
+    /// range, so the rounded read stays inside it.
+    fn whole_blocks(&self, n: u64) -> u64 {
+        let bs = u64::from(self.block_size.max(1));
+        n.div_ceil(bs).saturating_mul(bs)
+    }
+
     fn ensure_scratch(scratch: &mut crate::exec::Scratch, n: u64) {
         let n = n as usize;
         if scratch.len() < n {
@@ -263,15 +272,17 @@ impl Plan {
                 }
                 Phase::Compare { off, .. } => {
                     let n = remaining.min(self.max_scratch);
-                    Self::ensure_scratch(ctx.scratch, n);
+                    let io = self.whole_blocks(n);
+                    Self::ensure_scratch(ctx.scratch, io);
                     self.pending = Some(Pending::CompareRead(n));
-                    return Self::scratch_io(off + pos, n, None);
+                    return Self::scratch_io(off + pos, io, None);
                 }
                 Phase::Check { off, .. } => {
                     let n = remaining.min(self.max_scratch);
-                    Self::ensure_scratch(ctx.scratch, n);
+                    let io = self.whole_blocks(n);
+                    Self::ensure_scratch(ctx.scratch, io);
                     self.pending = Some(Pending::Advance(n, false));
-                    return Self::scratch_io(off + pos, n, None);
+                    return Self::scratch_io(off + pos, io, None);
                 }
                 Phase::ReadTail { off, .. } => {
                     let n = remaining.min(self.max_scratch);
