@@ -109,8 +109,85 @@ pub struct JobCtx<'a> {
     /// Bytes the job owns across steps (bounce buffers for compares, WRITE SAME
     /// patterns, copies). Never reallocate it while an I/O on it is in flight — the
     /// engine only calls `step` when none is.
-    pub scratch: &'a mut Vec<u8>,
+    pub scratch: &'a mut Scratch,
     pub registry: &'a Arc<LunRegistry>,
+}
+
+/// A job's scratch buffer: bytes whose start is aligned to [`Scratch::ALIGN`], so
+/// that backends opened with `O_DIRECT` (block devices by default) accept I/O on
+/// it. Dereferences to its bytes; grows like a `Vec<u8>` (moving its contents
+/// when it reallocates, so never while an I/O on it is in flight).
+#[derive(Debug, Default)]
+pub struct Scratch {
+    /// `ALIGN - 1` bytes more than the capacity; the bytes start at `off`.
+    buf: Vec<u8>,
+    off: usize,
+    len: usize,
+}
+
+impl Scratch {
+    /// Alignment of the first byte: any logical block size up to 4096.
+    pub const ALIGN: usize = 4096;
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes that fit without reallocating.
+    pub fn capacity(&self) -> usize {
+        self.buf.len().saturating_sub(self.off)
+    }
+
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Makes room for `additional` more bytes.
+    pub fn reserve(&mut self, additional: usize) {
+        let want = self.len.saturating_add(additional);
+        if want <= self.capacity() {
+            return;
+        }
+        let want = want.max(self.capacity().saturating_mul(2));
+        let mut buf = vec![0u8; want.saturating_add(Self::ALIGN - 1)];
+        let off = buf.as_ptr().align_offset(Self::ALIGN).min(Self::ALIGN - 1);
+        buf[off..off + self.len].copy_from_slice(&self.buf[self.off..self.off + self.len]);
+        self.buf = buf;
+        self.off = off;
+    }
+
+    /// Grows to `n` bytes filled with `value`, or shrinks to `n`.
+    pub fn resize(&mut self, n: usize, value: u8) {
+        if n > self.len {
+            self.reserve(n - self.len);
+            self.buf[self.off + self.len..self.off + n].fill(value);
+        }
+        self.len = n;
+    }
+
+    pub fn extend_from_slice(&mut self, src: &[u8]) {
+        self.reserve(src.len());
+        let at = self.off + self.len;
+        self.buf[at..at + src.len()].copy_from_slice(src);
+        self.len += src.len();
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.off..self.off + self.len]
+    }
+}
+
+impl std::ops::DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.off..self.off + self.len]
+    }
 }
 
 /// A command that needs the backend: a small state machine.
@@ -179,5 +256,31 @@ impl Job for SingleIo {
 
     fn range(&self) -> Option<LbaRange> {
         self.range
+    }
+}
+
+#[cfg(test)]
+mod scratch_tests {
+    use super::Scratch;
+
+    #[test]
+    fn scratch_stays_aligned_and_keeps_its_bytes_as_it_grows() {
+        let mut s = Scratch::default();
+        assert!(s.is_empty());
+        s.extend_from_slice(&[1, 2, 3]);
+        assert_eq!(&s[..], &[1, 2, 3]);
+        for n in [100usize, 5000, 1 << 20] {
+            s.resize(n, 9);
+            assert_eq!(s.len(), n);
+            assert_eq!(s.as_ptr() as usize & (Scratch::ALIGN - 1), 0);
+            assert_eq!(&s[..4], &[1, 2, 3, 9]);
+            assert_eq!(s[n - 1], 9);
+        }
+        s.resize(2, 0);
+        assert_eq!(&s[..], &[1, 2]);
+        s.clear();
+        s.reserve(10);
+        assert!(s.capacity() >= 10);
+        assert!(s.is_empty());
     }
 }

@@ -436,3 +436,49 @@ fn aca_task_attribute_is_refused() {
     let r = c.response.expect("response");
     assert_eq!(r.status, ScsiStatus::CheckCondition);
 }
+
+/// A queued command whose start (another worker's command left the task set) and
+/// abort reach its worker in the same batch of messages: it never runs and never
+/// answers; the abort is done after it is gone.
+#[test]
+fn an_abort_that_arrives_with_the_start_wins() {
+    let (mut f, ctl) = fixture();
+    hold_writes_at(&ctl, 5);
+    let mut other = crate::worker::Worker::new(f.registry.clone()).expect("worker");
+    let mut w = f.cmd(&rw10(0x2a, 5, 1), DataDir::ToDevice, vec![3; 512]);
+    w.tag = 1000;
+    let wt = w.token;
+    let n = f.nexus.clone();
+    other.submit(&n, w);
+    assert!(ctl.wait_held(1, Duration::from_secs(2)));
+    // Queued behind the held write: a WRITE that must never land.
+    let ordered = submit(
+        &mut f,
+        &rw10(0x2a, 9, 1),
+        DataDir::ToDevice,
+        vec![0xee; 512],
+        TaskAttr::Ordered,
+    );
+    ctl.release();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut ev = Vec::new();
+    let mut done = false;
+    while !done {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "held write never finished"
+        );
+        other.wait(10, &mut ev);
+        done = ev
+            .iter()
+            .any(|e| matches!(e, Event::Cmd(c) if c.token == wt));
+    }
+    // The Start for `ordered` now sits in f.worker's mailbox; the abort joins it.
+    tmf(&mut f, TmfFunction::AbortTask { tag: ordered }, 77);
+    let (cmds, tmfs) = drain(&mut f, 200);
+    assert_eq!(cmds, vec![(ordered, None)], "the aborted command answered");
+    assert_eq!(tmfs, vec![(77, TmfResponse::FunctionComplete)]);
+    let (r, d) = f.read_in(&rw10(0x28, 9, 1), 512);
+    assert_good(&r);
+    assert!(d.iter().all(|&b| b == 0), "the aborted write landed");
+}

@@ -22,6 +22,10 @@ use crate::sense::{asc, CmdError, ScsiStatus, Sense, SenseFormat, SenseKey};
 use crate::taskset::{TaskEntry, TaskSeq};
 use crate::tmf::{Plan, TmfRequest, TmfResponse};
 
+/// Rounds of messages and completions one `poll` handles before it returns (and
+/// signals its own eventfd to be called again).
+const MAX_POLL_ROUNDS: usize = 64;
+
 /// A slot of the worker's command table, with a generation so that a stale message
 /// or completion for a reused slot is ignored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +92,8 @@ enum SlotState {
     RangeWait,
     /// A backend operation is in flight on the channel of this LUN uid.
     Io(u64),
+    /// Its next operation waits for room on a full channel (`Slot::deferred_io`).
+    Deferred,
 }
 
 struct Slot {
@@ -99,10 +105,12 @@ struct Slot {
     state: SlotState,
     info: Option<&'static OpInfo>,
     job: Option<Box<dyn Job>>,
-    scratch: Vec<u8>,
+    scratch: crate::exec::Scratch,
     /// The aligned copy an operation in flight uses, if it needed one.
     bounce: Option<Bounce>,
     aborted: bool,
+    /// The operation a full channel refused, to submit again once it has room.
+    deferred_io: Option<(Option<Arc<Lun>>, IoOp, IoBuf)>,
 }
 
 /// A task management function in progress on this worker.
@@ -128,6 +136,8 @@ pub struct Worker {
     reaped: Vec<Completion>,
     tmfs: HashMap<u64, PendingTmf>,
     next_tmf: u64,
+    /// Commands whose next operation waits for room on a full channel, oldest first.
+    deferred: Vec<SlotRef>,
     /// (nexus id, LUN uid) pairs that have had their first command here: their
     /// unit attention check takes no lock while the LUN has none pending.
     known: HashSet<(u64, u64)>,
@@ -160,6 +170,7 @@ impl Worker {
             reaped: Vec::new(),
             tmfs: HashMap::new(),
             next_tmf: 1,
+            deferred: Vec::new(),
             known: HashSet::new(),
         })
     }
@@ -245,9 +256,10 @@ impl Worker {
             state: SlotState::Queued,
             info: None,
             job: None,
-            scratch: Vec::new(),
+            scratch: crate::exec::Scratch::default(),
             bounce: None,
             aborted: false,
+            deferred_io: None,
         });
         if run {
             self.dispatch(r);
@@ -288,9 +300,9 @@ impl Worker {
                 self.finish(r, Some(resp));
             }
             Ok(Exec::Data(bytes)) => {
-                let n = slot.cmd.data.write_at(0, &bytes);
-                let resp = good_response(&slot.cmd, bytes.len() as u32, false);
-                debug_assert!(n as u32 == resp.transferred);
+                slot.cmd.data.write_at(0, &bytes);
+                let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+                let resp = good_response(&slot.cmd, len, false);
                 self.finish(r, Some(resp));
             }
             Ok(Exec::Job(job)) => {
@@ -435,23 +447,77 @@ impl Worker {
                 len,
                 read: is_read,
             });
-            lun.stats
-                .bounce_copies
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         // SAFETY: the iovecs point into the command's data buffer, the slot's scratch
-        // vector or the slot's bounce buffer. All are owned by the slot, which stays
+        // buffer or the slot's bounce buffer. All are owned by the slot, which stays
         // in the table, is not touched by the job (`step` is not called) and is not
         // freed until this operation's completion has been reaped (`finish` on an
         // aborted slot with I/O in flight waits for the completion, see
-        // `on_completion`).
-        let submitted = unsafe { ch.submit(op, &self.iovs, r.user_data()) };
-        if submitted.is_err() {
-            slot.bounce = None;
-            return Err(fail(IoErrorKind::Other));
+        // `on_completion`) or the channel is dropped (`Drop for Worker` drops
+        // channels first).
+        match unsafe { ch.submit(op, &self.iovs, r.user_data()) } {
+            Ok(()) => {
+                if slot.bounce.is_some() {
+                    lun.stats
+                        .bounce_copies
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                slot.state = SlotState::Io(lun.uid);
+                Ok(())
+            }
+            // A full queue is back pressure, not a device error: the command waits
+            // for one of the operations in flight on that channel to complete. The
+            // retry builds its bounce buffer again.
+            Err(backends::BackendError::QueueFull(_)) if ch.in_flight() > 0 => {
+                slot.bounce = None;
+                slot.deferred_io = Some((Some(lun), op, buf));
+                slot.state = SlotState::Deferred;
+                self.deferred.push(r);
+                Ok(())
+            }
+            Err(_) => {
+                slot.bounce = None;
+                Err(fail(IoErrorKind::Other))
+            }
         }
-        slot.state = SlotState::Io(lun.uid);
-        Ok(())
+    }
+
+    /// Submits again the operations that found their channel full; returns whether
+    /// any command moved on.
+    fn retry_deferred(&mut self) -> bool {
+        if self.deferred.is_empty() {
+            return false;
+        }
+        let mut progress = false;
+        for r in std::mem::take(&mut self.deferred) {
+            let Some(slot) = self.slot_mut(r) else {
+                continue;
+            };
+            if slot.state != SlotState::Deferred {
+                continue;
+            }
+            let Some((lun, op, buf)) = slot.deferred_io.take() else {
+                continue;
+            };
+            slot.state = SlotState::Queued;
+            if slot.aborted {
+                self.finish(r, None);
+                progress = true;
+                continue;
+            }
+            match self.submit_io(r, lun, op, buf) {
+                Ok(()) => {
+                    progress |= self
+                        .slot_mut(r)
+                        .is_some_and(|s| s.state != SlotState::Deferred);
+                }
+                Err(e) => {
+                    progress = true;
+                    self.run_job(r, Some(Err(e)));
+                }
+            }
+        }
+        progress
     }
 
     /// Removes a command from its task set and queues its completion.
@@ -534,7 +600,9 @@ impl Worker {
                             ch.cancel(r.user_data());
                         }
                     }
-                    SlotState::Queued | SlotState::RangeWait => self.finish(r, None),
+                    SlotState::Queued | SlotState::RangeWait | SlotState::Deferred => {
+                        self.finish(r, None)
+                    }
                 }
             }
             Msg::TmfDrained(token) => self.tmf_drained(token),
@@ -545,10 +613,27 @@ impl Worker {
     /// finished to `out`. Never blocks.
     pub fn poll(&mut self, out: &mut Vec<Event>) {
         let _ = self.notify.read();
-        loop {
+        for round in 0.. {
+            if round == MAX_POLL_ROUNDS {
+                // Backends that complete inline (RAM, null) keep a long job (a
+                // SANITIZE of a large LUN) going round after round: hand the thread
+                // back to its loop — task management, other queues — and come back.
+                let _ = self.notify.write(1);
+                break;
+            }
             let msgs: Vec<Msg> =
                 std::mem::take(&mut *self.mailbox.msgs.lock().unwrap_or_else(|e| e.into_inner()));
             let mut progress = !msgs.is_empty();
+            // An abort posted after a start, in the same batch, wins: the task set
+            // already counts the command aborted, so it must not begin (and
+            // write) on the strength of the older start.
+            for m in &msgs {
+                if let Msg::Abort(r) = m {
+                    if let Some(slot) = self.slot_mut(*r) {
+                        slot.aborted = true;
+                    }
+                }
+            }
             for m in msgs {
                 self.on_msg(m);
             }
@@ -561,6 +646,7 @@ impl Worker {
                 self.on_completion(c);
             }
             self.reaped = reaped;
+            progress |= self.retry_deferred();
             if !progress {
                 break;
             }
@@ -663,6 +749,28 @@ impl Worker {
     }
 }
 
+impl Drop for Worker {
+    /// A worker that goes away with commands in flight: its channels go first —
+    /// each cancels or waits for the operations it has in the device, which point
+    /// into the command buffers and scratch vectors of `slots` (`IoChannel::submit`
+    /// promises that memory only until the completion is reaped or the channel is
+    /// dropped). Then its commands leave their task sets, so that commands of other
+    /// workers queued behind them (ORDERED, ranges) run and task management
+    /// functions waiting for them finish.
+    fn drop(&mut self) {
+        self.channels.clear();
+        for slot in self.slots.iter_mut().filter_map(Option::take) {
+            let wake = slot
+                .lun
+                .tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(slot.seq);
+            wake.deliver();
+        }
+    }
+}
+
 /// The checks of SAM-5/SPC-4 that precede every command, then its handler.
 fn run_handler(
     slot: &mut Slot,
@@ -688,8 +796,12 @@ fn checks_and_handler(
     lookup: Result<&'static OpInfo, CmdError>,
 ) -> Result<Exec, CmdError> {
     let cdb = slot.cmd.cdb;
-    let cdb = cdb.as_slice();
     let info = lookup?;
+    // Transports may pad a CDB (iSCSI carries 16 bytes for a 6- or 10-byte one):
+    // handlers see exactly the command's own length (lookup refused shorter ones),
+    // so a length-dependent decode (READ(10) vs READ(16) layouts) is never fooled.
+    let cdb = cdb.as_slice();
+    let cdb = cdb.get(..info.cdb_len()).unwrap_or(cdb);
     slot.info = Some(info);
     opcodes::check_control(cdb, info.cdb_len())?;
     crate::pr::check_access(&slot.lun, &slot.nexus, info, cdb)?;
@@ -770,5 +882,5 @@ pub(crate) fn check_response(s: Sense, cmd: &ScsiCmd) -> CmdResponse {
 /// A GOOD response carrying `bytes` of data-in for a command with no LUN object.
 pub(crate) fn data_response(bytes: &[u8], cmd: &mut ScsiCmd) -> CmdResponse {
     cmd.data.write_at(0, bytes);
-    good_response(cmd, bytes.len() as u32, false)
+    good_response(cmd, u32::try_from(bytes.len()).unwrap_or(u32::MAX), false)
 }

@@ -21,9 +21,9 @@
 //! ADDITIONAL SENSE INFORMATION. A segment naming an unknown LUN, or a descriptor
 //! the list does not have, is COPY TARGET DEVICE NOT REACHABLE (as LIO answers).
 //!
-//! Reach: any LUN of the daemon is a copy target, found by its NAA designator,
-//! even one the I_T nexus has not mapped (LIO limits copy targets to the LUNs of
-//! the initiator's ACL; doing the same here is a check in `job::target`).
+//! Reach: a copy target is found by its NAA designator among the LUNs the I_T
+//! nexus can address (its LUN map), as LIO limits copy targets to the LUNs of the
+//! initiator's ACL: a copy never reads or writes another target's (tenant's) LUN.
 //!
 //! Atomicity: a copy is not atomic, and need not be (SPC-4 makes no such promise;
 //! LIO's and SCST's copies are series of READs and WRITEs). It does declare a
@@ -98,7 +98,7 @@ fn extended_copy(ctx: &mut CmdCtx<'_>) -> ExecResult {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .begin(&ctx.nexus.key, params.list_id, params.usage)?;
-    let plans = match job::resolve(ctx.registry, ctx.lun, &params) {
+    let plans = match job::resolve(ctx.registry, ctx.lun, &ctx.nexus.luns, &params) {
         Ok(p) => p,
         Err(s) => {
             if let Some(id) = record {

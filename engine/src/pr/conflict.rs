@@ -117,6 +117,9 @@ pub fn classify(info: &OpInfo, cdb: &[u8]) -> Class {
         // START STOP UNIT: allowed with START 1 and POWER CONDITION 0.
         0x1b if byte(4) & 0x01 != 0 && byte(4) & 0xf0 == 0 => Class::Allowed,
         0x5f => Class::PrOut,
+        // EXTENDED COPY writes (SPC-4 table 66 lists it with the writes) although
+        // its opcode row says READS (it may only read the LUN it is sent to).
+        0x83 => Class::Write,
         0x16 | 0x17 | 0x56 | 0x57 => Class::Spc2,
         // READ(6/10/12/16), VERIFY(10/12/16), PRE-FETCH(10/16), READ DEFECT DATA,
         // READ LONG(10), MODE SENSE(6/10), READ BUFFER, RECEIVE DIAGNOSTIC
@@ -267,7 +270,12 @@ mod tests {
                 0,
                 [n, n, y, n, n],
             ),
-            ("EXTENDED COPY", &[0x83; 16], 0, [n, n, y, n, n]),
+            (
+                "EXTENDED COPY",
+                &[0x83; 16],
+                flags::MEDIUM | flags::READS,
+                [n, n, y, n, n],
+            ),
             ("FORMAT UNIT", &[0x04, 0, 0, 0, 0, 0], 0, [n, n, y, n, n]),
         ];
         for (name, cdb, fl, [we, ea, reg_rr, unreg_we_rr, unreg_ea_rr]) in rows {

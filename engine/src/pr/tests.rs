@@ -1059,3 +1059,50 @@ fn all_tg_pt_registration_covers_every_target_port() {
     );
     assert_eq!(take_ua(&mut f, &n2), None);
 }
+
+/// EXTENDED COPY writes (SPC-4 table 66: it conflicts where writes do): an
+/// initiator without write access under a WRITE EXCLUSIVE reservation cannot copy
+/// into the reserved LUN.
+#[test]
+fn extended_copy_from_a_non_holder_conflicts_under_write_exclusive() {
+    let mut f = Fixture::ram();
+    let n1 = f.nexus.clone();
+    let n2 = f.second_nexus(N2);
+    register(&mut f, &n1, 0x11);
+    assert_good(&prout(
+        &mut f,
+        &n1,
+        SA_RESERVE,
+        PrType::WriteExclusive,
+        0x11,
+        0,
+    ));
+    let naa = f.lun.naa();
+    // One segment: block 0 to block 8 of this LUN.
+    let mut list = vec![0u8; 16];
+    list[1] = 0x18; // LIST ID USAGE 11b
+    list[3] = 32;
+    list[11] = 28;
+    let mut t = vec![0u8; 32];
+    t[0] = 0xe4;
+    t[4] = 0x01;
+    t[5] = 0x03;
+    t[7] = 16;
+    t[8..24].copy_from_slice(&naa);
+    t[30] = 0x02; // block length 512
+    list.extend_from_slice(&t);
+    let mut s = vec![0u8; 28];
+    s[0] = 0x02;
+    s[3] = 0x18;
+    s[11] = 1;
+    s[27] = 8;
+    list.extend_from_slice(&s);
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x83;
+    cdb[13] = list.len() as u8;
+    let (r, _) = f.run_on(&n2, &cdb, DataDir::ToDevice, list.clone());
+    assert_eq!(r.status, ScsiStatus::ReservationConflict, "{r:?}");
+    // The holder may.
+    let (r, _) = f.run_on(&n1, &cdb, DataDir::ToDevice, list);
+    assert_good(&r);
+}

@@ -20,14 +20,18 @@ const MAPPED: u8 = 0;
 const DEALLOCATED: u8 = 1;
 
 /// `(lba, blocks, status)` runs from `lba` on: at most `max` of them, never past the
-/// end of the LUN, each at most `u32::MAX` blocks.
+/// end of the LUN, each at most `u32::MAX` blocks, from at most `4 * max` calls of
+/// `Backend::block_status` (runs a backend splits merge, so counting runs alone
+/// would not bound the calls; a shorter answer is still a correct one).
 pub(crate) fn runs(lun: &Lun, lba: u64, max: usize) -> Vec<(u64, u32, u8)> {
     let end = lun.num_blocks();
     let bs = u64::from(lun.block_size());
     let ask = lun.config.thin && lun.backend.capabilities().block_status;
     let mut out: Vec<(u64, u32, u8)> = Vec::new();
     let mut at = lba;
-    while at < end && out.len() < max {
+    let mut calls = 0usize;
+    while at < end && out.len() < max && calls < max.saturating_mul(4) {
+        calls += 1;
         let (blocks, status) = if ask {
             match lun
                 .backend
@@ -203,6 +207,63 @@ mod tests {
         let (r, d) = f.read_in(&gls(0, 1 << 20), 1 << 20);
         assert_good(&r);
         assert_eq!(descs(&d).len(), super::MAX_DESCRIPTORS);
+    }
+
+    /// A backend that answers one mapped block per call: the runs merge, and the
+    /// number of calls (not of descriptors) must stay bounded.
+    #[test]
+    fn bounded_calls_when_the_backend_splits_one_state() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct Split(backends::ram::RamBackend, std::sync::Arc<AtomicUsize>);
+        impl backends::Backend for Split {
+            fn size(&self) -> u64 {
+                self.0.size()
+            }
+            fn capabilities(&self) -> backends::Capabilities {
+                self.0.capabilities()
+            }
+            fn open_channel(
+                &self,
+                n: &vmm_sys_util::eventfd::EventFd,
+            ) -> Result<Box<dyn backends::IoChannel>, backends::BackendError> {
+                self.0.open_channel(n)
+            }
+            fn block_status(
+                &self,
+                offset: u64,
+                _len: u64,
+            ) -> Result<backends::Extent, backends::BackendError> {
+                self.1.fetch_add(1, Ordering::Relaxed);
+                Ok(backends::Extent {
+                    offset,
+                    len: 512,
+                    state: backends::ExtentState::Mapped,
+                })
+            }
+            fn resize(&self, s: u64) -> Result<(), backends::BackendError> {
+                self.0.resize(s)
+            }
+            fn describe(&self) -> String {
+                "split".into()
+            }
+        }
+        let calls = std::sync::Arc::new(AtomicUsize::new(0));
+        let cfg = crate::lun::LunConfig::new("split", crate::testutil::uuid_for("split"));
+        let mut f = Fixture::with(
+            cfg,
+            std::sync::Arc::new(Split(
+                backends::ram::RamBackend::new(1 << 30),
+                calls.clone(),
+            )),
+        );
+        let (r, d) = f.read_in(&gls(0, 1 << 20), 1 << 20);
+        assert_good(&r);
+        let ds = descs(&d);
+        assert_eq!(ds.len(), 1);
+        assert_eq!((ds[0].0, ds[0].2), (0, 0));
+        assert!(ds[0].1 >= 1);
+        let n = calls.load(Ordering::Relaxed);
+        assert!(n <= 4 * super::MAX_DESCRIPTORS, "{n} block_status calls");
     }
 
     #[test]

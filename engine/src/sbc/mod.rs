@@ -182,6 +182,12 @@ impl SanitizeState {
     }
 }
 
+/// Puts `lun` in sanitize failure mode (tests of other modules).
+#[cfg(test)]
+pub(crate) fn test_set_sanitize_failed(lun: &Lun) {
+    lun.sanitize.set(SAN_FAILED);
+}
+
 /// The sense a command gets while a sanitize runs: NOT READY, SANITIZE IN PROGRESS
 /// with the progress indication. For REQUEST SENSE (SPC branch) as well.
 pub(crate) fn sanitize_sense(lun: &Lun) -> Option<Sense> {

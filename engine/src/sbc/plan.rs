@@ -39,6 +39,16 @@ pub(crate) enum Phase {
     Compare { off: u64, len: u64, src: Src },
     /// Read the medium and drop the bytes (VERIFY without compare, PRE-FETCH).
     Check { off: u64, len: u64 },
+    /// Read `len` bytes (one block) into scratch and copy the first `have` of them
+    /// into the data buffer at `data_off`: the partial last block of a data-in
+    /// buffer shorter than the transfer (O_DIRECT backends refuse a read whose
+    /// length is not a multiple of the block size).
+    ReadTail {
+        off: u64,
+        len: u64,
+        data_off: usize,
+        have: usize,
+    },
     /// Write `pattern` (whose length divides the chunk size) over the range.
     Pattern {
         off: u64,
@@ -70,6 +80,7 @@ impl Phase {
             | Phase::Write { len, .. }
             | Phase::Compare { len, .. }
             | Phase::Check { len, .. }
+            | Phase::ReadTail { len, .. }
             | Phase::Pattern { len, .. }
             | Phase::Merge { len, .. } => *len,
             Phase::Zero { .. } | Phase::Flush => 1,
@@ -86,6 +97,8 @@ enum Pending {
     CompareRead(u64),
     /// The read half of a merge chunk of `n` bytes.
     MergeRead(u64),
+    /// The scratch read of a partial last data-in block of `n` bytes.
+    TailRead(u64),
 }
 
 /// A list of phases run in order; `Done(Ok(wanted))` after the last.
@@ -201,7 +214,16 @@ impl Plan {
         Self::io(op, IoBuf::Scratch { offset: 0, len })
     }
 
-    fn ensure_scratch(scratch: &mut Vec<u8>, n: u64) {
+    /// `n` rounded up to whole blocks: a compare or check of a data-out buffer that
+    /// ends inside a block still reads whole blocks (O_DIRECT backends refuse
+    /// others). Phases start on block boundaries and cover blocks of the command's
+    /// range, so the rounded read stays inside it.
+    fn whole_blocks(&self, n: u64) -> u64 {
+        let bs = u64::from(self.block_size.max(1));
+        n.div_ceil(bs).saturating_mul(bs)
+    }
+
+    fn ensure_scratch(scratch: &mut crate::exec::Scratch, n: u64) {
         let n = n as usize;
         if scratch.len() < n {
             scratch.resize(n, 0);
@@ -250,14 +272,22 @@ impl Plan {
                 }
                 Phase::Compare { off, .. } => {
                     let n = remaining.min(self.max_scratch);
-                    Self::ensure_scratch(ctx.scratch, n);
+                    let io = self.whole_blocks(n);
+                    Self::ensure_scratch(ctx.scratch, io);
                     self.pending = Some(Pending::CompareRead(n));
-                    return Self::scratch_io(off + pos, n, None);
+                    return Self::scratch_io(off + pos, io, None);
                 }
                 Phase::Check { off, .. } => {
                     let n = remaining.min(self.max_scratch);
-                    Self::ensure_scratch(ctx.scratch, n);
+                    let io = self.whole_blocks(n);
+                    Self::ensure_scratch(ctx.scratch, io);
                     self.pending = Some(Pending::Advance(n, false));
+                    return Self::scratch_io(off + pos, io, None);
+                }
+                Phase::ReadTail { off, .. } => {
+                    let n = remaining.min(self.max_scratch);
+                    Self::ensure_scratch(ctx.scratch, n);
+                    self.pending = Some(Pending::TailRead(n));
                     return Self::scratch_io(off + pos, n, None);
                 }
                 Phase::Pattern {
@@ -327,6 +357,13 @@ impl Plan {
                     let s = Sense::new(SenseKey::Miscompare, asc::MISCOMPARE_DURING_VERIFY)
                         .with_information(at + i as u64);
                     return Some(Step::Done(Err(s.into())));
+                }
+                self.advance(n);
+            }
+            Pending::TailRead(n) => {
+                if let Some(Phase::ReadTail { data_off, have, .. }) = self.phases.get(self.idx) {
+                    let k = (*have).min(n as usize);
+                    ctx.data.write_at(*data_off, &ctx.scratch[..k]);
                 }
                 self.advance(n);
             }

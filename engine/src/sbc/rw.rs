@@ -38,11 +38,26 @@ pub(super) fn read(ctx: &mut CmdCtx<'_>) -> ExecResult {
     }
     // Data-in beyond the initiator's buffer is not transferred (residual).
     let len = u64::from(wanted).min(ctx.data.len() as u64);
-    let phases = vec![Phase::Read {
-        off: byte_off(ctx.lun, e.lba),
-        len,
-        data_off: 0,
-    }];
+    let bs = u64::from(ctx.lun.block_size());
+    let off = byte_off(ctx.lun, e.lba);
+    let whole = len / bs * bs;
+    let mut phases = Vec::with_capacity(2);
+    if whole > 0 {
+        phases.push(Phase::Read {
+            off,
+            len: whole,
+            data_off: 0,
+        });
+    }
+    if len > whole {
+        // A partial last block goes through scratch: reads stay whole blocks.
+        phases.push(Phase::ReadTail {
+            off: off + whole,
+            len: bs,
+            data_off: usize::try_from(whole).unwrap_or(usize::MAX),
+            have: usize::try_from(len - whole).unwrap_or(0),
+        });
+    }
     Ok(Exec::Job(Plan::new(ctx.lun, phases, wanted).boxed()))
 }
 

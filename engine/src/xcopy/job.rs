@@ -8,6 +8,7 @@ use backends::{IoError, IoOp};
 
 use crate::exec::{IoBuf, Job, JobCtx, LbaRange, Step};
 use crate::lun::{Lun, LunRegistry};
+use crate::nexus::LunMap;
 use crate::sense::{asc, Asc, CmdError, FieldPointer, Sense, SenseKey};
 
 use super::parse::{param_field, unreachable, XcopyParams};
@@ -34,18 +35,24 @@ pub(crate) struct SegPlan {
 
 /// Finds the LUNs of every segment and checks what can be checked before any
 /// block moves: block lengths, whole-block segments, the segment length limit,
-/// writable destinations. Capacities are checked as each segment starts.
+/// writable destinations. Capacities are checked as each segment starts. Copy
+/// targets are the LUNs `mapped` (the I_T nexus's LUN map) holds: a copy never
+/// reaches a LUN its initiator cannot address (as LIO limits copies to the
+/// LUNs of the initiator's ACL).
 pub(crate) fn resolve(
     registry: &LunRegistry,
     recv: &Arc<Lun>,
+    mapped: &LunMap,
     p: &XcopyParams,
 ) -> Result<Vec<SegPlan>, Sense> {
     let mut luns: Vec<Option<Arc<Lun>>> = vec![None; p.targets.len()];
     let mut plans = Vec::with_capacity(p.segments.len());
     for (i, s) in p.segments.iter().enumerate() {
-        let src = target(registry, recv, p, &mut luns, s.src, i)?;
-        let dst = target(registry, recv, p, &mut luns, s.dst, i)?;
-        if dst.config.read_only {
+        let src = target(registry, recv, mapped, p, &mut luns, s.src, i)?;
+        let dst = target(registry, recv, mapped, p, &mut luns, s.dst, i)?;
+        // Read-only, or software write protected (control mode page SWP): the
+        // worker checked neither, EXTENDED COPY is no WRITES command.
+        if crate::mode::write_protected(&dst) {
             return Err(Sense::new(SenseKey::DataProtect, asc::WRITE_PROTECTED));
         }
         let sbs = u64::from(src.block_size());
@@ -80,6 +87,7 @@ pub(crate) fn resolve(
 fn target(
     registry: &LunRegistry,
     recv: &Arc<Lun>,
+    mapped: &LunMap,
     p: &XcopyParams,
     luns: &mut [Option<Arc<Lun>>],
     idx: u16,
@@ -95,13 +103,24 @@ fn target(
     let lun = if recv.naa() == t.naa {
         recv.clone()
     } else {
-        registry.by_naa(&t.naa).ok_or_else(|| unreachable(seg))?
+        let l = registry.by_naa(&t.naa).ok_or_else(|| unreachable(seg))?;
+        if !mapped.entries().iter().any(|(_, m)| m.uid == l.uid) {
+            return Err(unreachable(seg));
+        }
+        l
     };
     if t.block_len != 0 && t.block_len != lun.block_size() {
         return Err(param_field(t.offset + 29, Some(7)));
     }
-    // A stopped LUN cannot be copied to or from.
-    if !Arc::ptr_eq(&lun, recv) && crate::spc::check_ready(&lun).is_err() {
+    // A stopped LUN, or one being sanitized or left in sanitize failure mode,
+    // cannot be copied to or from (the worker checked the receiving LUN).
+    if !Arc::ptr_eq(&lun, recv)
+        && (crate::spc::check_ready(&lun).is_err()
+            || super::OPS
+                .iter()
+                .filter(|o| o.opcode == super::EXTENDED_COPY)
+                .any(|o| crate::sbc::check_sanitize(&lun, o).is_err()))
+    {
         return Err(unreachable(seg));
     }
     if let Some(slot) = luns.get_mut(idx) {

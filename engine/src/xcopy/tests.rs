@@ -70,8 +70,15 @@ fn read(f: &mut Fixture, lba: u32, blocks: u16) -> Vec<u8> {
     d
 }
 
-/// A second LUN in the registry (not mapped to the nexus), with its store.
+/// A second LUN in the registry, mapped to the nexus as LUN 1, with its store.
 fn second_lun(f: &Fixture, block_size: u32, read_only: bool) -> (Arc<Lun>, Arc<RamStore>) {
+    let (lun, store) = unmapped_lun(f, block_size, read_only);
+    f.map.insert(1, lun.clone());
+    (lun, store)
+}
+
+/// A LUN of the daemon that this I_T nexus cannot address.
+fn unmapped_lun(f: &Fixture, block_size: u32, read_only: bool) -> (Arc<Lun>, Arc<RamStore>) {
     let store = RamStore::new(16 << 20);
     let mut cfg = LunConfig::new("lun1", uuid_for("lun1"));
     cfg.block_size = block_size;
@@ -79,6 +86,42 @@ fn second_lun(f: &Fixture, block_size: u32, read_only: bool) -> (Arc<Lun>, Arc<R
     let lun = Lun::new(cfg, Arc::new(RamBackend(store.clone()))).unwrap();
     assert!(f.registry.add(lun.clone()));
     (lun, store)
+}
+
+/// A LUN this I_T nexus has no access to (another target's, another tenant's) is
+/// no copy target, whether it is read or written: COPY TARGET DEVICE NOT
+/// REACHABLE, and nothing moves.
+#[test]
+fn a_lun_the_nexus_cannot_address_is_unreachable() {
+    let mut f = Fixture::ram();
+    let (other, store) = unmapped_lun(&f, 512, false);
+    let naa0 = f.lun.naa();
+    let naa1 = other.naa();
+    write(&mut f, 0, &pattern(8 * 512, 3));
+    store.write_at(0, &pattern(8 * 512, 9)).unwrap();
+    for (src, dst) in [(0u16, 1u16), (1, 0)] {
+        let r = xcopy(
+            &mut f,
+            param_list(
+                1,
+                NONE,
+                &[target_desc(&naa0, 512), target_desc(&naa1, 512)],
+                &[seg_desc(src, dst, 8, 0, 100)],
+            ),
+        );
+        assert_check(
+            &r,
+            SenseKey::CopyAborted,
+            asc::COPY_TARGET_DEVICE_NOT_REACHABLE,
+        );
+    }
+    let mut back = vec![0u8; 8 * 512];
+    store.read_at(100 * 512, &mut back).unwrap();
+    assert!(back.iter().all(|&b| b == 0), "written into an unmapped LUN");
+    assert!(
+        read(&mut f, 100, 8).iter().all(|&b| b == 0),
+        "read from an unmapped LUN"
+    );
 }
 
 fn copy_status(f: &mut Fixture, list_id: u8) -> (CmdResponse, Vec<u8>) {
@@ -606,7 +649,7 @@ fn write_range_only_when_every_destination_is_this_lun() {
         &[seg_desc(1, 0, 8, 0, 100), seg_desc(0, 0, 4, 0, 40)],
     ))
     .unwrap();
-    let plans = job::resolve(&f.registry, &f.lun, &p).unwrap();
+    let plans = job::resolve(&f.registry, &f.lun, &f.map, &p).unwrap();
     assert_eq!(
         job::write_range(&f.lun, &plans),
         Some(crate::exec::LbaRange {
@@ -622,7 +665,7 @@ fn write_range_only_when_every_destination_is_this_lun() {
         &[seg_desc(0, 1, 8, 0, 100)],
     ))
     .unwrap();
-    let plans = job::resolve(&f.registry, &f.lun, &p).unwrap();
+    let plans = job::resolve(&f.registry, &f.lun, &f.map, &p).unwrap();
     assert_eq!(job::write_range(&f.lun, &plans), None);
 }
 
@@ -647,4 +690,66 @@ fn stopped_copy_target_is_unreachable() {
     lun1.media.lock().unwrap().stopped = false;
     let r = xcopy(&mut f, list);
     assert_good(&r);
+}
+
+/// Software write protect (MODE SELECT, control page SWP) protects a LUN from
+/// copies into it as from WRITEs: EXTENDED COPY carries no WRITES flag (it may only
+/// read this LUN), so the copy itself must check its destinations.
+#[test]
+fn software_write_protected_destination_is_data_protect() {
+    let mut f = Fixture::ram();
+    let (lun1, store) = second_lun(&f, 512, false);
+    store.write_at(0, &pattern(512, 4)).unwrap();
+    let (r, d) = f.read_in(&[0x1a, 0x08, 0x0a, 0, 255, 0], 255);
+    assert_good(&r);
+    let mut page = d[4..].to_vec();
+    page[0] &= 0x3f;
+    page[4] |= 0x08;
+    let mut list = vec![0u8; 4];
+    list.extend_from_slice(&page);
+    let (r, _) = f.run(
+        &[0x15, 0x10, 0, 0, list.len() as u8, 0],
+        DataDir::ToDevice,
+        list,
+    );
+    assert_good(&r);
+    let naa0 = f.lun.naa();
+    let r = xcopy(
+        &mut f,
+        param_list(
+            1,
+            NONE,
+            &[target_desc(&lun1.naa(), 512), target_desc(&naa0, 512)],
+            &[seg_desc(0, 1, 1, 0, 0)],
+        ),
+    );
+    assert_check(&r, SenseKey::DataProtect, asc::WRITE_PROTECTED);
+    assert!(
+        read(&mut f, 0, 1).iter().all(|&b| b == 0),
+        "copied into a protected LUN"
+    );
+}
+
+/// A LUN being sanitized (or left in sanitize failure mode) is no copy target.
+#[test]
+fn a_lun_under_sanitize_is_unreachable() {
+    let mut f = Fixture::ram();
+    let (lun1, _) = second_lun(&f, 512, false);
+    let naa0 = f.lun.naa();
+    // LUN 1 in failure mode, as an aborted overwrite leaves it.
+    crate::sbc::test_set_sanitize_failed(&lun1);
+    let r = xcopy(
+        &mut f,
+        param_list(
+            1,
+            NONE,
+            &[target_desc(&naa0, 512), target_desc(&lun1.naa(), 512)],
+            &[seg_desc(0, 1, 1, 0, 0)],
+        ),
+    );
+    assert_check(
+        &r,
+        SenseKey::CopyAborted,
+        asc::COPY_TARGET_DEVICE_NOT_REACHABLE,
+    );
 }
