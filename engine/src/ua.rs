@@ -13,6 +13,12 @@ use crate::sense::{asc, Asc};
 /// (SPC-4 allows reporting only the highest-priority one).
 const MAX_QUEUED: usize = 16;
 
+/// At most this many initiator identities are remembered per LUN. Every iSCSI
+/// session (a new ISID) is a new identity, so without a bound the table grows for
+/// ever. An identity forgotten this way sees POWER ON, RESET OR BUS DEVICE RESET
+/// OCCURRED again when it returns, which SAM-5 allows.
+const MAX_NEXUSES: usize = 4096;
+
 #[derive(Default)]
 struct Inner {
     queues: HashMap<NexusKey, VecDeque<Asc>>,
@@ -85,6 +91,39 @@ impl UnitAttentions {
                 key,
                 asc::POWER_ON_RESET_OR_BUS_DEVICE_RESET,
             );
+            if inner.seen.len() > MAX_NEXUSES {
+                self.forget_some(inner, key);
+            }
+        }
+    }
+
+    /// Drops identities beyond [`MAX_NEXUSES`], those with nothing pending first,
+    /// never `keep`.
+    fn forget_some(&self, inner: &mut Inner, keep: &NexusKey) {
+        let excess = inner.seen.len().saturating_sub(MAX_NEXUSES);
+        let idle = |k: &NexusKey| inner.queues.get(k).is_none_or(|q| q.is_empty());
+        let mut victims: Vec<NexusKey> = inner
+            .seen
+            .iter()
+            .filter(|k| *k != keep && idle(k))
+            .take(excess)
+            .cloned()
+            .collect();
+        if victims.len() < excess {
+            let more: Vec<NexusKey> = inner
+                .seen
+                .iter()
+                .filter(|k| *k != keep && !victims.contains(k))
+                .take(excess - victims.len())
+                .cloned()
+                .collect();
+            victims.extend(more);
+        }
+        for k in victims {
+            inner.seen.remove(&k);
+            if let Some(q) = inner.queues.remove(&k) {
+                self.pending.fetch_sub(q.len(), Ordering::AcqRel);
+            }
         }
     }
 
@@ -95,7 +134,11 @@ impl UnitAttentions {
         if self.pending.load(Ordering::Acquire) == 0 {
             return None;
         }
-        let a = inner.queues.get_mut(key)?.pop_front()?;
+        let q = inner.queues.get_mut(key)?;
+        let a = q.pop_front()?;
+        if q.is_empty() {
+            inner.queues.remove(key);
+        }
         self.pending.fetch_sub(1, Ordering::AcqRel);
         Some(a)
     }
@@ -135,6 +178,24 @@ mod tests {
             initiator: n.into(),
             relative_port: 1,
         }
+    }
+
+    #[test]
+    fn identities_are_bounded_and_the_busy_ones_kept() {
+        let ua = UnitAttentions::default();
+        let busy = key("busy");
+        ua.pop(&busy);
+        ua.establish(&busy, asc::CAPACITY_DATA_HAS_CHANGED);
+        for i in 0..(MAX_NEXUSES + 100) {
+            let k = key(&format!("iqn.x,i,0x{i:x}"));
+            ua.pop(&k);
+            assert_eq!(ua.pop(&k), None);
+        }
+        let inner = ua.lock();
+        assert!(inner.seen.len() <= MAX_NEXUSES);
+        assert!(inner.queues.len() <= 1, "idle identities keep no queue");
+        drop(inner);
+        assert_eq!(ua.pop(&busy), Some(asc::CAPACITY_DATA_HAS_CHANGED));
     }
 
     #[test]
