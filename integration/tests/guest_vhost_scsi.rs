@@ -1,0 +1,248 @@
+//! A guest on oxtarget's vhost-user-scsi controller. The controller runs in this
+//! process (a thread) with a 64 MiB thin file LUN opened with O_DIRECT; QEMU
+//! attaches `vhost-user-scsi-pci` to its socket. In the guest: the disk's size, its
+//! VPD page 83h (the NAA designator must be the LUN's), a direct write read back,
+//! and a discard. On the host: the pattern in the file, the discarded range a hole
+//! (the backend's block status), no bounce copies (guest memory went to the file
+//! as it was). A second guest then connects to the same socket (the controller
+//! accepts the next connection) and reads the pattern back.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backends::{ExtentState, FileBackend, FileOptions};
+use engine::{Lun, LunConfig, LunMap, LunRegistry};
+use integration::{GuestConfig, GuestEnv, GuestRun, Initramfs};
+use vhost_target::VhostScsiController;
+
+const DISK_SIZE: u64 = 64 << 20;
+/// The pattern: one dd block of this size at block SEEK_BLOCKS.
+const BLOCK: u64 = 64 << 10;
+const SEEK_BLOCKS: u64 = 80;
+const OFFSET: u64 = SEEK_BLOCKS * BLOCK; // 5 MiB
+/// Written, then discarded.
+const DISCARD_OFFSET: u64 = 16 << 20;
+const DISCARD_LEN: u64 = 4 << 20;
+
+fn pattern() -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut x: u32 = 0x9e37_79b9;
+    for sector in 0..BLOCK / 512 {
+        let mut s = format!("oxtarget vhost sector {sector:04}\n").into_bytes();
+        while s.len() < 512 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            s.push(x.to_le_bytes()[0]);
+        }
+        out.extend_from_slice(&s);
+    }
+    out
+}
+
+const WAIT_FOR_DISK: &str = r#"
+dev=/dev/sda
+i=0
+while [ ! -b $dev ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+if [ ! -b $dev ]; then
+    echo "no $dev; block devices: $(ls /sys/block)" >&2
+    exit 1
+fi
+"#;
+
+const FIRST: &str = r#"
+set -e
+WAIT
+pat=$OXTARGET_IN/pattern
+echo "sda-sectors $(cat /sys/block/sda/size)"
+echo "vpd83 $(od -An -tx1 -v /sys/block/sda/device/vpd_pg83 | tr -d ' \n')"
+echo "discard-max $(cat /sys/block/sda/queue/discard_max_bytes)"
+dd if=$pat of=$dev bs=BLOCK count=1 seek=SEEK oflag=direct conv=notrunc
+dd if=$dev of=/tmp/back bs=BLOCK count=1 skip=SEEK iflag=direct
+echo "pattern-md5 $(md5sum <$pat | cut -d' ' -f1)"
+echo "readback-md5 $(md5sum </tmp/back | cut -d' ' -f1)"
+cmp $pat /tmp/back
+echo "compare ok"
+dd if=/dev/urandom of=/tmp/noise bs=65536 count=16
+i=0
+while [ $i -lt 4 ]; do
+    dd if=/tmp/noise of=$dev bs=1048576 count=1 seek=$((DISCARD_MIB + i)) oflag=direct conv=notrunc
+    i=$((i + 1))
+done
+if blkdiscard -o DISCARD_OFFSET -l DISCARD_LEN $dev; then
+    echo "discard ok"
+else
+    echo "discard failed"
+fi
+"#;
+
+const SECOND: &str = r#"
+set -e
+WAIT
+dd if=$dev of=/tmp/back bs=BLOCK count=1 skip=SEEK iflag=direct
+echo "readback-md5 $(md5sum </tmp/back | cut -d' ' -f1)"
+"#;
+
+fn script(body: &str) -> String {
+    body.replace("WAIT", WAIT_FOR_DISK)
+        .replace("BLOCK", &BLOCK.to_string())
+        .replace("SEEK", &SEEK_BLOCKS.to_string())
+        .replace("DISCARD_MIB", &(DISCARD_OFFSET >> 20).to_string())
+        .replace("DISCARD_OFFSET", &DISCARD_OFFSET.to_string())
+        .replace("DISCARD_LEN", &DISCARD_LEN.to_string())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn boot(env: &GuestEnv, initramfs: &Path, body: &str, sock: &Path, pattern: &Path) -> GuestRun {
+    let config = GuestConfig::new(initramfs, script(body))
+        .fw_cfg_file("pattern", pattern)
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=vhost0,path={}",
+            sock.display().to_string().replace(',', ",,")
+        ))
+        .args(["-device", "vhost-user-scsi-pci,chardev=vhost0,num_queues=1"])
+        .timeout(Duration::from_secs(240));
+    let run = env
+        .run(&config)
+        .and_then(|run| run.check())
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "guest ran in {:.1} s ({:?}); results:\n{}",
+        run.elapsed.as_secs_f64(),
+        env.accel,
+        run.results
+    );
+    run
+}
+
+#[test]
+fn guest_uses_a_vhost_user_scsi_disk() {
+    let Some(env) = GuestEnv::require() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let image = dir.path().join("lun0.img");
+    let backend = FileBackend::create(
+        &image,
+        DISK_SIZE,
+        FileOptions {
+            direct: true,
+            ..Default::default()
+        },
+    )
+    .expect("file backend");
+    let mut uuid = *b"oxtarget-vhost-0";
+    uuid[6] = (uuid[6] & 0x0f) | 0x40;
+    let lun = Lun::new(LunConfig::new("vhost-lun0", uuid), Arc::new(backend)).expect("lun");
+    assert!(lun.config.thin);
+    let registry = LunRegistry::new();
+    registry.add(lun.clone());
+    let map = LunMap::new();
+    map.insert(0, lun.clone());
+
+    let sock = dir.path().join("vhost.sock");
+    let controller = Arc::new(
+        VhostScsiController::new("guest-vhost-test", &sock, map, registry, 1).expect("controller"),
+    );
+    let stop = controller.stop_handle();
+    let server = {
+        let c = controller.clone();
+        std::thread::spawn(move || c.serve())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "the controller did not listen");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let pattern = pattern();
+    let pattern_file = dir.path().join("pattern");
+    std::fs::write(&pattern_file, &pattern).expect("pattern file");
+    let initramfs = Initramfs::standard()
+        .build(env)
+        .unwrap_or_else(|e| panic!("building the initramfs: {e}"));
+
+    let run = boot(env, &initramfs, FIRST, &sock, &pattern_file);
+
+    // What the guest saw.
+    let sectors = (DISK_SIZE / 512).to_string();
+    assert_eq!(run.field("sda-sectors"), Some(sectors.as_str()));
+    let vpd = run.field("vpd83").expect("vpd83 line");
+    let naa = hex(&lun.naa());
+    // Designator header: code set 1 (binary), association 0, type 3 (NAA), length 16.
+    assert!(
+        vpd.contains(&format!("01030010{naa}")),
+        "VPD 83h {vpd} holds NAA designator {naa}"
+    );
+    let written = run.field("pattern-md5").expect("pattern-md5");
+    assert_eq!(Some(written), run.field("readback-md5"));
+    assert!(run.lines().any(|l| l == "compare ok"));
+
+    // What landed in the file.
+    let mut file = File::open(&image).expect("image");
+    let mut got = vec![0u8; pattern.len()];
+    file.seek(SeekFrom::Start(OFFSET)).unwrap();
+    file.read_exact(&mut got).unwrap();
+    assert!(got == pattern, "the image holds the pattern at {OFFSET}");
+
+    // The discard punched a hole (the guest splits it as discard_max_bytes says).
+    let discard_max: u64 = run
+        .field("discard-max")
+        .and_then(|s| s.parse().ok())
+        .expect("discard-max line");
+    assert!(discard_max > 0, "the guest sees a thin-provisioned disk");
+    assert!(
+        run.lines().any(|l| l == "discard ok"),
+        "blkdiscard succeeded"
+    );
+    let extent = lun
+        .backend
+        .block_status(DISCARD_OFFSET, DISCARD_LEN)
+        .expect("block status");
+    assert_eq!(extent.state, ExtentState::Deallocated, "{extent:?}");
+    assert!(
+        extent.offset <= DISCARD_OFFSET
+            && extent.offset + extent.len >= DISCARD_OFFSET + DISCARD_LEN,
+        "the whole range is a hole: {extent:?}"
+    );
+    let data = lun
+        .backend
+        .block_status(OFFSET, BLOCK)
+        .expect("block status");
+    assert_eq!(data.state, ExtentState::Mapped, "{data:?}");
+
+    // Every read and write went between the file and guest memory directly.
+    assert_eq!(lun.stats.bounce_copies.load(Ordering::Relaxed), 0);
+
+    // The controller takes the next connection on the same socket.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while controller.connections() < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the first connection did not end"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let again = boot(env, &initramfs, SECOND, &sock, &pattern_file);
+    assert_eq!(again.field("readback-md5"), Some(written));
+    assert_eq!(lun.stats.bounce_copies.load(Ordering::Relaxed), 0);
+
+    stop.stop();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server.is_finished() {
+        assert!(Instant::now() < deadline, "the controller did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server
+        .join()
+        .expect("controller thread")
+        .expect("controller served");
+}
