@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use backends::{ExtentState, FileBackend, FileOptions};
 use engine::{Lun, LunConfig, LunMap, LunRegistry};
 use integration::{GuestConfig, GuestEnv, GuestRun, Initramfs};
-use vhost_target::VhostScsiController;
+use vhost_target::{StopHandle, VhostScsiController};
 
 const DISK_SIZE: u64 = 64 << 20;
 /// The pattern: one dd block of this size at block SEEK_BLOCKS.
@@ -100,15 +100,99 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// A controller serving `lun` on `sock` from a thread.
+struct Served {
+    controller: Arc<VhostScsiController>,
+    stop: StopHandle,
+    server: std::thread::JoinHandle<Result<(), vhost_target::ControllerError>>,
+}
+
+impl Served {
+    fn start(name: &str, sock: &Path, lun: &Arc<Lun>, queues: usize) -> Self {
+        let registry = LunRegistry::new();
+        registry.add(lun.clone());
+        let map = LunMap::new();
+        map.insert(0, lun.clone());
+        let controller = Arc::new(
+            VhostScsiController::new(name, sock, map, registry, queues).expect("controller"),
+        );
+        let stop = controller.stop_handle();
+        let server = {
+            let c = controller.clone();
+            std::thread::spawn(move || c.serve())
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "the controller did not listen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Served {
+            controller,
+            stop,
+            server,
+        }
+    }
+
+    fn stop(self) {
+        self.stop.stop();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.server.is_finished() {
+            assert!(Instant::now() < deadline, "the controller did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.server
+            .join()
+            .expect("controller thread")
+            .expect("controller served");
+    }
+}
+
+/// A thin file LUN of DISK_SIZE bytes opened with O_DIRECT.
+fn file_lun(dir: &Path, name: &str) -> (Arc<Lun>, std::path::PathBuf) {
+    let image = dir.join(format!("{name}.img"));
+    let backend = FileBackend::create(
+        &image,
+        DISK_SIZE,
+        FileOptions {
+            direct: true,
+            ..Default::default()
+        },
+    )
+    .expect("file backend");
+    let mut uuid = [0u8; 16];
+    for (i, b) in name.bytes().enumerate() {
+        uuid[i % 16] ^= b;
+    }
+    uuid[6] = (uuid[6] & 0x0f) | 0x40;
+    let lun = Lun::new(LunConfig::new(name, uuid), Arc::new(backend)).expect("lun");
+    assert!(lun.config.thin);
+    (lun, image)
+}
+
 fn boot(env: &GuestEnv, initramfs: &Path, body: &str, sock: &Path, pattern: &Path) -> GuestRun {
+    boot_with(env, initramfs, body, sock, pattern, 1)
+}
+
+fn boot_with(
+    env: &GuestEnv,
+    initramfs: &Path,
+    body: &str,
+    sock: &Path,
+    pattern: &Path,
+    queues: usize,
+) -> GuestRun {
     let config = GuestConfig::new(initramfs, script(body))
+        .cpus(u32::try_from(queues).expect("queues"))
         .fw_cfg_file("pattern", pattern)
         .arg("-chardev")
         .arg(format!(
             "socket,id=vhost0,path={}",
             sock.display().to_string().replace(',', ",,")
         ))
-        .args(["-device", "vhost-user-scsi-pci,chardev=vhost0,num_queues=1"])
+        .arg("-device")
+        .arg(format!(
+            "vhost-user-scsi-pci,chardev=vhost0,num_queues={queues}"
+        ))
         .timeout(Duration::from_secs(240));
     let run = env
         .run(&config)
@@ -129,39 +213,9 @@ fn guest_uses_a_vhost_user_scsi_disk() {
         return;
     };
     let dir = tempfile::tempdir().expect("temporary directory");
-    let image = dir.path().join("lun0.img");
-    let backend = FileBackend::create(
-        &image,
-        DISK_SIZE,
-        FileOptions {
-            direct: true,
-            ..Default::default()
-        },
-    )
-    .expect("file backend");
-    let mut uuid = *b"oxtarget-vhost-0";
-    uuid[6] = (uuid[6] & 0x0f) | 0x40;
-    let lun = Lun::new(LunConfig::new("vhost-lun0", uuid), Arc::new(backend)).expect("lun");
-    assert!(lun.config.thin);
-    let registry = LunRegistry::new();
-    registry.add(lun.clone());
-    let map = LunMap::new();
-    map.insert(0, lun.clone());
-
+    let (lun, image) = file_lun(dir.path(), "vhost-lun0");
     let sock = dir.path().join("vhost.sock");
-    let controller = Arc::new(
-        VhostScsiController::new("guest-vhost-test", &sock, map, registry, 1).expect("controller"),
-    );
-    let stop = controller.stop_handle();
-    let server = {
-        let c = controller.clone();
-        std::thread::spawn(move || c.serve())
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "the controller did not listen");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let served = Served::start("guest-vhost-test", &sock, &lun, 1);
 
     let pattern = pattern();
     let pattern_file = dir.path().join("pattern");
@@ -224,7 +278,7 @@ fn guest_uses_a_vhost_user_scsi_disk() {
 
     // The controller takes the next connection on the same socket.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while controller.connections() < 1 {
+    while served.controller.connections() < 1 {
         assert!(
             Instant::now() < deadline,
             "the first connection did not end"
@@ -235,14 +289,62 @@ fn guest_uses_a_vhost_user_scsi_disk() {
     assert_eq!(again.field("readback-md5"), Some(written));
     assert_eq!(lun.stats.bounce_copies.load(Ordering::Relaxed), 0);
 
-    stop.stop();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !server.is_finished() {
-        assert!(Instant::now() < deadline, "the controller did not stop");
-        std::thread::sleep(Duration::from_millis(20));
+    let chains = served.controller.queue_chains();
+    assert!(chains[2] > 0, "request queue 0 was used: {chains:?}");
+    served.stop();
+}
+
+const TWO_QUEUES: &str = r#"
+set -e
+WAIT
+pat=$OXTARGET_IN/pattern
+echo "cpus $(nproc)"
+echo "mq $(ls /sys/block/sda/mq | wc -l)"
+echo "features $(cat /sys/bus/virtio/devices/virtio0/features)"
+taskset 1 dd if=$pat of=$dev bs=BLOCK count=1 seek=SEEK oflag=direct conv=notrunc
+taskset 2 dd if=$dev of=/tmp/back bs=BLOCK count=1 skip=SEEK iflag=direct
+cmp $pat /tmp/back
+echo "compare ok"
+"#;
+
+/// Two request queues, two vCPUs: I/O from each CPU goes down its own queue, and
+/// each queue's thread runs its own engine worker.
+#[test]
+fn guest_uses_two_request_queues() {
+    let Some(env) = GuestEnv::require() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (lun, _image) = file_lun(dir.path(), "vhost-mq");
+    let sock = dir.path().join("vhost-mq.sock");
+    let served = Served::start("guest-vhost-mq", &sock, &lun, 2);
+    let pattern_file = dir.path().join("pattern");
+    std::fs::write(&pattern_file, pattern()).expect("pattern file");
+    let initramfs = Initramfs::standard()
+        .build(env)
+        .unwrap_or_else(|e| panic!("building the initramfs: {e}"));
+    let run = boot_with(env, &initramfs, TWO_QUEUES, &sock, &pattern_file, 2);
+    assert_eq!(run.field("cpus"), Some("2"));
+    assert_eq!(
+        run.field("mq"),
+        Some("2"),
+        "two hardware queues in the guest"
+    );
+    assert!(run.lines().any(|l| l == "compare ok"));
+    // Negotiated: HOTPLUG, CHANGE, INDIRECT_DESC, EVENT_IDX, VERSION_1.
+    let features = run.field("features").expect("features line");
+    for bit in [1, 2, 28, 29, 32] {
+        assert_eq!(
+            features.as_bytes().get(bit),
+            Some(&b'1'),
+            "bit {bit} of {features}"
+        );
     }
-    server
-        .join()
-        .expect("controller thread")
-        .expect("controller served");
+    let chains = served.controller.queue_chains();
+    assert!(
+        chains[2] > 0 && chains[3] > 0,
+        "both request queues were used: {chains:?}"
+    );
+    assert_eq!(lun.stats.bounce_copies.load(Ordering::Relaxed), 0);
+    served.stop();
 }

@@ -13,7 +13,7 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -77,6 +77,35 @@ struct InFlight {
     changed: Condvar,
 }
 
+/// Descriptor chains taken from each queue of a controller, over all its
+/// connections (index: device queue).
+#[derive(Debug)]
+pub struct QueueCounters {
+    chains: Vec<AtomicU64>,
+}
+
+impl QueueCounters {
+    pub fn new(queues: usize) -> Arc<Self> {
+        Arc::new(QueueCounters {
+            chains: (0..queues).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+
+    /// Chains taken so far, per device queue (0 control, 1 event, 2.. requests).
+    pub fn chains(&self) -> Vec<u64> {
+        self.chains
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    fn add(&self, queue: usize, n: usize) {
+        if let Some(c) = self.chains.get(queue) {
+            c.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
 /// One connection's device.
 pub struct ScsiBackend {
     nexus: Arc<Nexus>,
@@ -86,6 +115,7 @@ pub struct ScsiBackend {
     event_idx: AtomicBool,
     handlers: OnceLock<Vec<Weak<Handler>>>,
     inflight: InFlight,
+    counters: Arc<QueueCounters>,
 }
 
 /// Per-thread state; dropped when the library ends the thread.
@@ -109,6 +139,7 @@ impl ScsiBackend {
         registry: Arc<LunRegistry>,
         request_queues: usize,
         mem: GuestMemoryAtomic<GuestMem>,
+        counters: Arc<QueueCounters>,
     ) -> Self {
         let total = request_queues + usize::from(FIRST_REQUEST_QUEUE);
         ScsiBackend {
@@ -122,6 +153,7 @@ impl ScsiBackend {
                 counts: Mutex::new(vec![0; total]),
                 changed: Condvar::new(),
             },
+            counters,
         }
     }
 
@@ -165,14 +197,14 @@ impl ScsiBackend {
         Ok(ThreadQueues { queues })
     }
 
-    /// Takes every available chain of `vring` (device queue `queue`) and hands it to
-    /// `f`; with EVENT_IDX, re-enables notifications and looks again.
+    /// Takes every available chain of `vring` and hands it to `f`; with EVENT_IDX,
+    /// re-enables notifications and looks again. Returns the chains taken.
     fn drain_ring(
         &self,
         vring: &Vring,
         mem: &Arc<GuestMem>,
         mut f: impl FnMut(virtio_queue::DescriptorChain<Arc<GuestMem>>),
-    ) {
+    ) -> usize {
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         let mut state = vring.get_mut();
         let mut taken = 0usize;
@@ -200,6 +232,7 @@ impl ScsiBackend {
                 _ => break,
             }
         }
+        taken
     }
 
     /// Puts `used` into the rings of this thread, and signals each ring that got
@@ -332,15 +365,16 @@ impl VhostUserBackend for ScsiBackend {
                 };
                 let global = Self::first_queue(thread_id) + local;
                 let q = u16::try_from(global).unwrap_or(u16::MAX);
-                match q {
+                let taken = match q {
                     CONTROL_QUEUE => {
                         self.drain_ring(vring, &mem, |c| queues.control(q, c, &mem, &mut used))
                     }
                     // Event buffers stay in the ring until there is an event to
                     // report (hotplug, later).
-                    EVENT_QUEUE => {}
+                    EVENT_QUEUE => 0,
                     _ => self.drain_ring(vring, &mem, |c| queues.request(q, c, &mem, &mut used)),
-                }
+                };
+                self.counters.add(global, taken);
             }
             queues.poll(&mut used);
             self.push_used(thread_id, vrings, &used);

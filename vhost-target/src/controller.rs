@@ -15,7 +15,7 @@ use vhost::vhost_user::Listener;
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-use crate::backend::{ScsiBackend, MAX_REQUEST_QUEUES};
+use crate::backend::{QueueCounters, ScsiBackend, FIRST_REQUEST_QUEUE, MAX_REQUEST_QUEUES};
 
 /// Why a controller could not be made or stopped serving.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +79,7 @@ pub struct VhostScsiController {
     current: Arc<Mutex<Option<ShutdownHandle>>>,
     connections: AtomicU64,
     last_error: Mutex<Option<String>>,
+    counters: Arc<QueueCounters>,
 }
 
 impl VhostScsiController {
@@ -116,6 +117,7 @@ impl VhostScsiController {
             current: Arc::new(Mutex::new(None)),
             connections: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            counters: QueueCounters::new(num_queues + usize::from(FIRST_REQUEST_QUEUE)),
         })
     }
 
@@ -144,6 +146,12 @@ impl VhostScsiController {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Descriptor chains taken per device queue (0 control, 1 event, 2.. request
+    /// queues), over all connections.
+    pub fn queue_chains(&self) -> Vec<u64> {
+        self.counters.chains()
     }
 
     pub fn stop_handle(&self) -> StopHandle {
@@ -189,6 +197,7 @@ impl VhostScsiController {
                 self.registry.clone(),
                 self.num_queues,
                 mem.clone(),
+                self.counters.clone(),
             ));
             let mut daemon = VhostUserDaemon::new(self.name.clone(), backend.clone(), mem)
                 .map_err(|e| self.daemon_error("starting the vring threads", e))?;
