@@ -82,12 +82,14 @@ struct InFlight {
 #[derive(Debug)]
 pub struct QueueCounters {
     chains: Vec<AtomicU64>,
+    stops: AtomicU64,
 }
 
 impl QueueCounters {
     pub fn new(queues: usize) -> Arc<Self> {
         Arc::new(QueueCounters {
             chains: (0..queues).map(|_| AtomicU64::new(0)).collect(),
+            stops: AtomicU64::new(0),
         })
     }
 
@@ -97,6 +99,11 @@ impl QueueCounters {
             .iter()
             .map(|c| c.load(Ordering::Relaxed))
             .collect()
+    }
+
+    /// Queues stopped by the frontend (GET_VRING_BASE: device reset, VM stop).
+    pub fn stops(&self) -> u64 {
+        self.stops.load(Ordering::Relaxed)
     }
 
     fn add(&self, queue: usize, n: usize) {
@@ -320,6 +327,7 @@ impl VhostUserBackend for ScsiBackend {
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        self.counters.stops.fetch_add(1, Ordering::Relaxed);
         let q = queue_index as usize;
         let counts = self
             .inflight

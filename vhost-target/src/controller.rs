@@ -154,6 +154,11 @@ impl VhostScsiController {
         self.counters.chains()
     }
 
+    /// Queues stopped by QEMU (GET_VRING_BASE) over all connections.
+    pub fn queue_stops(&self) -> u64 {
+        self.counters.stops()
+    }
+
     pub fn stop_handle(&self) -> StopHandle {
         StopHandle {
             stop: self.stop.clone(),
