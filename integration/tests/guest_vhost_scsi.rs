@@ -322,6 +322,23 @@ taskset 1 dd if=$pat of=$dev bs=BLOCK count=1 seek=SEEK oflag=direct conv=notrun
 taskset 2 dd if=$dev of=/tmp/back bs=BLOCK count=1 skip=SEEK iflag=direct
 cmp $pat /tmp/back
 echo "compare ok"
+# Eight writers at once, alternating CPUs, then eight readers: many commands in
+# flight on both queues.
+dd if=/dev/urandom of=/tmp/src bs=1048576 count=8
+i=0
+while [ $i -lt 8 ]; do
+    taskset $((1 << (i % 2))) dd if=/tmp/src of=$dev bs=65536 count=16 skip=$((i * 16)) seek=$((512 + i * 16)) oflag=direct conv=notrunc 2>/dev/null &
+    i=$((i + 1))
+done
+wait
+i=0
+while [ $i -lt 8 ]; do
+    taskset $((1 << (i % 2))) dd if=$dev of=/tmp/dst$i bs=65536 count=16 skip=$((512 + i * 16)) iflag=direct 2>/dev/null &
+    i=$((i + 1))
+done
+wait
+cat /tmp/dst0 /tmp/dst1 /tmp/dst2 /tmp/dst3 /tmp/dst4 /tmp/dst5 /tmp/dst6 /tmp/dst7 | cmp /tmp/src -
+echo "parallel ok"
 "#;
 
 /// Two request queues, two vCPUs: I/O from each CPU goes down its own queue, and
@@ -348,6 +365,7 @@ fn guest_uses_two_request_queues() {
         "two hardware queues in the guest"
     );
     assert!(run.lines().any(|l| l == "compare ok"));
+    assert!(run.lines().any(|l| l == "parallel ok"));
     // Negotiated: HOTPLUG, CHANGE, INDIRECT_DESC, EVENT_IDX, VERSION_1.
     let features = run.field("features").expect("features line");
     for bit in [1, 2, 28, 29, 32] {

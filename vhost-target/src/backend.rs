@@ -128,6 +128,8 @@ pub struct ScsiBackend {
 /// Per-thread state; dropped when the library ends the thread.
 struct ThreadQueues {
     queues: ScsiQueues,
+    /// Local vrings whose room ran out: served again after completions.
+    throttled: Vec<bool>,
 }
 
 impl Drop for ThreadQueues {
@@ -201,45 +203,78 @@ impl ScsiBackend {
             EventSet::IN,
             u64::from(self.worker_event()),
         )?;
-        Ok(ThreadQueues { queues })
+        Ok(ThreadQueues {
+            queues,
+            throttled: Vec::new(),
+        })
     }
 
-    /// Takes every available chain of `vring` and hands it to `f`; with EVENT_IDX,
-    /// re-enables notifications and looks again. Returns the chains taken.
+    /// Takes available chains of `vring` and hands them to `f`, at most as many as
+    /// the ring has room for beside the `in_flight` ones still with the engine (a
+    /// driver never has more chains out than the ring holds; one that re-posts
+    /// heads still in flight cannot make us hold more). With EVENT_IDX,
+    /// re-enables notifications and looks again. Returns the chains taken and
+    /// whether the room ran out with chains possibly left in the ring.
     fn drain_ring(
         &self,
         vring: &Vring,
         mem: &Arc<GuestMem>,
+        in_flight: usize,
         mut f: impl FnMut(virtio_queue::DescriptorChain<Arc<GuestMem>>),
-    ) -> usize {
+    ) -> (usize, bool) {
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         let mut state = vring.get_mut();
+        let size = usize::from(state.get_queue().size()).min(MAX_QUEUE_SIZE);
+        let limit = size.saturating_sub(in_flight).min(MAX_CHAINS_PER_EVENT);
         let mut taken = 0usize;
         loop {
             if event_idx {
                 let _ = state.get_queue_mut().disable_notification(&**mem);
             }
-            while taken < MAX_CHAINS_PER_EVENT {
+            while taken < limit {
                 let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) else {
                     break;
                 };
                 taken += 1;
                 f(chain);
             }
-            if taken >= MAX_CHAINS_PER_EVENT {
-                // Leave notifications on: the guest's next kick brings us back.
+            if taken >= limit {
+                // Leave notifications on; completions bring us back (throttled).
                 let _ = state.get_queue_mut().enable_notification(&**mem);
-                break;
+                return (taken, true);
             }
             if !event_idx {
-                break;
+                return (taken, false);
             }
             match state.get_queue_mut().enable_notification(&**mem) {
                 Ok(true) => continue,
-                _ => break,
+                _ => return (taken, false),
             }
         }
-        taken
+    }
+
+    /// Serves device queue `q` (local vring `vring`); returns whether it was
+    /// throttled.
+    fn service(
+        &self,
+        q: u16,
+        vring: &Vring,
+        mem: &Arc<GuestMem>,
+        queues: &mut ScsiQueues,
+        used: &mut Vec<UsedEntry>,
+    ) -> bool {
+        let in_flight = queues.in_flight_on(q);
+        let (taken, throttled) = match q {
+            CONTROL_QUEUE => {
+                self.drain_ring(vring, mem, in_flight, |c| queues.control(q, c, mem, used))
+            }
+            // Event buffers stay in the ring until there is an event to report
+            // (hotplug, later).
+            EVENT_QUEUE => (0, false),
+            _ => self.drain_ring(vring, mem, in_flight, |c| queues.request(q, c, mem, used)),
+        };
+        self.counters.add(usize::from(q), taken);
+        throttled
     }
 
     /// Puts `used` into the rings of this thread, and signals each ring that got
@@ -364,27 +399,31 @@ impl VhostUserBackend for ScsiBackend {
                 return Ok(());
             };
             let queues = &mut tq.queues;
+            tq.throttled.resize(vrings.len(), false);
             let mem = self.mem.memory().into_inner();
+            let first = Self::first_queue(thread_id);
+            let queue_of = |local: usize| u16::try_from(first + local).unwrap_or(u16::MAX);
             let mut used = Vec::new();
             if device_event != self.worker_event() {
                 let local = usize::from(device_event);
                 let Some(vring) = vrings.get(local) else {
                     return Ok(());
                 };
-                let global = Self::first_queue(thread_id) + local;
-                let q = u16::try_from(global).unwrap_or(u16::MAX);
-                let taken = match q {
-                    CONTROL_QUEUE => {
-                        self.drain_ring(vring, &mem, |c| queues.control(q, c, &mem, &mut used))
-                    }
-                    // Event buffers stay in the ring until there is an event to
-                    // report (hotplug, later).
-                    EVENT_QUEUE => 0,
-                    _ => self.drain_ring(vring, &mem, |c| queues.request(q, c, &mem, &mut used)),
-                };
-                self.counters.add(global, taken);
+                tq.throttled[local] = self.service(queue_of(local), vring, &mem, queues, &mut used);
             }
             queues.poll(&mut used);
+            // Completions made room: serve the queues that ran out of it again.
+            let mut again = false;
+            for (local, vring) in vrings.iter().enumerate() {
+                if tq.throttled[local] {
+                    tq.throttled[local] =
+                        self.service(queue_of(local), vring, &mem, queues, &mut used);
+                    again = true;
+                }
+            }
+            if again {
+                queues.poll(&mut used);
+            }
             self.push_used(thread_id, vrings, &used);
             self.publish_inflight(thread_id, vrings.len(), queues);
             Ok(())

@@ -68,6 +68,8 @@ pub struct ScsiQueues {
     worker: Worker,
     nexus: Arc<Nexus>,
     pending: HashMap<u64, Pending>,
+    /// Chains in `pending` per queue.
+    per_queue: Vec<usize>,
     next_token: u64,
     events: Vec<Event>,
     pub stats: QueueStats,
@@ -79,6 +81,7 @@ impl ScsiQueues {
             worker: Worker::new(registry)?,
             nexus,
             pending: HashMap::new(),
+            per_queue: Vec::new(),
             next_token: 1,
             events: Vec::new(),
             stats: QueueStats::default(),
@@ -97,7 +100,24 @@ impl ScsiQueues {
 
     /// Chains of `queue` taken and not yet returned.
     pub fn in_flight_on(&self, queue: u16) -> usize {
-        self.pending.values().filter(|p| p.queue == queue).count()
+        self.per_queue.get(usize::from(queue)).copied().unwrap_or(0)
+    }
+
+    fn track(&mut self, token: u64, p: Pending) {
+        let q = usize::from(p.queue);
+        if self.per_queue.len() <= q {
+            self.per_queue.resize(q + 1, 0);
+        }
+        self.per_queue[q] += 1;
+        self.pending.insert(token, p);
+    }
+
+    fn untrack(&mut self, token: u64) -> Option<Pending> {
+        let p = self.pending.remove(&token)?;
+        if let Some(n) = self.per_queue.get_mut(usize::from(p.queue)) {
+            *n = n.saturating_sub(1);
+        }
+        Some(p)
     }
 
     pub fn nexus(&self) -> &Arc<Nexus> {
@@ -200,7 +220,7 @@ impl ScsiQueues {
             );
         };
         let token = self.token();
-        self.pending.insert(
+        self.track(
             token,
             Pending {
                 queue,
@@ -289,7 +309,7 @@ impl ScsiQueues {
                     return;
                 };
                 let token = self.token();
-                self.pending.insert(
+                self.track(
                     token,
                     Pending {
                         queue,
@@ -313,12 +333,13 @@ impl ScsiQueues {
     /// entries. Never blocks.
     pub fn poll(&mut self, used: &mut Vec<UsedEntry>) {
         self.worker.poll(&mut self.events);
-        for ev in self.events.drain(..) {
+        let events = std::mem::take(&mut self.events);
+        for ev in events {
             let (token, done) = match ev {
                 Event::Cmd(c) => (c.token, Done::Cmd(c)),
                 Event::Tmf { token, response } => (token, Done::Tmf(response)),
             };
-            let Some(p) = self.pending.remove(&token) else {
+            let Some(p) = self.untrack(token) else {
                 continue;
             };
             let len = match (done, p.kind) {
@@ -373,6 +394,7 @@ impl ScsiQueues {
             sink.clear();
         }
         self.pending.clear();
+        self.per_queue.clear();
     }
 }
 
