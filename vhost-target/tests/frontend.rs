@@ -25,7 +25,6 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const MEM: usize = 4 << 20;
 const QSIZE: u16 = 16;
-const QUEUES: usize = 3;
 const HDR: u64 = 0x20_0000;
 const RESP: u64 = 0x21_0000;
 const DATA: u64 = 0x22_0000;
@@ -68,8 +67,8 @@ struct Conn {
 
 /// QEMU 7.2's order: features, protocol features, owner, memory, then per queue
 /// num, base, addr, kick, call; a synchronous round trip before the first kick.
-fn connect(sock: &Path, g: &Guest) -> Conn {
-    let mut fe = Frontend::connect(sock, QUEUES as u64).expect("connect");
+fn connect(sock: &Path, g: &Guest, queues: usize) -> Conn {
+    let mut fe = Frontend::connect(sock, queues as u64).expect("connect");
     let features = fe.get_features().expect("features");
     assert_ne!(features & PROTOCOL_FEATURES, 0);
     let proto = fe.get_protocol_features().expect("protocol features");
@@ -77,7 +76,7 @@ fn connect(sock: &Path, g: &Guest) -> Conn {
     assert!(!proto.contains(VhostUserProtocolFeatures::CONFIG));
     fe.set_protocol_features(VhostUserProtocolFeatures::MQ)
         .expect("set protocol features");
-    assert_eq!(fe.get_queue_num().expect("queue num"), QUEUES as u64);
+    assert_eq!(fe.get_queue_num().expect("queue num"), queues as u64);
     fe.set_owner().expect("owner");
     fe.set_features((1 << VIRTIO_F_VERSION_1) | PROTOCOL_FEATURES)
         .expect("set features");
@@ -91,7 +90,7 @@ fn connect(sock: &Path, g: &Guest) -> Conn {
     .expect("memory table");
     let mut kicks = Vec::new();
     let mut calls = Vec::new();
-    for q in 0..QUEUES {
+    for q in 0..queues {
         let vq = g.queue(q);
         let kick = EventFd::new(EFD_NONBLOCK).unwrap();
         let call = EventFd::new(EFD_NONBLOCK).unwrap();
@@ -174,8 +173,8 @@ type Started = (
     std::thread::JoinHandle<()>,
 );
 
-/// A controller with one request queue on `backend`, serving from a thread.
-fn start(backend: Arc<dyn Backend>) -> Started {
+/// A controller with `queues` request queues on `backend`, serving from a thread.
+fn start(backend: Arc<dyn Backend>, queues: usize) -> Started {
     let lun = Lun::new(LunConfig::new("fe0", [3u8; 16]), backend).expect("lun");
     let registry = LunRegistry::new();
     registry.add(lun.clone());
@@ -183,7 +182,7 @@ fn start(backend: Arc<dyn Backend>) -> Started {
     map.insert(0, lun);
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("fe.sock");
-    let c = Arc::new(VhostScsiController::new("fe-test", &sock, map, registry, 1).unwrap());
+    let c = Arc::new(VhostScsiController::new("fe-test", &sock, map, registry, queues).unwrap());
     let server = {
         let c = c.clone();
         std::thread::spawn(move || c.serve().expect("serve"))
@@ -201,9 +200,9 @@ fn get_vring_base_waits_for_commands_in_flight_and_reconnect_works() {
     let ram: Arc<dyn Backend> = Arc::new(RamBackend::new(1 << 20));
     let fault = FaultBackend::new(ram);
     let ctl = fault.control();
-    let (_dir, sock, controller, server) = start(Arc::new(fault));
+    let (_dir, sock, controller, server) = start(Arc::new(fault), 1);
     let g = Guest::new();
-    let conn = connect(&sock, &g);
+    let conn = connect(&sock, &g, 3);
     let vq = g.queue(2);
 
     // The first command reports the power-on unit attention; the second is GOOD.
@@ -260,7 +259,7 @@ fn get_vring_base_waits_for_commands_in_flight_and_reconnect_works() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let g2 = Guest::new();
-    let conn = connect(&sock, &g2);
+    let conn = connect(&sock, &g2, 3);
     let vq = g2.queue(2);
     post_read(&g2, &vq, 0, 1);
     conn.kicks[2].write(1).unwrap();
@@ -270,6 +269,71 @@ fn get_vring_base_waits_for_commands_in_flight_and_reconnect_works() {
     assert_eq!((resp, status), (0, 2));
     drop(conn);
 
+    controller.stop_handle().stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.is_finished() {
+        assert!(Instant::now() < deadline, "serve did not return");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.join().unwrap();
+}
+
+/// ABORT TASK on the control queue (thread 0) for a command held on the second
+/// request queue (thread 1): the command comes back ABORTED on its queue, then the
+/// function answers FUNCTION COMPLETE.
+#[test]
+fn abort_task_reaches_a_command_on_another_queue_thread() {
+    let ram: Arc<dyn Backend> = Arc::new(RamBackend::new(1 << 20));
+    let fault = FaultBackend::new(ram);
+    let ctl = fault.control();
+    let (_dir, sock, controller, server) = start(Arc::new(fault), 2);
+    let g = Guest::new();
+    let conn = connect(&sock, &g, 4);
+    let vq = g.queue(3);
+    post_read(&g, &vq, 0, 1);
+    conn.kicks[3].write(1).unwrap();
+    wait_used(&vq, 1);
+    assert_eq!(response(&g, 0), (0, 2), "power-on unit attention");
+
+    ctl.add(FaultRule::new(
+        OpMatch::kind(OpKind::Read),
+        FaultAction::Hold,
+    ));
+    post_read(&g, &vq, 1, 77);
+    conn.kicks[3].write(1).unwrap();
+    assert!(ctl.wait_held(1, Duration::from_secs(5)), "the read is held");
+
+    let cq = g.queue(0);
+    let tmf_req = 0x30_0000u64;
+    let tmf_resp = 0x30_1000u64;
+    let req = vhost_target::wire::CtrlReq::encode_tmf(
+        virtio_bindings::virtio_scsi::VIRTIO_SCSI_T_TMF_ABORT_TASK,
+        LunAddr::encode(0, 0),
+        77,
+    );
+    g.mem.write_slice(&req, GuestAddress(tmf_req)).unwrap();
+    g.mem.write_slice(&[0xee], GuestAddress(tmf_resp)).unwrap();
+    let descs = [
+        SplitDescriptor::new(tmf_req, req.len() as u32, VRING_DESC_F_NEXT as u16, 1),
+        SplitDescriptor::new(tmf_resp, 1, VRING_DESC_F_WRITE as u16, 0),
+    ];
+    let raw: Vec<RawDescriptor> = descs.iter().map(|d| RawDescriptor::from(*d)).collect();
+    cq.add_desc_chains(&raw, 0).unwrap();
+    conn.kicks[0].write(1).unwrap();
+
+    wait_used(&vq, 2);
+    assert_eq!(
+        response(&g, 1).0,
+        virtio_bindings::virtio_scsi::VIRTIO_SCSI_S_ABORTED as u8
+    );
+    wait_used(&cq, 1);
+    let mut b = [0u8; 1];
+    g.mem.read_slice(&mut b, GuestAddress(tmf_resp)).unwrap();
+    assert_eq!(b[0], 0, "FUNCTION COMPLETE");
+    let chains = controller.queue_chains();
+    assert_eq!((chains[0], chains[3]), (1, 2), "{chains:?}");
+    ctl.release();
+    drop(conn);
     controller.stop_handle().stop();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !server.is_finished() {
