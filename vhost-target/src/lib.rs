@@ -7,6 +7,29 @@
 //! with no copy. Completions come back on the same thread's engine worker and go to
 //! the used ring with the response; the control queue carries task management
 //! functions to the engine. vhost-user-blk comes later.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use backends::RamBackend;
+//! use engine::{Lun, LunConfig, LunMap, LunRegistry};
+//! use vhost_target::VhostScsiController;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let lun = Lun::new(LunConfig::new("disk0", [1; 16]), Arc::new(RamBackend::new(1 << 30)))?;
+//! let registry = LunRegistry::new();
+//! registry.add(lun.clone());
+//! let luns = LunMap::new();
+//! luns.insert(0, lun);
+//! let vm0 = VhostScsiController::new("vm0", "/run/oxtarget/vm0.sock", luns, registry, 2)?;
+//! vm0.serve()?; // until vm0.stop_handle().stop() from another thread
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! QEMU attaches with shared guest memory, the socket, and as many request queues
+//! as the controller has (QEMU does not check GET_QUEUE_NUM):
+//! `-object memory-backend-memfd,id=mem0,size=1G,share=on -machine q35,memory-backend=mem0
+//! -chardev socket,id=c0,path=/run/oxtarget/vm0.sock
+//! -device vhost-user-scsi-pci,chardev=c0,num_queues=2`.
 
 pub mod backend;
 pub mod controller;
