@@ -1,0 +1,385 @@
+//! A guest on oxtarget's vhost-user-scsi controller. The controller runs in this
+//! process (a thread) with a 64 MiB thin file LUN opened with O_DIRECT; QEMU
+//! attaches `vhost-user-scsi-pci` to its socket. In the guest: the disk's size, its
+//! VPD page 83h (the NAA designator must be the LUN's), a direct write read back,
+//! and a discard. On the host: the pattern in the file, the discarded range a hole
+//! (the backend's block status), no bounce copies (guest memory went to the file
+//! as it was). A second guest then connects to the same socket (the controller
+//! accepts the next connection) and reads the pattern back.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backends::{ExtentState, FileBackend, FileOptions};
+use engine::{Lun, LunConfig, LunMap, LunRegistry};
+use integration::{GuestConfig, GuestEnv, GuestRun, Initramfs};
+use vhost_target::{StopHandle, VhostScsiController};
+
+const DISK_SIZE: u64 = 64 << 20;
+/// The pattern: one dd block of this size at block SEEK_BLOCKS.
+const BLOCK: u64 = 64 << 10;
+const SEEK_BLOCKS: u64 = 80;
+const OFFSET: u64 = SEEK_BLOCKS * BLOCK; // 5 MiB
+/// Written, then discarded.
+const DISCARD_OFFSET: u64 = 16 << 20;
+const DISCARD_LEN: u64 = 4 << 20;
+
+fn pattern() -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut x: u32 = 0x9e37_79b9;
+    for sector in 0..BLOCK / 512 {
+        let mut s = format!("oxtarget vhost sector {sector:04}\n").into_bytes();
+        while s.len() < 512 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            s.push(x.to_le_bytes()[0]);
+        }
+        out.extend_from_slice(&s);
+    }
+    out
+}
+
+const WAIT_FOR_DISK: &str = r#"
+dev=/dev/sda
+i=0
+while [ ! -b $dev ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+if [ ! -b $dev ]; then
+    echo "no $dev; block devices: $(ls /sys/block)" >&2
+    exit 1
+fi
+"#;
+
+const FIRST: &str = r#"
+set -e
+WAIT
+pat=$OXTARGET_IN/pattern
+echo "sda-sectors $(cat /sys/block/sda/size)"
+echo "vpd83 $(od -An -tx1 -v /sys/block/sda/device/vpd_pg83 | tr -d ' \n')"
+echo "discard-max $(cat /sys/block/sda/queue/discard_max_bytes)"
+dd if=$pat of=$dev bs=BLOCK count=1 seek=SEEK oflag=direct conv=notrunc
+dd if=$dev of=/tmp/back bs=BLOCK count=1 skip=SEEK iflag=direct
+echo "pattern-md5 $(md5sum <$pat | cut -d' ' -f1)"
+echo "readback-md5 $(md5sum </tmp/back | cut -d' ' -f1)"
+cmp $pat /tmp/back
+echo "compare ok"
+dd if=/dev/urandom of=/tmp/noise bs=65536 count=16
+i=0
+while [ $i -lt 4 ]; do
+    dd if=/tmp/noise of=$dev bs=1048576 count=1 seek=$((DISCARD_MIB + i)) oflag=direct conv=notrunc
+    i=$((i + 1))
+done
+if blkdiscard -o DISCARD_OFFSET -l DISCARD_LEN $dev; then
+    echo "discard ok"
+else
+    echo "discard failed"
+fi
+"#;
+
+const SECOND: &str = r#"
+set -e
+WAIT
+dd if=$dev of=/tmp/back bs=BLOCK count=1 skip=SEEK iflag=direct
+echo "readback-md5 $(md5sum </tmp/back | cut -d' ' -f1)"
+# Reset the device under the driver: unbind stops the vhost device (QEMU sends
+# GET_VRING_BASE for every queue), bind starts it again on the same connection.
+vdev=$(ls /sys/bus/virtio/drivers/virtio_scsi | grep '^virtio' | head -n 1)
+echo "virtio-device $vdev"
+echo $vdev >/sys/bus/virtio/drivers/virtio_scsi/unbind
+echo "unbound $(ls /sys/block | grep -c sd || true)"
+echo $vdev >/sys/bus/virtio/drivers/virtio_scsi/bind
+WAIT
+dd if=$dev of=/tmp/back2 bs=BLOCK count=1 skip=SEEK iflag=direct
+echo "rebound-md5 $(md5sum </tmp/back2 | cut -d' ' -f1)"
+"#;
+
+fn script(body: &str) -> String {
+    body.replace("WAIT", WAIT_FOR_DISK)
+        .replace("BLOCK", &BLOCK.to_string())
+        .replace("SEEK", &SEEK_BLOCKS.to_string())
+        .replace("DISCARD_MIB", &(DISCARD_OFFSET >> 20).to_string())
+        .replace("DISCARD_OFFSET", &DISCARD_OFFSET.to_string())
+        .replace("DISCARD_LEN", &DISCARD_LEN.to_string())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A controller serving `lun` on `sock` from a thread.
+struct Served {
+    controller: Arc<VhostScsiController>,
+    stop: StopHandle,
+    server: std::thread::JoinHandle<Result<(), vhost_target::ControllerError>>,
+}
+
+impl Served {
+    fn start(name: &str, sock: &Path, lun: &Arc<Lun>, queues: usize) -> Self {
+        let registry = LunRegistry::new();
+        registry.add(lun.clone());
+        let map = LunMap::new();
+        map.insert(0, lun.clone());
+        let controller = Arc::new(
+            VhostScsiController::new(name, sock, map, registry, queues).expect("controller"),
+        );
+        let stop = controller.stop_handle();
+        let server = {
+            let c = controller.clone();
+            std::thread::spawn(move || c.serve())
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "the controller did not listen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Served {
+            controller,
+            stop,
+            server,
+        }
+    }
+
+    fn stop(self) {
+        self.stop.stop();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.server.is_finished() {
+            assert!(Instant::now() < deadline, "the controller did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.server
+            .join()
+            .expect("controller thread")
+            .expect("controller served");
+    }
+}
+
+/// A thin file LUN of DISK_SIZE bytes opened with O_DIRECT.
+fn file_lun(dir: &Path, name: &str) -> (Arc<Lun>, std::path::PathBuf) {
+    let image = dir.join(format!("{name}.img"));
+    let backend = FileBackend::create(
+        &image,
+        DISK_SIZE,
+        FileOptions {
+            direct: true,
+            ..Default::default()
+        },
+    )
+    .expect("file backend");
+    let mut uuid = [0u8; 16];
+    for (i, b) in name.bytes().enumerate() {
+        uuid[i % 16] ^= b;
+    }
+    uuid[6] = (uuid[6] & 0x0f) | 0x40;
+    let lun = Lun::new(LunConfig::new(name, uuid), Arc::new(backend)).expect("lun");
+    assert!(lun.config.thin);
+    (lun, image)
+}
+
+fn boot(env: &GuestEnv, initramfs: &Path, body: &str, sock: &Path, pattern: &Path) -> GuestRun {
+    boot_with(env, initramfs, body, sock, pattern, 1)
+}
+
+fn boot_with(
+    env: &GuestEnv,
+    initramfs: &Path,
+    body: &str,
+    sock: &Path,
+    pattern: &Path,
+    queues: usize,
+) -> GuestRun {
+    let config = GuestConfig::new(initramfs, script(body))
+        .cpus(u32::try_from(queues).expect("queues"))
+        .fw_cfg_file("pattern", pattern)
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=vhost0,path={}",
+            sock.display().to_string().replace(',', ",,")
+        ))
+        .arg("-device")
+        .arg(format!(
+            "vhost-user-scsi-pci,chardev=vhost0,num_queues={queues}"
+        ))
+        .timeout(Duration::from_secs(240));
+    let run = env
+        .run(&config)
+        .and_then(|run| run.check())
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "guest ran in {:.1} s ({:?}); results:\n{}",
+        run.elapsed.as_secs_f64(),
+        env.accel,
+        run.results
+    );
+    run
+}
+
+#[test]
+fn guest_uses_a_vhost_user_scsi_disk() {
+    let Some(env) = GuestEnv::require() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (lun, image) = file_lun(dir.path(), "vhost-lun0");
+    let sock = dir.path().join("vhost.sock");
+    let served = Served::start("guest-vhost-test", &sock, &lun, 1);
+
+    let pattern = pattern();
+    let pattern_file = dir.path().join("pattern");
+    std::fs::write(&pattern_file, &pattern).expect("pattern file");
+    let initramfs = Initramfs::standard()
+        .build(env)
+        .unwrap_or_else(|e| panic!("building the initramfs: {e}"));
+
+    let run = boot(env, &initramfs, FIRST, &sock, &pattern_file);
+
+    // What the guest saw.
+    let sectors = (DISK_SIZE / 512).to_string();
+    assert_eq!(run.field("sda-sectors"), Some(sectors.as_str()));
+    let vpd = run.field("vpd83").expect("vpd83 line");
+    let naa = hex(&lun.naa());
+    // Designator header: code set 1 (binary), association 0, type 3 (NAA), length 16.
+    assert!(
+        vpd.contains(&format!("01030010{naa}")),
+        "VPD 83h {vpd} holds NAA designator {naa}"
+    );
+    let written = run.field("pattern-md5").expect("pattern-md5");
+    assert_eq!(Some(written), run.field("readback-md5"));
+    assert!(run.lines().any(|l| l == "compare ok"));
+
+    // What landed in the file.
+    let mut file = File::open(&image).expect("image");
+    let mut got = vec![0u8; pattern.len()];
+    file.seek(SeekFrom::Start(OFFSET)).unwrap();
+    file.read_exact(&mut got).unwrap();
+    assert!(got == pattern, "the image holds the pattern at {OFFSET}");
+
+    // The discard punched a hole (the guest splits it as discard_max_bytes says).
+    let discard_max: u64 = run
+        .field("discard-max")
+        .and_then(|s| s.parse().ok())
+        .expect("discard-max line");
+    assert!(discard_max > 0, "the guest sees a thin-provisioned disk");
+    assert!(
+        run.lines().any(|l| l == "discard ok"),
+        "blkdiscard succeeded"
+    );
+    let extent = lun
+        .backend
+        .block_status(DISCARD_OFFSET, DISCARD_LEN)
+        .expect("block status");
+    assert_eq!(extent.state, ExtentState::Deallocated, "{extent:?}");
+    assert!(
+        extent.offset <= DISCARD_OFFSET
+            && extent.offset + extent.len >= DISCARD_OFFSET + DISCARD_LEN,
+        "the whole range is a hole: {extent:?}"
+    );
+    let data = lun
+        .backend
+        .block_status(OFFSET, BLOCK)
+        .expect("block status");
+    assert_eq!(data.state, ExtentState::Mapped, "{data:?}");
+
+    // Every read and write went between the file and guest memory directly.
+    assert_eq!(lun.stats.bounce_copies.load(Ordering::Relaxed), 0);
+
+    // The controller takes the next connection on the same socket.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while served.controller.connections() < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the first connection did not end"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let again = boot(env, &initramfs, SECOND, &sock, &pattern_file);
+    assert_eq!(again.field("readback-md5"), Some(written));
+    assert_eq!(again.field("unbound"), Some("0"), "the disk went away");
+    assert_eq!(again.field("rebound-md5"), Some(written), "and came back");
+    assert!(
+        served.controller.queue_stops() >= 3,
+        "the reset stopped the control, event and request queue (GET_VRING_BASE): {}",
+        served.controller.queue_stops()
+    );
+    assert_eq!(lun.stats.bounce_copies.load(Ordering::Relaxed), 0);
+
+    let chains = served.controller.queue_chains();
+    assert!(chains[2] > 0, "request queue 0 was used: {chains:?}");
+    served.stop();
+}
+
+const TWO_QUEUES: &str = r#"
+set -e
+WAIT
+pat=$OXTARGET_IN/pattern
+echo "cpus $(nproc)"
+echo "mq $(ls /sys/block/sda/mq | wc -l)"
+echo "features $(cat /sys/bus/virtio/devices/virtio0/features)"
+taskset 1 dd if=$pat of=$dev bs=BLOCK count=1 seek=SEEK oflag=direct conv=notrunc
+taskset 2 dd if=$dev of=/tmp/back bs=BLOCK count=1 skip=SEEK iflag=direct
+cmp $pat /tmp/back
+echo "compare ok"
+# Eight writers at once, alternating CPUs, then eight readers: many commands in
+# flight on both queues.
+dd if=/dev/urandom of=/tmp/src bs=1048576 count=8
+i=0
+while [ $i -lt 8 ]; do
+    taskset $((1 << (i % 2))) dd if=/tmp/src of=$dev bs=65536 count=16 skip=$((i * 16)) seek=$((512 + i * 16)) oflag=direct conv=notrunc 2>/dev/null &
+    i=$((i + 1))
+done
+wait
+i=0
+while [ $i -lt 8 ]; do
+    taskset $((1 << (i % 2))) dd if=$dev of=/tmp/dst$i bs=65536 count=16 skip=$((512 + i * 16)) iflag=direct 2>/dev/null &
+    i=$((i + 1))
+done
+wait
+cat /tmp/dst0 /tmp/dst1 /tmp/dst2 /tmp/dst3 /tmp/dst4 /tmp/dst5 /tmp/dst6 /tmp/dst7 | cmp /tmp/src -
+echo "parallel ok"
+"#;
+
+/// Two request queues, two vCPUs: I/O from each CPU goes down its own queue, and
+/// each queue's thread runs its own engine worker.
+#[test]
+fn guest_uses_two_request_queues() {
+    let Some(env) = GuestEnv::require() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (lun, _image) = file_lun(dir.path(), "vhost-mq");
+    let sock = dir.path().join("vhost-mq.sock");
+    let served = Served::start("guest-vhost-mq", &sock, &lun, 2);
+    let pattern_file = dir.path().join("pattern");
+    std::fs::write(&pattern_file, pattern()).expect("pattern file");
+    let initramfs = Initramfs::standard()
+        .build(env)
+        .unwrap_or_else(|e| panic!("building the initramfs: {e}"));
+    let run = boot_with(env, &initramfs, TWO_QUEUES, &sock, &pattern_file, 2);
+    assert_eq!(run.field("cpus"), Some("2"));
+    assert_eq!(
+        run.field("mq"),
+        Some("2"),
+        "two hardware queues in the guest"
+    );
+    assert!(run.lines().any(|l| l == "compare ok"));
+    assert!(run.lines().any(|l| l == "parallel ok"));
+    // Negotiated: HOTPLUG, CHANGE, INDIRECT_DESC, EVENT_IDX, VERSION_1.
+    let features = run.field("features").expect("features line");
+    for bit in [1, 2, 28, 29, 32] {
+        assert_eq!(
+            features.as_bytes().get(bit),
+            Some(&b'1'),
+            "bit {bit} of {features}"
+        );
+    }
+    let chains = served.controller.queue_chains();
+    assert!(
+        chains[2] > 0 && chains[3] > 0,
+        "both request queues were used: {chains:?}"
+    );
+    assert_eq!(lun.stats.bounce_copies.load(Ordering::Relaxed), 0);
+    served.stop();
+}

@@ -1,0 +1,432 @@
+//! The `VhostUserBackend` of one connection of a virtio-scsi controller.
+//!
+//! Queues: 0 is the control queue, 1 the event queue, 2.. the request queues.
+//! vhost-user-backend runs one epoll thread per entry of `queues_per_thread`:
+//! thread 0 serves the control, event and first request queue; thread `i` serves
+//! request queue `i`. Each thread owns an engine [`Worker`](engine::Worker) (in a
+//! thread-local: the worker and its backend channels stay on the thread that made
+//! them) whose eventfd it registers in its own epoll set with
+//! `VringEpollHandler::register_listener`, so completions wake the thread that
+//! submitted the command. The thread-local is dropped when the library stops the
+//! thread at disconnect (our `exit_event`); dropping it reports the nexus loss and
+//! drains the I/O still in flight.
+
+use std::cell::RefCell;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use engine::{LunRegistry, Nexus};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock, VringT};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_bindings::virtio_scsi::{VIRTIO_SCSI_F_CHANGE, VIRTIO_SCSI_F_HOTPLUG};
+use virtio_queue::QueueT;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use crate::queues::{ScsiQueues, UsedEntry};
+use crate::request::GuestMem;
+
+pub(crate) type Vring = VringRwLock<GuestMemoryAtomic<GuestMem>>;
+pub(crate) type Handler = VringEpollHandler<Arc<ScsiBackend>>;
+
+/// Queue indexes of the device.
+pub const CONTROL_QUEUE: u16 = 0;
+pub const EVENT_QUEUE: u16 = 1;
+pub const FIRST_REQUEST_QUEUE: u16 = 2;
+
+/// Largest virtqueue we accept (QEMU's default is 128).
+pub const MAX_QUEUE_SIZE: usize = 1024;
+
+/// Request queues a controller may have: every queue needs a bit in the u64 masks
+/// of `queues_per_thread`.
+pub const MAX_REQUEST_QUEUES: usize = 62;
+
+/// How long GET_VRING_BASE waits for the commands of a queue, and a disconnect for
+/// the I/O still in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Chains taken from one queue per wake-up at most, so one handler call is bounded
+/// (a guest that refills the ring as fast as we empty it gets its next batch on
+/// its next kick).
+const MAX_CHAINS_PER_EVENT: usize = 4 * MAX_QUEUE_SIZE;
+
+/// The virtio features we offer. VIRTIO_SCSI_F_CHANGE is offered because QEMU's
+/// `param_change=on` (its default) acks it whether offered or not, and the library
+/// refuses acked bits that were not offered; parameter-change events are not sent
+/// yet, which the driver tolerates (they are hints).
+pub fn virtio_features() -> u64 {
+    (1 << VIRTIO_F_VERSION_1)
+        | (1 << VIRTIO_RING_F_EVENT_IDX)
+        | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+        | (1 << VIRTIO_SCSI_F_HOTPLUG)
+        | (1 << VIRTIO_SCSI_F_CHANGE)
+        | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+}
+
+/// Commands in flight per queue, for GET_VRING_BASE (`stop_vring`) to wait on.
+#[derive(Default)]
+struct InFlight {
+    counts: Mutex<Vec<usize>>,
+    changed: Condvar,
+}
+
+/// Descriptor chains taken from each queue of a controller, over all its
+/// connections (index: device queue).
+#[derive(Debug)]
+pub struct QueueCounters {
+    chains: Vec<AtomicU64>,
+    stops: AtomicU64,
+}
+
+impl QueueCounters {
+    pub fn new(queues: usize) -> Arc<Self> {
+        Arc::new(QueueCounters {
+            chains: (0..queues).map(|_| AtomicU64::new(0)).collect(),
+            stops: AtomicU64::new(0),
+        })
+    }
+
+    /// Chains taken so far, per device queue (0 control, 1 event, 2.. requests).
+    pub fn chains(&self) -> Vec<u64> {
+        self.chains
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Queues stopped by the frontend (GET_VRING_BASE: device reset, VM stop).
+    pub fn stops(&self) -> u64 {
+        self.stops.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, queue: usize, n: usize) {
+        if let Some(c) = self.chains.get(queue) {
+            c.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One connection's device.
+pub struct ScsiBackend {
+    nexus: Arc<Nexus>,
+    registry: Arc<LunRegistry>,
+    request_queues: usize,
+    mem: GuestMemoryAtomic<GuestMem>,
+    event_idx: AtomicBool,
+    handlers: OnceLock<Vec<Weak<Handler>>>,
+    inflight: InFlight,
+    counters: Arc<QueueCounters>,
+}
+
+/// Per-thread state; dropped when the library ends the thread.
+struct ThreadQueues {
+    queues: ScsiQueues,
+    /// Local vrings whose room ran out: served again after completions.
+    throttled: Vec<bool>,
+}
+
+impl Drop for ThreadQueues {
+    fn drop(&mut self) {
+        self.queues.shutdown(DRAIN_TIMEOUT);
+    }
+}
+
+thread_local! {
+    static QUEUES: RefCell<Option<ThreadQueues>> = const { RefCell::new(None) };
+}
+
+impl ScsiBackend {
+    pub fn new(
+        nexus: Arc<Nexus>,
+        registry: Arc<LunRegistry>,
+        request_queues: usize,
+        mem: GuestMemoryAtomic<GuestMem>,
+        counters: Arc<QueueCounters>,
+    ) -> Self {
+        let total = request_queues + usize::from(FIRST_REQUEST_QUEUE);
+        ScsiBackend {
+            nexus,
+            registry,
+            request_queues,
+            mem,
+            event_idx: AtomicBool::new(false),
+            handlers: OnceLock::new(),
+            inflight: InFlight {
+                counts: Mutex::new(vec![0; total]),
+                changed: Condvar::new(),
+            },
+            counters,
+        }
+    }
+
+    /// Gives the backend the library's epoll handlers (after `VhostUserDaemon::new`,
+    /// before the connection starts), so each thread can register its worker's fd.
+    pub fn set_handlers(&self, handlers: &[Arc<Handler>]) {
+        let _ = self
+            .handlers
+            .set(handlers.iter().map(Arc::downgrade).collect());
+    }
+
+    /// The epoll data of the worker's eventfd: above every queue and the library's
+    /// own event (`num_queues`).
+    fn worker_event(&self) -> u16 {
+        u16::try_from(self.num_queues() + 1).unwrap_or(u16::MAX)
+    }
+
+    /// The first device queue of thread `thread`.
+    fn first_queue(thread: usize) -> usize {
+        if thread == 0 {
+            0
+        } else {
+            usize::from(FIRST_REQUEST_QUEUE) + thread
+        }
+    }
+
+    fn make_queues(&self, thread: usize) -> io::Result<ThreadQueues> {
+        let queues =
+            ScsiQueues::new(self.registry.clone(), self.nexus.clone()).map_err(io::Error::other)?;
+        let handler = self
+            .handlers
+            .get()
+            .and_then(|h| h.get(thread))
+            .and_then(Weak::upgrade)
+            .ok_or_else(|| io::Error::other("no epoll handler for this vring thread"))?;
+        handler.register_listener(
+            queues.notify_fd(),
+            EventSet::IN,
+            u64::from(self.worker_event()),
+        )?;
+        Ok(ThreadQueues {
+            queues,
+            throttled: Vec::new(),
+        })
+    }
+
+    /// Takes available chains of `vring` and hands them to `f`, at most as many as
+    /// the ring has room for beside the `in_flight` ones still with the engine (a
+    /// driver never has more chains out than the ring holds; one that re-posts
+    /// heads still in flight cannot make us hold more). With EVENT_IDX,
+    /// re-enables notifications and looks again. Returns the chains taken and
+    /// whether the room ran out with chains possibly left in the ring.
+    fn drain_ring(
+        &self,
+        vring: &Vring,
+        mem: &Arc<GuestMem>,
+        in_flight: usize,
+        mut f: impl FnMut(virtio_queue::DescriptorChain<Arc<GuestMem>>),
+    ) -> (usize, bool) {
+        let event_idx = self.event_idx.load(Ordering::Relaxed);
+        let mut state = vring.get_mut();
+        let size = usize::from(state.get_queue().size()).min(MAX_QUEUE_SIZE);
+        let limit = size.saturating_sub(in_flight).min(MAX_CHAINS_PER_EVENT);
+        let mut taken = 0usize;
+        loop {
+            if event_idx {
+                let _ = state.get_queue_mut().disable_notification(&**mem);
+            }
+            while taken < limit {
+                let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) else {
+                    break;
+                };
+                taken += 1;
+                f(chain);
+            }
+            if taken >= limit {
+                // Leave notifications on; completions bring us back (throttled).
+                let _ = state.get_queue_mut().enable_notification(&**mem);
+                return (taken, true);
+            }
+            if !event_idx {
+                return (taken, false);
+            }
+            match state.get_queue_mut().enable_notification(&**mem) {
+                Ok(true) => continue,
+                _ => return (taken, false),
+            }
+        }
+    }
+
+    /// Serves device queue `q` (local vring `vring`); returns whether it was
+    /// throttled.
+    fn service(
+        &self,
+        q: u16,
+        vring: &Vring,
+        mem: &Arc<GuestMem>,
+        queues: &mut ScsiQueues,
+        used: &mut Vec<UsedEntry>,
+    ) -> bool {
+        let in_flight = queues.in_flight_on(q);
+        let (taken, throttled) = match q {
+            CONTROL_QUEUE => {
+                self.drain_ring(vring, mem, in_flight, |c| queues.control(q, c, mem, used))
+            }
+            // Event buffers stay in the ring until there is an event to report
+            // (hotplug, later).
+            EVENT_QUEUE => (0, false),
+            _ => self.drain_ring(vring, mem, in_flight, |c| queues.request(q, c, mem, used)),
+        };
+        self.counters.add(usize::from(q), taken);
+        throttled
+    }
+
+    /// Puts `used` into the rings of this thread, and signals each ring that got
+    /// entries if the driver wants to hear (EVENT_IDX's `used_event`).
+    fn push_used(&self, thread: usize, vrings: &[Vring], used: &[UsedEntry]) {
+        let first = Self::first_queue(thread);
+        let mut queues: Vec<u16> = used.iter().map(|u| u.queue).collect();
+        queues.sort_unstable();
+        queues.dedup();
+        for q in queues {
+            let Some(vring) = usize::from(q)
+                .checked_sub(first)
+                .and_then(|i| vrings.get(i))
+            else {
+                continue;
+            };
+            let mut state = vring.get_mut();
+            for u in used.iter().filter(|u| u.queue == q) {
+                // A used ring the driver placed outside memory fails here; the
+                // entry is lost, as nothing else can be done with it.
+                let _ = state.add_used(u.head, u.len);
+            }
+            if state.needs_notification().unwrap_or(true) {
+                let _ = state.signal_used_queue();
+            }
+        }
+    }
+
+    fn publish_inflight(&self, thread: usize, vrings: usize, queues: &ScsiQueues) {
+        let first = Self::first_queue(thread);
+        let mut counts = self
+            .inflight
+            .counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for q in first..first + vrings {
+            if let (Some(c), Ok(q16)) = (counts.get_mut(q), u16::try_from(q)) {
+                *c = queues.in_flight_on(q16);
+            }
+        }
+        self.inflight.changed.notify_all();
+    }
+}
+
+impl VhostUserBackend for ScsiBackend {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        self.request_queues + usize::from(FIRST_REQUEST_QUEUE)
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        virtio_features()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    fn update_memory(&self, _mem: GuestMemoryAtomic<GuestMem>) -> io::Result<()> {
+        // The library swaps the new table into the `GuestMemoryAtomic` we share
+        // with it; commands in flight keep the old mapping alive (GuestBuf).
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        let mut masks = vec![0b111u64];
+        for i in 1..self.request_queues {
+            masks.push(1u64 << (usize::from(FIRST_REQUEST_QUEUE) + i));
+        }
+        masks
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        self.counters.stops.fetch_add(1, Ordering::Relaxed);
+        let q = queue_index as usize;
+        let counts = self
+            .inflight
+            .counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (_counts, timeout) = self
+            .inflight
+            .changed
+            .wait_timeout_while(counts, DRAIN_TIMEOUT, |c| c.get(q).is_some_and(|&n| n > 0))
+            .unwrap_or_else(|e| e.into_inner());
+        if timeout.timed_out() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("queue {q}: commands still in flight"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[Vring],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        QUEUES.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            if slot.is_none() {
+                *slot = Some(self.make_queues(thread_id)?);
+            }
+            let Some(tq) = slot.as_mut() else {
+                return Ok(());
+            };
+            let queues = &mut tq.queues;
+            tq.throttled.resize(vrings.len(), false);
+            let mem = self.mem.memory().into_inner();
+            let first = Self::first_queue(thread_id);
+            let queue_of = |local: usize| u16::try_from(first + local).unwrap_or(u16::MAX);
+            let mut used = Vec::new();
+            if device_event != self.worker_event() {
+                let local = usize::from(device_event);
+                let Some(vring) = vrings.get(local) else {
+                    return Ok(());
+                };
+                tq.throttled[local] = self.service(queue_of(local), vring, &mem, queues, &mut used);
+            }
+            queues.poll(&mut used);
+            // Completions made room: serve the queues that ran out of it again.
+            let mut again = false;
+            for (local, vring) in vrings.iter().enumerate() {
+                if tq.throttled[local] {
+                    tq.throttled[local] =
+                        self.service(queue_of(local), vring, &mem, queues, &mut used);
+                    again = true;
+                }
+            }
+            if again {
+                queues.poll(&mut used);
+            }
+            self.push_used(thread_id, vrings, &used);
+            self.publish_inflight(thread_id, vrings.len(), queues);
+            Ok(())
+        })
+    }
+}
