@@ -38,12 +38,18 @@ pub struct CmdCtx<'a> {
     pub info: &'static OpInfo,
     /// The command's data buffer (data-out to read, or room for data-in).
     pub data: &'a mut dyn DataBuf,
+    /// The direction the transport gave the buffer.
+    pub dir: crate::cmd::DataDir,
     pub registry: &'a Arc<LunRegistry>,
 }
 
 impl CmdCtx<'_> {
-    /// Copies up to `len` bytes of data-out; fewer if the initiator sent fewer.
+    /// Copies up to `len` bytes of data-out; fewer if the initiator sent fewer, and
+    /// none if the command came with a data-in buffer (its bytes are not data-out).
     pub fn data_out(&self, len: usize) -> Vec<u8> {
+        if self.dir == crate::cmd::DataDir::FromDevice {
+            return Vec::new();
+        }
         let n = len.min(self.data.len());
         let mut v = vec![0u8; n];
         let got = self.data.read_at(0, &mut v);

@@ -13,7 +13,7 @@ use backends::{Completion, IoChannel, IoError, IoErrorKind, IoOp};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::bounce::{self, AlignedBuf, Bounce};
-use crate::cmd::{CmdResponse, Completed, Residual, ScsiCmd, TaskAttr};
+use crate::cmd::{CmdResponse, Completed, DataDir, Residual, ScsiCmd, TaskAttr};
 use crate::exec::{CmdCtx, Exec, IoBuf, Job, JobCtx, Step};
 use crate::lun::{Lun, LunRegistry};
 use crate::nexus::Nexus;
@@ -299,6 +299,12 @@ impl Worker {
                 let resp = good_response(&slot.cmd, consumed, true);
                 self.finish(r, Some(resp));
             }
+            Ok(Exec::Data(bytes)) if slot.cmd.dir == DataDir::ToDevice && !bytes.is_empty() => {
+                // Data-in for a buffer the initiator filled with data-out: refuse
+                // rather than write into memory it only lent for reading.
+                let resp = error_response(&slot.lun, direction_mismatch(), &slot.cmd);
+                self.finish(r, Some(resp));
+            }
             Ok(Exec::Data(bytes)) => {
                 slot.cmd.data.write_at(0, &bytes);
                 let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
@@ -370,6 +376,15 @@ impl Worker {
                 }
                 Step::Done(Err(e)) => {
                     let resp = error_response(&slot.lun, e, &slot.cmd);
+                    self.finish(r, Some(resp));
+                    return;
+                }
+                Step::Io {
+                    buf: IoBuf::Data { .. },
+                    op,
+                    ..
+                } if wrong_direction(op, slot.cmd.dir) => {
+                    let resp = error_response(&slot.lun, direction_mismatch(), &slot.cmd);
                     self.finish(r, Some(resp));
                     return;
                 }
@@ -819,9 +834,25 @@ fn checks_and_handler(
         cdb,
         info,
         data: slot.cmd.data.as_mut(),
+        dir: slot.cmd.dir,
         registry,
     };
     (info.handler)(&mut ctx)
+}
+
+/// Whether `op` on the command's own buffer goes against the direction the
+/// transport gave that buffer (a READ into data-out, a WRITE from data-in).
+fn wrong_direction(op: IoOp, dir: DataDir) -> bool {
+    match op {
+        IoOp::Read { .. } => dir == DataDir::ToDevice,
+        IoOp::Write { .. } => dir == DataDir::FromDevice,
+        _ => false,
+    }
+}
+
+/// The transport gave the data buffer the direction opposite to the command's.
+fn direction_mismatch() -> CmdError {
+    Sense::invalid_cdb_field(0, None).into()
 }
 
 /// GOOD status; `wanted` is what the command meant to move, the buffer length is

@@ -300,6 +300,9 @@ impl Plan {
                         let fill = chunk.min(phase.len()) as usize;
                         ctx.scratch.clear();
                         ctx.scratch.reserve(fill);
+                        if pattern.is_empty() {
+                            ctx.scratch.resize(fill, 0);
+                        }
                         while ctx.scratch.len() < fill {
                             let k = pattern.len().min(fill - ctx.scratch.len());
                             ctx.scratch.extend_from_slice(&pattern[..k]);

@@ -55,6 +55,10 @@ pub(super) fn write_same(ctx: &mut CmdCtx<'_>) -> ExecResult {
     } else {
         ctx.data_out(bs)
     };
+    if pattern.len() != bs {
+        // A buffer of the right size that holds no data-out (a data-in buffer).
+        return Err(Sense::invalid_cdb_field(e.len_at, None).into());
+    }
     let zero = pattern.iter().all(|&b| b == 0);
     let off = byte_off(lun, e.lba);
     let len = blocks.saturating_mul(bs as u64);
