@@ -100,6 +100,15 @@ impl std::fmt::Debug for Lun {
     }
 }
 
+/// Why a LUN could not be resized.
+#[derive(Debug, thiserror::Error)]
+pub enum ResizeError {
+    #[error("size {size} is not a positive multiple of the block size {block_size}")]
+    Unaligned { size: u64, block_size: u32 },
+    #[error("backend: {0}")]
+    Backend(backends::BackendError),
+}
+
 /// Why a LUN could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum LunError {
@@ -170,6 +179,30 @@ impl Lun {
     /// Number of logical blocks now (the backend may have been resized).
     pub fn num_blocks(&self) -> u64 {
         self.backend.size() / u64::from(self.config.block_size)
+    }
+
+    /// Changes the capacity to `new_size` bytes (a multiple of the block size) and
+    /// tells every initiator CAPACITY DATA HAS CHANGED (SBC-3 4.7).
+    pub fn resize(&self, new_size: u64) -> Result<(), ResizeError> {
+        let bs = u64::from(self.config.block_size);
+        if new_size == 0 || new_size % bs != 0 {
+            return Err(ResizeError::Unaligned {
+                size: new_size,
+                block_size: self.config.block_size,
+            });
+        }
+        self.backend
+            .resize(new_size)
+            .map_err(ResizeError::Backend)?;
+        self.capacity_changed();
+        Ok(())
+    }
+
+    /// The store changed size by itself (another client resized it): initiators
+    /// are told CAPACITY DATA HAS CHANGED.
+    pub fn capacity_changed(&self) {
+        self.ua
+            .establish_all(crate::sense::asc::CAPACITY_DATA_HAS_CHANGED, None);
     }
 
     /// The NAA-6 (IEEE registered extended) designator: 16 bytes derived from the

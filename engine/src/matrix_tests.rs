@@ -1778,7 +1778,7 @@ fn xcopy_cases() -> Vec<Case> {
             let lun = crate::lun::Lun::new(cfg, Arc::new(backends::ram::RamBackend::new(1 << 20)))
                 .map_err(|x| x.to_string())?;
             e.f.registry.add(lun.clone());
-            e.f.map.insert(1, lun);
+            e.f.map_lun(1, lun);
             Ok(())
         })
         .then(move |e, _, _| {

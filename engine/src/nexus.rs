@@ -96,19 +96,40 @@ impl LunMap {
             .cloned()
     }
 
-    /// Maps `lun`; returns the LUN it replaced, if any.
+    /// Maps `lun`; returns the LUN it replaced, if any. Initiators that use this
+    /// map are told REPORTED LUNS DATA HAS CHANGED (SPC-4 7.7.1) on the LUNs they
+    /// already know.
     pub fn insert(&self, lun: u64, l: Arc<Lun>) -> Option<Arc<Lun>> {
-        self.map
+        let old = self
+            .map
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(lun, l)
+            .insert(lun, l);
+        self.announce_change();
+        old
     }
 
+    /// Unmaps `lun`, with the same unit attention as `insert`.
     pub fn remove(&self, lun: u64) -> Option<Arc<Lun>> {
-        self.map
+        let old = self
+            .map
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&lun)
+            .remove(&lun);
+        if old.is_some() {
+            self.announce_change();
+            if let Some(gone) = &old {
+                gone.ua
+                    .establish_all(crate::sense::asc::REPORTED_LUNS_DATA_HAS_CHANGED, None);
+            }
+        }
+        old
+    }
+
+    fn announce_change(&self) {
+        for (_, l) in self.entries() {
+            l.ua.establish_all(crate::sense::asc::REPORTED_LUNS_DATA_HAS_CHANGED, None);
+        }
     }
 
     /// The mapped LUN numbers, ascending.

@@ -123,6 +123,16 @@ impl Fixture {
         f
     }
 
+    /// Maps `lun` as `number` on the fixture's map and takes the REPORTED LUNS DATA
+    /// HAS CHANGED unit attention that raises for the first nexus, so that tests
+    /// about something else need not step over it.
+    pub fn map_lun(&self, number: u64, lun: Arc<Lun>) {
+        self.map.insert(number, lun);
+        for (_, l) in self.map.entries() {
+            l.ua.clear(&self.nexus.key);
+        }
+    }
+
     pub fn make_nexus(port: &Arc<TargetPort>, map: &Arc<LunMap>, name: &str) -> Arc<Nexus> {
         Nexus::new(name, iscsi_transport_id(name), port.clone(), map.clone())
     }

@@ -801,3 +801,38 @@ fn a_buffer_in_the_wrong_direction_is_refused() {
         assert_eq!(d, vec![0u8; 512]);
     }
 }
+
+#[test]
+fn resize_and_lun_map_changes_raise_unit_attentions() {
+    let mut f = Fixture::ram();
+    let n2 = f.second_nexus("iqn.x:two,i,0x2");
+    let before = f.lun.num_blocks();
+    f.lun.resize((before + 2048) * 512).unwrap();
+    assert_eq!(f.lun.num_blocks(), before + 2048);
+    for n in [f.nexus.clone(), n2.clone()] {
+        let (r, _) = f.run_on(&n, &[0, 0, 0, 0, 0, 0], DataDir::None, vec![]);
+        assert_check(&r, SenseKey::UnitAttention, asc::CAPACITY_DATA_HAS_CHANGED);
+        let (r, _) = f.run_on(&n, &[0, 0, 0, 0, 0, 0], DataDir::None, vec![]);
+        assert_good(&r);
+    }
+    assert!(
+        f.lun.resize(1000).is_err(),
+        "not a multiple of the block size"
+    );
+    // A LUN mapped while the initiator runs: REPORTED LUNS DATA HAS CHANGED.
+    let other = crate::lun::Lun::new(
+        crate::lun::LunConfig::new("l1", crate::testutil::uuid_for("l1")),
+        std::sync::Arc::new(backends::RamBackend::new(1 << 20)),
+    )
+    .unwrap();
+    f.map.insert(1, other);
+    let (r, _) = f.run(&[0, 0, 0, 0, 0, 0], DataDir::None, vec![]);
+    assert_check(
+        &r,
+        SenseKey::UnitAttention,
+        asc::REPORTED_LUNS_DATA_HAS_CHANGED,
+    );
+    let (r, d) = f.read_in(&[0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], 256);
+    assert_good(&r);
+    assert_eq!(&d[0..4], &16u32.to_be_bytes(), "two LUNs reported");
+}

@@ -73,7 +73,7 @@ fn read(f: &mut Fixture, lba: u32, blocks: u16) -> Vec<u8> {
 /// A second LUN in the registry, mapped to the nexus as LUN 1, with its store.
 fn second_lun(f: &Fixture, block_size: u32, read_only: bool) -> (Arc<Lun>, Arc<RamStore>) {
     let (lun, store) = unmapped_lun(f, block_size, read_only);
-    f.map.insert(1, lun.clone());
+    f.map_lun(1, lun.clone());
     (lun, store)
 }
 
