@@ -185,7 +185,7 @@ impl Lun {
     /// tells every initiator CAPACITY DATA HAS CHANGED (SBC-3 4.7).
     pub fn resize(&self, new_size: u64) -> Result<(), ResizeError> {
         let bs = u64::from(self.config.block_size);
-        if new_size == 0 || new_size % bs != 0 {
+        if new_size == 0 || !new_size.is_multiple_of(bs) {
             return Err(ResizeError::Unaligned {
                 size: new_size,
                 block_size: self.config.block_size,
