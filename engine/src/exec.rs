@@ -122,6 +122,11 @@ pub trait Job: Send {
     fn range(&self) -> Option<LbaRange> {
         None
     }
+
+    /// The status of a successful end: GOOD, or CONDITION MET (PRE-FETCH).
+    fn status(&self) -> crate::sense::ScsiStatus {
+        crate::sense::ScsiStatus::Good
+    }
 }
 
 /// The sense data for a failed backend operation on `lba` (SBC-3 4.16).

@@ -13,12 +13,14 @@ pub mod mode;
 pub mod nexus;
 pub mod opcodes;
 pub mod pr;
+pub mod rsoc;
 pub mod sbc;
 pub mod sense;
 pub mod spc;
 pub(crate) mod taskset;
 pub mod tmf;
 pub mod ua;
+pub mod vpd;
 pub mod worker;
 pub mod xcopy;
 
@@ -31,5 +33,7 @@ pub use nexus::{LunMap, Nexus, NexusKey, Protocol, TargetPort};
 pub use sense::{CmdError, ScsiStatus, Sense, SenseKey};
 pub use tmf::{TmfFunction, TmfRequest, TmfResponse};
 pub use worker::{Event, Worker};
+#[cfg(test)]
+mod tmf_tests;
 #[cfg(test)]
 mod worker_tests;

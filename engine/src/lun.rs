@@ -68,12 +68,17 @@ pub struct Lun {
     pub(crate) tasks: Mutex<TaskSet>,
     pub ua: UnitAttentions,
     /// Mode page values and medium state.
-    pub(crate) mode: Mutex<crate::mode::ModeState>,
+    pub(crate) mode: crate::mode::ModeParams,
     pub(crate) media: Mutex<crate::spc::MediaState>,
     /// SPC-2 reservation and persistent reservations.
     pub(crate) pr: Mutex<crate::pr::PrState>,
+    /// Whether any reservation (SPC-2 or persistent) exists: read without the lock
+    /// by every command's conflict check, written by `pr::lock`'s guard.
+    pub(crate) pr_reserved: std::sync::atomic::AtomicBool,
     /// EXTENDED COPY bookkeeping (RECEIVE COPY RESULTS).
     pub(crate) copy: Mutex<crate::xcopy::CopyState>,
+    /// SANITIZE in progress or failed (SBC-4 4.11).
+    pub(crate) sanitize: crate::sbc::SanitizeState,
 }
 
 impl std::fmt::Debug for Lun {
@@ -112,17 +117,19 @@ impl Lun {
         if backend.capabilities().read_only && !config.read_only {
             return Err(LunError::ReadOnlyBackend { name: config.name });
         }
-        let mode = crate::mode::ModeState::new(&config);
+        let mode = crate::mode::ModeParams::new(&config);
         Ok(Arc::new(Lun {
             uid: NEXT_LUN_UID.fetch_add(1, Ordering::Relaxed),
             config,
             backend,
             tasks: Mutex::new(TaskSet::default()),
             ua: UnitAttentions::default(),
-            mode: Mutex::new(mode),
+            mode,
             media: Mutex::new(crate::spc::MediaState::default()),
             pr: Mutex::new(crate::pr::PrState::default()),
+            pr_reserved: std::sync::atomic::AtomicBool::new(false),
             copy: Mutex::new(crate::xcopy::CopyState::default()),
+            sanitize: crate::sbc::SanitizeState::default(),
         }))
     }
 

@@ -87,6 +87,9 @@ pub mod asc {
     pub const INTERNAL_TARGET_FAILURE: Asc = Asc(0x44, 0x00);
     pub const INVALID_MESSAGE_ERROR: Asc = Asc(0x49, 0x00);
     pub const COPY_TARGET_DEVICE_NOT_REACHABLE: Asc = Asc(0x0d, 0x02);
+    pub const COPY_TARGET_DEVICE_DATA_UNDERRUN: Asc = Asc(0x0d, 0x04);
+    pub const OPERATION_IN_PROGRESS: Asc = Asc(0x00, 0x16);
+    pub const INSUFFICIENT_RESOURCES: Asc = Asc(0x55, 0x03);
     pub const MISCOMPARE_DURING_VERIFY_OPERATION: Asc = Asc(0x1d, 0x00);
     pub const SANITIZE_COMMAND_FAILED: Asc = Asc(0x31, 0x03);
     pub const MEDIUM_FORMAT_CORRUPTED: Asc = Asc(0x31, 0x00);

@@ -5,16 +5,19 @@
 //! the last command it aborted has left — only then is the function done.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::cmd::TaskAttr;
 use crate::exec::LbaRange;
+use crate::nexus::NexusKey;
 use crate::worker::{Mailbox, Msg, SlotRef};
 
 pub(crate) type TaskSeq = u64;
 
 pub(crate) struct TaskEntry {
     pub nexus: u64,
+    /// The I_T nexus identity (PREEMPT AND ABORT selects commands by it).
+    pub key: NexusKey,
     pub tag: u64,
     pub attr: TaskAttr,
     /// Dispatched to its handler (or about to be).
@@ -208,5 +211,19 @@ impl TaskSet {
     /// Whether any command from `nexus` is in the task set (QUERY TASK SET).
     pub fn any_from(&self, nexus: u64) -> bool {
         self.tasks.values().any(|t| t.nexus == nexus && !t.aborted)
+    }
+}
+
+/// Aborts every command of `tasks` whose I_T nexus `pred` selects, except those of
+/// the nexus `keep` (the one that asked), and tells their workers, which finish
+/// them without a response. Nothing waits for them: PREEMPT AND ABORT (SPC-4
+/// 5.13.11.4.2) completes once they are marked.
+pub(crate) fn abort_nexuses(tasks: &Mutex<TaskSet>, pred: impl Fn(&NexusKey) -> bool, keep: u64) {
+    let (hits, _) = tasks
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .abort_where(|t| t.nexus != keep && pred(&t.key), None);
+    for (mb, slot) in hits {
+        mb.post(Msg::Abort(slot));
     }
 }

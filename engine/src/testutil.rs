@@ -20,6 +20,8 @@ pub struct Fixture {
     pub worker: Worker,
     pub nexus: Arc<Nexus>,
     next_token: u64,
+    /// Keeps a file backend's directory alive.
+    _dir: Option<tempfile::TempDir>,
 }
 
 /// A UUID that differs per name, for LUNs in tests.
@@ -39,6 +41,22 @@ impl Fixture {
             LunConfig::new("lun0", uuid_for("lun0")),
             Arc::new(RamBackend::new(64 << 20)),
         )
+    }
+
+    /// A 64 MiB sparse image file (io_uring engine), 512-byte blocks.
+    pub fn file() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("lun0.img");
+        let backend = backends::FileBackend::create(&path, 64 << 20, Default::default())
+            .expect("file backend");
+        let mut f = Self::with(LunConfig::new("lun0", uuid_for("lun0")), Arc::new(backend));
+        f._dir = Some(dir);
+        f
+    }
+
+    /// The same LUN on each backend kind that tests must cover: RAM and a file.
+    pub fn both() -> [(&'static str, Self); 2] {
+        [("ram", Self::ram()), ("file", Self::file())]
     }
 
     pub fn with(config: LunConfig, backend: Arc<dyn Backend>) -> Self {
@@ -67,6 +85,7 @@ impl Fixture {
             worker,
             nexus,
             next_token: 1,
+            _dir: None,
         };
         f.clear_power_on_ua();
         f

@@ -203,12 +203,15 @@ pub(crate) fn plan(req: &TmfRequest) -> Plan {
 fn reset_lun(l: &Arc<Lun>, by: &Nexus) {
     crate::pr::on_lun_reset(l);
     crate::spc::on_lun_reset(l);
+    crate::xcopy::on_lun_reset(l);
     l.ua.establish_all(asc::BUS_DEVICE_RESET_FUNCTION_OCCURRED, Some(&by.key));
 }
 
 /// I_T nexus loss (or I_T NEXUS RESET) for `nexus` on `l` (SAM-5 6.3.4).
 pub(crate) fn nexus_loss(l: &Arc<Lun>, nexus: &Nexus) {
     crate::pr::on_nexus_loss(l, &nexus.key);
+    crate::xcopy::on_nexus_loss(l, &nexus.key);
+    crate::spc::on_nexus_loss(l, &nexus.key);
     l.ua.clear(&nexus.key);
     l.ua.establish(&nexus.key, asc::I_T_NEXUS_LOSS_OCCURRED);
 }

@@ -65,6 +65,16 @@ impl UnitAttentions {
         }
     }
 
+    /// Queues `a` for every nexus that has talked to this LUN and that `pred`
+    /// selects (persistent reservations: every I_T nexus of a registration).
+    pub fn establish_matching(&self, a: Asc, pred: impl Fn(&NexusKey) -> bool) {
+        let mut inner = self.lock();
+        let keys: Vec<NexusKey> = inner.seen.iter().filter(|k| pred(k)).cloned().collect();
+        for k in keys {
+            Self::push(&mut inner, &self.pending, &k, a);
+        }
+    }
+
     /// The first command of a nexus gets POWER ON, RESET, OR BUS DEVICE RESET
     /// OCCURRED (SAM-5 6.3.2): this registers the nexus and queues it.
     fn first_contact(&self, inner: &mut Inner, key: &NexusKey) {
@@ -151,6 +161,16 @@ mod tests {
         ua.establish_all(asc::CAPACITY_DATA_HAS_CHANGED, Some(&key("a")));
         assert_eq!(ua.pop(&key("a")), None);
         assert_eq!(ua.pop(&key("b")), Some(asc::CAPACITY_DATA_HAS_CHANGED));
+        assert_eq!(ua.pop(&key("b")), None);
+    }
+
+    #[test]
+    fn establish_matching_reaches_only_selected_seen_nexuses() {
+        let ua = UnitAttentions::default();
+        ua.pop(&key("a"));
+        ua.pop(&key("b"));
+        ua.establish_matching(asc::REGISTRATIONS_PREEMPTED, |k| &*k.initiator == "a");
+        assert_eq!(ua.pop(&key("a")), Some(asc::REGISTRATIONS_PREEMPTED));
         assert_eq!(ua.pop(&key("b")), None);
     }
 }

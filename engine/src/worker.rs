@@ -217,6 +217,7 @@ impl Worker {
         let r = self.alloc_slot();
         let entry = TaskEntry {
             nexus: nexus.id,
+            key: nexus.key.clone(),
             tag: cmd.tag,
             attr: cmd.attr,
             running: false,
@@ -343,7 +344,10 @@ impl Worker {
             match step {
                 Step::Done(Ok(wanted)) => {
                     let write = slot.info.is_some_and(|i| i.has(flags::WRITES));
-                    let resp = good_response(&slot.cmd, wanted, write);
+                    let mut resp = good_response(&slot.cmd, wanted, write);
+                    if let Some(job) = &slot.job {
+                        resp.status = job.status();
+                    }
                     self.finish(r, Some(resp));
                     return;
                 }
@@ -635,9 +639,10 @@ fn checks_and_handler(
     slot.info = Some(info);
     opcodes::check_control(cdb, info.cdb_len())?;
     crate::pr::check_access(&slot.lun, &slot.nexus, info, cdb)?;
-    if info.has(flags::WRITES) && slot.lun.config.read_only {
+    if info.has(flags::WRITES) && crate::mode::write_protected(&slot.lun) {
         return Err(Sense::new(SenseKey::DataProtect, asc::WRITE_PROTECTED).into());
     }
+    crate::sbc::check_sanitize(&slot.lun, info)?;
     if info.has(flags::MEDIUM) {
         crate::spc::check_ready(&slot.lun)?;
     }

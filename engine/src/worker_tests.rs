@@ -18,21 +18,23 @@ fn read10(lba: u32, blocks: u16) -> [u8; 10] {
 
 #[test]
 fn write_then_read_back() {
-    let mut f = Fixture::ram();
-    let data: Vec<u8> = (0..1024).map(|i| (i * 7) as u8).collect();
-    let (r, _) = f.run(&write10(10, 2), DataDir::ToDevice, data.clone());
-    assert_good(&r);
-    let (r, back) = f.read_in(&read10(10, 2), 1024);
-    assert_good(&r);
-    assert_eq!(back, data);
+    for (kind, mut f) in Fixture::both() {
+        let data: Vec<u8> = (0..1024).map(|i| (i * 7) as u8).collect();
+        let (r, _) = f.run(&write10(10, 2), DataDir::ToDevice, data.clone());
+        assert_good(&r);
+        let (r, back) = f.read_in(&read10(10, 2), 1024);
+        assert_good(&r);
+        assert_eq!(back, data, "{kind}");
+    }
 }
 
 #[test]
 fn read_past_the_end_is_lba_out_of_range() {
-    let mut f = Fixture::ram();
-    let last = (f.lun.num_blocks() - 1) as u32;
-    let (r, _) = f.read_in(&read10(last, 2), 1024);
-    assert_check(&r, SenseKey::IllegalRequest, asc::LBA_OUT_OF_RANGE);
+    for (_, mut f) in Fixture::both() {
+        let last = (f.lun.num_blocks() - 1) as u32;
+        let (r, _) = f.read_in(&read10(last, 2), 1024);
+        assert_check(&r, SenseKey::IllegalRequest, asc::LBA_OUT_OF_RANGE);
+    }
 }
 
 #[test]

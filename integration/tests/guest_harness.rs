@@ -1,0 +1,130 @@
+//! The guest harness's own behaviour: host binaries with their libraries,
+//! module loading, script failures reported with the console, and the hard
+//! timeout.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use integration::initramfs::{BASE_MODULES, STANDARD_MODULES};
+use integration::{Error, GuestConfig, GuestEnv, Initramfs};
+
+/// A small dynamically linked host binary that install-deps.sh installs.
+const HOST_BINARY: &str = "/usr/bin/zstd";
+
+#[test]
+fn host_binary_runs_and_a_failing_script_is_reported() {
+    let Some(env) = GuestEnv::require() else {
+        return;
+    };
+    let initramfs = Initramfs::standard()
+        .binary(HOST_BINARY)
+        .bytes("/etc/oxtarget/greeting", "hello from the host\n", 0o644)
+        .build(env)
+        .unwrap_or_else(|e| panic!("building the initramfs: {e}"));
+    let script = r#"
+echo "modules $(cut -d' ' -f1 /proc/modules | sort | tr '\n' ' ')"
+echo "greeting $(cat /etc/oxtarget/greeting)"
+echo "zstd $(echo oxtarget | zstd -q | zstd -dq)"
+echo "this goes to the console" >&2
+exit 3
+"#;
+    let run = env
+        .run(&GuestConfig::new(&initramfs, script))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(run.qemu_status.success(), "QEMU: {}", run.qemu_status);
+    assert_eq!(run.script_status, Some(3));
+    assert!(run.insmod_failures.is_empty(), "{:?}", run.insmod_failures);
+    assert_eq!(run.field("greeting"), Some("hello from the host"));
+    assert_eq!(
+        run.field("zstd"),
+        Some("oxtarget"),
+        "zstd and its libraries run in the guest"
+    );
+
+    let loaded: Vec<&str> = run.field("modules").unwrap_or("").split(' ').collect();
+    let wanted: Vec<&str> = BASE_MODULES
+        .iter()
+        .chain(STANDARD_MODULES)
+        .copied()
+        .collect();
+    for module in env.kernel.load_order(&wanted).unwrap() {
+        assert!(
+            loaded.contains(&module.name.as_str()),
+            "{} loaded: {loaded:?}",
+            module.name
+        );
+    }
+    assert!(run.console().contains("this goes to the console"));
+
+    let console_log = run.console_log.clone();
+    let err = run.check().expect_err("exit status 3 is a failure");
+    let text = err.to_string();
+    assert!(text.contains("the script exited with status 3"), "{text}");
+    assert!(
+        text.contains("greeting hello from the host"),
+        "results quoted: {text}"
+    );
+    assert!(
+        text.contains("this goes to the console"),
+        "console quoted: {text}"
+    );
+    assert!(console_log.is_file(), "a failed run keeps its directory");
+    if let Some(dir) = console_log.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[test]
+fn hard_timeout_kills_qemu() {
+    let Some(env) = GuestEnv::require() else {
+        return;
+    };
+    let initramfs = Initramfs::standard()
+        .build(env)
+        .unwrap_or_else(|e| panic!("building the initramfs: {e}"));
+    let timeout = Duration::from_secs(15);
+    let config = GuestConfig::new(&initramfs, "echo started\nsleep 600\n").timeout(timeout);
+    let start = Instant::now();
+    let err = env.run(&config).expect_err("the guest never ends");
+    let elapsed = start.elapsed();
+    let Error::Timeout { secs, pid, report } = &err else {
+        panic!("expected a timeout, got: {err}");
+    };
+    assert_eq!(*secs, 15);
+    assert!(
+        elapsed < timeout + Duration::from_secs(10),
+        "killed promptly: {elapsed:?}"
+    );
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "QEMU {pid} is gone"
+    );
+    assert!(report.results.contains("started"), "results so far: {err}");
+    assert!(err.to_string().contains("console tail"), "{err}");
+    let _ = std::fs::remove_dir_all(&report.dir);
+}
+
+#[test]
+fn qemu_refusing_its_arguments_is_reported() {
+    let Some(env) = GuestEnv::require() else {
+        return;
+    };
+    let initramfs = Initramfs::standard()
+        .build(env)
+        .unwrap_or_else(|e| panic!("building the initramfs: {e}"));
+    let config = GuestConfig::new(&initramfs, "true\n").args(["-device", "no-such-device"]);
+    let run = env.run(&config).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!run.qemu_status.success());
+    assert_eq!(run.script_status, None);
+    assert!(run.results.is_empty(), "{:?}", run.results);
+    let err = run.check().expect_err("QEMU failed");
+    let text = err.to_string();
+    assert!(text.contains("QEMU exited with"), "{text}");
+    assert!(
+        text.contains("no-such-device"),
+        "QEMU's own message quoted: {text}"
+    );
+    if let Error::GuestFailed { report, .. } = &err {
+        let _ = std::fs::remove_dir_all(&report.dir);
+    }
+}
