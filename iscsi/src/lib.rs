@@ -11,4 +11,5 @@ pub mod chap;
 pub mod login;
 pub mod negotiate;
 pub mod pdu;
+pub mod session;
 pub mod text;
