@@ -11,5 +11,6 @@ pub mod chap;
 pub mod login;
 pub mod negotiate;
 pub mod pdu;
+pub mod server;
 pub mod session;
 pub mod text;

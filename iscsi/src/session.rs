@@ -100,6 +100,24 @@ impl Default for FfpParams {
     }
 }
 
+impl FfpParams {
+    /// The negotiated values of a login, local limits at their defaults.
+    pub fn negotiated(p: &crate::negotiate::SessionParams) -> Self {
+        FfpParams {
+            max_xmit_data_segment_length: p.max_xmit_data_segment_length,
+            max_recv_data_segment_length: p.max_recv_data_segment_length,
+            max_burst_length: p.max_burst_length,
+            first_burst_length: p.first_burst_length,
+            initial_r2t: p.initial_r2t,
+            immediate_data: p.immediate_data,
+            max_outstanding_r2t: p.max_outstanding_r2t,
+            error_recovery_level: p.error_recovery_level,
+            discovery: p.session_type == crate::negotiate::SessionType::Discovery,
+            ..FfpParams::default()
+        }
+    }
+}
+
 /// What the session calls on the engine. [`Worker`] is the real one.
 pub trait Engine {
     fn submit(&mut self, nexus: &Arc<Nexus>, cmd: ScsiCmd);
@@ -118,8 +136,14 @@ impl Engine for Worker {
 /// Answers SendTargets (RFC 7143 §12.3 / appendix C).
 pub trait Discovery: Send + Sync {
     /// `TargetName`/`TargetAddress` pairs for `query` ("All", a target name or
-    /// "" for the session's own target) as `initiator` may see them.
-    fn send_targets(&self, initiator: &str, query: &str) -> Vec<(String, String)>;
+    /// "" for the session's own target, `session_target`) as `initiator` may
+    /// see them.
+    fn send_targets(
+        &self,
+        initiator: &str,
+        session_target: Option<&str>,
+        query: &str,
+    ) -> Vec<(String, String)>;
 }
 
 /// The data segment of an outgoing PDU.
@@ -283,6 +307,7 @@ pub struct Session {
     params: FfpParams,
     nexus: Option<Arc<Nexus>>,
     initiator_name: String,
+    target_name: Option<String>,
     directory: Option<Arc<dyn Discovery>>,
     cid: u16,
     pool: BufPool,
@@ -335,6 +360,7 @@ impl Session {
             params,
             nexus,
             initiator_name: initiator_name.to_string(),
+            target_name: None,
             directory,
             cid,
             pool,
@@ -363,6 +389,11 @@ impl Session {
         };
         s.update_window();
         s
+    }
+
+    /// The target of a normal session (what SendTargets="" answers about).
+    pub fn set_target_name(&mut self, name: &str) {
+        self.target_name = Some(name.to_string());
     }
 
     pub fn nexus(&self) -> Option<&Arc<Nexus>> {
@@ -1358,7 +1389,9 @@ impl Session {
             let key = String::from_utf8_lossy(&entry[..eq]);
             let value = String::from_utf8_lossy(&entry[eq + 1..]);
             let pairs = match (key.as_ref(), &self.directory) {
-                ("SendTargets", Some(d)) => d.send_targets(&self.initiator_name, &value),
+                ("SendTargets", Some(d)) => {
+                    d.send_targets(&self.initiator_name, self.target_name.as_deref(), &value)
+                }
                 ("SendTargets", None) => Vec::new(),
                 (k, _) => vec![(k.to_string(), "NotUnderstood".to_string())],
             };

@@ -16,7 +16,12 @@ const BS: u32 = 512;
 struct Dir;
 
 impl Discovery for Dir {
-    fn send_targets(&self, _initiator: &str, query: &str) -> Vec<(String, String)> {
+    fn send_targets(
+        &self,
+        _initiator: &str,
+        _target: Option<&str>,
+        query: &str,
+    ) -> Vec<(String, String)> {
         let n = if query == "All" { 40 } else { 1 };
         let mut v = Vec::new();
         for i in 0..n {

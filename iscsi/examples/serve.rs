@@ -1,0 +1,22 @@
+//! Serves RAM LUNs over iSCSI on 127.0.0.1 until killed, for running initiators
+//! (libiscsi's iscsi-test-cu, qemu-img) by hand:
+//! `cargo run -p oxtarget-iscsi --example serve -- PORT [LUNS] [MIB]`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let port = args.next().and_then(|a| a.parse().ok()).unwrap_or(3260);
+    let luns = args.next().and_then(|a| a.parse().ok()).unwrap_or(1);
+    let mib: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(256);
+    let server = common::start(port, luns, mib << 20);
+    println!(
+        "serving iscsi://{}/{}/0 ({luns} LUNs of {mib} MiB)",
+        server.local_addrs()[0],
+        common::IQN
+    );
+    loop {
+        std::thread::park();
+    }
+}
