@@ -1003,7 +1003,7 @@ impl Session {
             let len = mss.min(moved - offset);
             let end = offset + len;
             let last = end == moved;
-            let burst_end = end % burst == 0;
+            let burst_end = end.is_multiple_of(burst);
             let status = last && collapse;
             let din = DataIn {
                 final_: last || burst_end,

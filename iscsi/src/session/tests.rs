@@ -386,11 +386,11 @@ fn residuals_follow_expected_data_transfer_length() {
     let out = h.out();
     let last = out
         .iter()
-        .filter_map(|(p, _)| match p {
+        .rev()
+        .find_map(|(p, _)| match p {
             Pdu::DataIn(d) => Some(d.clone()),
             _ => None,
         })
-        .last()
         .expect("data-in");
     assert_eq!(last.residual, ResidualFlag::Underflow);
     assert_eq!(last.residual_count, 10_000 - 512);

@@ -13,6 +13,16 @@ pub const IQN: &str = "iqn.2026-11.org.oxtarget:test";
 
 /// A server with one target and `luns` RAM LUNs of `size` bytes each.
 pub fn start(port: u16, luns: usize, size: u64) -> Server {
+    start_with(port, luns, size, |_| {})
+}
+
+/// The same, with the configuration adjusted by `adjust`.
+pub fn start_with(
+    port: u16,
+    luns: usize,
+    size: u64,
+    adjust: impl FnOnce(&mut ServerConfig),
+) -> Server {
     let registry = LunRegistry::new();
     let map = LunMap::new();
     for i in 0..luns {
@@ -42,11 +52,12 @@ pub fn start(port: u16, luns: usize, size: u64) -> Server {
         chap: None,
         chap_required: false,
     };
-    let cfg = ServerConfig {
+    let mut cfg = ServerConfig {
         portals: vec![SocketAddr::from(([127, 0, 0, 1], port))],
         targets: vec![target],
         workers: 2,
         ..ServerConfig::default()
     };
+    adjust(&mut cfg);
     Server::start(cfg, registry).expect("server starts")
 }

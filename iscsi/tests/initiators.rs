@@ -1,0 +1,265 @@
+//! Real initiators from Debian against the server on 127.0.0.1: libiscsi's tools
+//! (`iscsi-inq`, `iscsi-ls`, `iscsi-test-cu`) and QEMU's iSCSI block driver
+//! (`qemu-img`, `qemu-io`). Each test starts its own server on a free port.
+//! Tests whose tool is missing say so and pass (install `libiscsi-bin` and
+//! `qemu-block-extra`).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The tools share two cores: one test at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn have(tool: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
+    if !found {
+        eprintln!("{tool} not installed: skipped");
+    }
+    found
+}
+
+/// Runs `tool` with a time limit; its exit success and its output.
+fn run(tool: &str, args: &[&str], limit: Duration) -> (bool, String) {
+    let mut child = Command::new(tool)
+        .args(args)
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break Some(s);
+        }
+        if start.elapsed() > limit {
+            // Only the child we started, by its pid.
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().expect("output");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    match status {
+        Some(s) => (s.success(), text),
+        None => (false, format!("{tool} timed out after {limit:?}\n{text}")),
+    }
+}
+
+fn url(server: &iscsi::server::Server, lun: u32) -> String {
+    format!("iscsi://{}/{}/{lun}", server.local_addrs()[0], common::IQN)
+}
+
+#[test]
+fn iscsi_inq_and_ls() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !have("iscsi-inq") || !have("iscsi-ls") {
+        return;
+    }
+    let server = common::start(0, 2, 64 << 20);
+    let (ok, out) = run("iscsi-inq", &[&url(&server, 0)], Duration::from_secs(30));
+    assert!(ok, "{out}");
+    assert!(out.contains("Vendor:OXTARGET"), "{out}");
+    let (ok, out) = run(
+        "iscsi-inq",
+        &["-e", "1", "-c", "0x80", &url(&server, 1)],
+        Duration::from_secs(30),
+    );
+    assert!(ok, "{out}");
+    let portal = format!("iscsi://{}", server.local_addrs()[0]);
+    let (ok, out) = run("iscsi-ls", &["-s", &portal], Duration::from_secs(30));
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("Target:{}", common::IQN)), "{out}");
+    assert!(out.contains("Lun:0") && out.contains("Lun:1"), "{out}");
+    server.shutdown();
+}
+
+#[test]
+fn qemu_writes_and_reads_back() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !have("qemu-img") || !have("qemu-io") {
+        return;
+    }
+    // qemu-img without the iSCSI driver module cannot open iscsi:// URLs.
+    if !Path::new("/usr/lib/x86_64-linux-gnu/qemu/block-iscsi.so").exists()
+        && std::fs::read_dir("/usr/lib/x86_64-linux-gnu/qemu").is_err()
+    {
+        eprintln!("qemu-block-extra not installed: skipped");
+        return;
+    }
+    let server = common::start(0, 1, 64 << 20);
+    let u = url(&server, 0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src.img");
+    let back = dir.path().join("back.img");
+    let data: Vec<u8> = (0..(6u32 << 20) + 4096)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&src, &data).expect("write src");
+    let limit = Duration::from_secs(120);
+    let (ok, out) = run(
+        "qemu-img",
+        &[
+            "convert",
+            "-n",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            src.to_str().unwrap_or_default(),
+            &u,
+        ],
+        limit,
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = run(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &u,
+            back.to_str().unwrap_or_default(),
+        ],
+        limit,
+    );
+    assert!(ok, "{out}");
+    let got = std::fs::read(&back).expect("read back");
+    assert_eq!(got.len(), 64 << 20);
+    assert!(got[..data.len()] == data[..], "data read back differs");
+    assert!(got[data.len()..].iter().all(|&b| b == 0));
+    // Unaligned offsets and several requests in flight.
+    let (ok, out) = run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "aio_write -P 0x5a 1M 3M",
+            "-c",
+            "aio_write -P 0xa5 5M 1M",
+            "-c",
+            "aio_flush",
+            "-c",
+            "read -P 0x5a 1M 3M",
+            "-c",
+            "read -P 0xa5 5M 1M",
+            "-c",
+            "write -P 0x11 512 1536",
+            "-c",
+            "read -P 0x11 512 1536",
+            &u,
+        ],
+        limit,
+    );
+    assert!(ok && !out.contains("Pattern verification failed"), "{out}");
+    server.shutdown();
+}
+
+/// Runs families of libiscsi's conformance suite; all must pass.
+#[test]
+fn iscsi_test_cu_families() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !have("iscsi-test-cu") {
+        return;
+    }
+    let server = common::start(0, 1, 64 << 20);
+    let u = url(&server, 0);
+    let families = [
+        "SCSI.TestUnitReady",
+        "SCSI.Inquiry",
+        "SCSI.Read10",
+        "SCSI.Write10",
+        "SCSI.ReadCapacity16",
+        "iSCSI.iSCSIdatasn",
+        "iSCSI.iSCSIcmdsn",
+        "iSCSI.iSCSIResiduals",
+        "iSCSI.iSCSITMF",
+    ];
+    for f in families {
+        let (_, out) = run(
+            "iscsi-test-cu",
+            &[
+                "-d",
+                "-i",
+                "iqn.2026-11.org.oxtarget:cu-a",
+                "-I",
+                "iqn.2026-11.org.oxtarget:cu-b",
+                "-t",
+                f,
+                &u,
+            ],
+            Duration::from_secs(180),
+        );
+        let tests = out
+            .lines()
+            .find(|l| l.trim_start().starts_with("tests"))
+            .unwrap_or_else(|| panic!("{f}: no summary\n{out}"));
+        let cols: Vec<u32> = tests
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        // Total Ran Passed Failed Inactive
+        assert!(cols.len() >= 4 && cols[1] > 0, "{f}: {tests}\n{out}");
+        assert_eq!(cols[3], 0, "{f} failed:\n{out}");
+    }
+    server.shutdown();
+}
+
+/// A peer that stalls mid-PDU or sends garbage is dropped; others go on.
+#[test]
+fn misbehaving_peers_do_not_hurt_others() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let server = common::start_with(0, 1, 16 << 20, |c| {
+        c.stall_timeout = Duration::from_secs(1);
+        c.login_timeout = Duration::from_secs(2);
+    });
+    let addr = server.local_addrs()[0];
+    // Half a header, then silence: dropped after the stall timeout.
+    let mut stall = TcpStream::connect(addr).expect("connect");
+    stall.write_all(&[0x43; 20]).expect("write");
+    // Connected, silent: dropped after the login timeout.
+    let mut idle = TcpStream::connect(addr).expect("connect");
+    // A login header announcing a data segment larger than allowed.
+    let mut big = TcpStream::connect(addr).expect("connect");
+    let mut h = [0u8; 48];
+    h[0] = 0x43;
+    h[5..8].copy_from_slice(&[0xff, 0xff, 0xff]);
+    big.write_all(&h).expect("write");
+    big.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut b = [0u8; 64];
+    assert!(
+        matches!(big.read(&mut b), Ok(0) | Err(_)),
+        "oversized segment: dropped"
+    );
+    if have("iscsi-inq") {
+        let (ok, out) = run("iscsi-inq", &[&url(&server, 0)], Duration::from_secs(30));
+        assert!(ok, "{out}");
+    }
+    for (name, s) in [("stalled", &mut stall), ("idle", &mut idle)] {
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let t = Instant::now();
+        assert!(matches!(s.read(&mut b), Ok(0) | Err(_)), "{name}: dropped");
+        assert!(
+            t.elapsed() < Duration::from_secs(9),
+            "{name}: dropped in time"
+        );
+    }
+    server.shutdown();
+}
