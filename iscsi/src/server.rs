@@ -72,6 +72,10 @@ pub struct ServerConfig {
     pub stall_timeout: Duration,
     /// Bytes queued for sending to one connection before it is no longer read.
     pub max_queued_output: usize,
+    /// ExpectedDataTransferLength of one command at most.
+    pub max_cmd_data: u32,
+    /// Command buffers one session holds at most (beyond: TASK SET FULL).
+    pub max_session_data: usize,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +91,8 @@ impl Default for ServerConfig {
             login_timeout: Duration::from_secs(15),
             stall_timeout: Duration::from_secs(30),
             max_queued_output: 32 << 20,
+            max_cmd_data: 64 << 20,
+            max_session_data: 256 << 20,
         }
     }
 }
@@ -278,7 +284,7 @@ impl Discovery for ConnDirectory {
         let mut out = Vec::new();
         for t in &self.shared.cfg.targets {
             let wanted = match query {
-                "All" => session_target.is_none(),
+                "All" => true,
                 "" => session_target == Some(t.name.as_str()),
                 name => name == t.name,
             };
@@ -947,6 +953,8 @@ impl WorkerLoop {
         params.queue_depth = cfg.queue_depth.max(1);
         params.ping_interval = cfg.ping_interval;
         params.ping_timeout = cfg.ping_timeout;
+        params.max_cmd_data = cfg.max_cmd_data;
+        params.max_session_data = cfg.max_session_data;
         let target = o
             .target
             .as_ref()
