@@ -4,10 +4,12 @@
 //! segment of Login and Text PDUs; [`negotiate`] runs the parameter negotiation
 //! of RFC 7143 §13 into [`negotiate::SessionParams`]; [`chap`] authenticates the
 //! initiator (and the target to it); [`login`] drives the login phase and hands
-//! back response PDUs and events. Nothing here owns a socket or a thread: a thin
-//! adapter feeds bytes in and writes the PDUs that come out.
+//! back response PDUs and events; [`discovery`] answers SendTargets. Nothing
+//! here owns a socket or a thread: a thin adapter feeds bytes in and writes the
+//! PDUs that come out.
 
 pub mod chap;
+pub mod discovery;
 pub mod login;
 pub mod negotiate;
 pub mod pdu;

@@ -565,10 +565,9 @@ impl Login {
             // CHAP still under way: stay in the security stage.
             return Ok(None);
         }
-        if nsg == Stage::FullFeature {
-            // Skipping the operational stage: still declare our receive limit.
-            out.0.extend(self.neg.declaration().0);
-        }
+        // Straight to full feature: no declaration of our MaxRecvDataSegmentLength
+        // here (open-iscsi refuses operational keys in a security-stage
+        // response), so the initiator keeps the 8192-byte default, as do we.
         Ok(Some(nsg))
     }
 

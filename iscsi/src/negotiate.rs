@@ -9,9 +9,10 @@
 //! sides; boolean keys AND (ImmediateData, RDMAExtensions) or OR (InitialR2T,
 //! DataPDUInOrder, DataSequenceInOrder). Unknown and X- keys are answered
 //! NotUnderstood, malformed values Reject, keys that do not apply to a discovery
-//! session Irrelevant; a key proposed twice fails the login.
+//! session Irrelevant; a key proposed again with another value fails the login
+//! (the same value again is a retransmission and is answered again).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use thiserror::Error;
 
@@ -236,7 +237,10 @@ enum Kind {
     Or,
 }
 
-/// The negotiated operational keys: name, result function, irrelevant in discovery.
+/// The negotiated operational keys: name, result function, and whether the key
+/// is irrelevant in a discovery session (RFC 7143 §13: the eight session keys
+/// that only matter for SCSI data transfer — the same set open-iscsi answers
+/// Irrelevant to).
 const KEYS: &[(&str, Kind, bool)] = &[
     ("HeaderDigest", Kind::Digest, false),
     ("DataDigest", Kind::Digest, false),
@@ -253,12 +257,13 @@ const KEYS: &[(&str, Kind, bool)] = &[
         Kind::Min(MIN_DATA_LEN, MAX_DATA_LEN),
         true,
     ),
-    ("DefaultTime2Wait", Kind::Max(0, 3600), true),
-    ("DefaultTime2Retain", Kind::Min(0, 3600), true),
+    ("DefaultTime2Wait", Kind::Max(0, 3600), false),
+    ("DefaultTime2Retain", Kind::Min(0, 3600), false),
     ("MaxOutstandingR2T", Kind::Min(1, 65535), true),
     ("DataPDUInOrder", Kind::Or, true),
     ("DataSequenceInOrder", Kind::Or, true),
-    ("ErrorRecoveryLevel", Kind::Min(0, 2), true),
+    // Relevant in discovery too: open-iscsi insists on an answer of "0".
+    ("ErrorRecoveryLevel", Kind::Min(0, 2), false),
     ("iSCSIProtocolLevel", Kind::Min(0, 31), true),
 ];
 
@@ -267,8 +272,8 @@ const KEYS: &[(&str, Kind, bool)] = &[
 pub struct Negotiator {
     policy: TargetPolicy,
     params: SessionParams,
-    /// Keys the initiator proposed or declared.
-    seen: BTreeSet<String>,
+    /// Keys the initiator proposed or declared, with the value it sent.
+    seen: BTreeMap<String, String>,
     /// Our proposals still awaiting the initiator's answer.
     offered: BTreeMap<&'static str, String>,
     declared: bool,
@@ -281,7 +286,7 @@ impl Negotiator {
         Negotiator {
             policy,
             params: SessionParams::default(),
-            seen: BTreeSet::new(),
+            seen: BTreeMap::new(),
             offered: BTreeMap::new(),
             declared: false,
             offers_made: false,
@@ -309,13 +314,22 @@ impl Negotiator {
     /// skipped in the security stage (the login machine answers them) and fail the
     /// negotiation elsewhere. SessionType and the names take effect before the
     /// other keys of the same text, whatever their order.
+    ///
+    /// A key sent again with a different value fails the negotiation. Sent again
+    /// with the same value it is a retransmission — libiscsi repeats its names
+    /// after CHAP and all its keys after a response without Transit — and gets
+    /// the same answer again.
     pub fn respond(&mut self, stage: Stage, pairs: &Pairs) -> Result<Pairs, NegotiationError> {
         let identity = ["SessionType", "InitiatorName", "TargetName"];
         for (k, v) in pairs.iter().filter(|(k, _)| identity.contains(k)) {
-            if !self.identity_open {
-                return Err(NegotiationError::LateIdentity(k.to_string()));
+            match self.seen.get(k) {
+                Some(prev) if prev == v => continue,
+                Some(_) => return Err(NegotiationError::DuplicateKey(k.to_string())),
+                None if !self.identity_open => {
+                    return Err(NegotiationError::LateIdentity(k.to_string()))
+                }
+                None => {}
             }
-            self.see(k)?;
             match k {
                 "SessionType" => {
                     self.params.session_type = match v {
@@ -329,6 +343,7 @@ impl Negotiator {
                 }
                 _ => self.params.target_name = Some(valid_name("TargetName", v)?),
             }
+            self.seen.insert(k.to_string(), v.to_string());
         }
         self.identity_open = false;
         let mut out = Pairs::default();
@@ -342,6 +357,8 @@ impl Negotiator {
                 continue;
             }
             if let Some(ours) = self.offered.remove(k) {
+                // Answered once; a later proposal of the same key is a repeat.
+                self.seen.insert(k.to_string(), v.to_string());
                 self.answer(k, &ours, v);
                 continue;
             }
@@ -349,19 +366,20 @@ impl Negotiator {
                 // Not a proposal; nothing to answer.
                 continue;
             }
-            self.see(k)?;
+            match self.seen.get(k) {
+                Some(prev) if prev == v => {}
+                Some(_) => return Err(NegotiationError::DuplicateKey(k.to_string())),
+                None => {
+                    self.seen.insert(k.to_string(), v.to_string());
+                }
+            }
+            // Results depend only on the value and our policy: a repeat gets
+            // the same answer.
             if let Some(a) = self.propose(k, v) {
                 out.push(k, a);
             }
         }
         Ok(out)
-    }
-
-    fn see(&mut self, k: &str) -> Result<(), NegotiationError> {
-        if !self.seen.insert(k.to_string()) {
-            return Err(NegotiationError::DuplicateKey(k.to_string()));
-        }
-        Ok(())
     }
 
     /// One proposal or declaration from the initiator; the answer, if any.
@@ -517,7 +535,7 @@ impl Negotiator {
         let defaults = SessionParams::default();
         let mut want: Vec<(&'static str, String)> = Vec::new();
         for &(name, kind, _) in KEYS {
-            if self.seen.contains(name) {
+            if self.seen.contains_key(name) {
                 continue;
             }
             match kind {

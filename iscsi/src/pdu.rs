@@ -454,6 +454,27 @@ pub struct TaskMgmtRequest {
     pub exp_data_sn: u32,
 }
 
+impl TaskMgmtRequest {
+    /// The engine's function for this request; `None` for TASK REASSIGN (needs
+    /// ErrorRecoveryLevel 2) and unknown codes, which the target answers "not
+    /// supported" or "rejected". Both target resets map to TARGET RESET; a cold
+    /// reset also drops the connections, which is the session layer's part.
+    pub fn engine_function(&self) -> Option<engine::TmfFunction> {
+        use engine::TmfFunction as F;
+        Some(match self.function {
+            tmf_code::ABORT_TASK => F::AbortTask {
+                tag: u64::from(self.referenced_task_tag),
+            },
+            tmf_code::ABORT_TASK_SET => F::AbortTaskSet,
+            tmf_code::CLEAR_ACA => F::ClearAca,
+            tmf_code::CLEAR_TASK_SET => F::ClearTaskSet,
+            tmf_code::LOGICAL_UNIT_RESET => F::LogicalUnitReset,
+            tmf_code::TARGET_WARM_RESET | tmf_code::TARGET_COLD_RESET => F::TargetReset,
+            _ => return None,
+        })
+    }
+}
+
 /// Task management function codes (RFC 7143 §11.5.1).
 pub mod tmf_code {
     pub const ABORT_TASK: u8 = 1;

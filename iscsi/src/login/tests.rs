@@ -358,6 +358,42 @@ fn chap_login_then_operational() {
 }
 
 #[test]
+fn libiscsi_style_chap_login_repeats_its_names() {
+    // libiscsi: names and AuthMethod with T=1, CHAP_A=5 with T=0, the response
+    // with T=1, then names again with every operational key.
+    let (mut l, d) = chap_login(false);
+    let (r, p, _) = send(
+        &mut l,
+        &d,
+        req(Stage::Security, Some(Stage::Operational)),
+        &text(&[("CHAP_A", "5")]),
+    );
+    assert_eq!(r.transit, None);
+    assert_eq!(p.get("CHAP_A"), Some("5"));
+    let id: u8 = p.get("CHAP_I").unwrap().parse().unwrap();
+    let c = decode_binary(p.get("CHAP_C").unwrap()).unwrap();
+    let resp = encode_hex(&ChapAlgorithm::Md5.response(id, b"initiator-secret", &c)).to_uppercase();
+    let resp = resp.replacen("0X", "0x", 1);
+    let (r, _, _) = send(
+        &mut l,
+        &d,
+        req(Stage::Security, Some(Stage::Operational)),
+        &text(&[("CHAP_N", "alice"), ("CHAP_R", &resp)]),
+    );
+    assert_eq!(r.transit, Some(Stage::Operational));
+    let mut kv = identity("Normal");
+    kv.extend(OPERATIONAL.iter().map(|(k, v)| (*k, v.to_string())));
+    let (r, _, ev) = send(
+        &mut l,
+        &d,
+        req(Stage::Operational, Some(Stage::FullFeature)),
+        &owned(&kv),
+    );
+    assert_eq!(r.status, S::SUCCESS);
+    complete(ev);
+}
+
+#[test]
 fn mutual_chap_login() {
     let (mut l, d) = chap_login(true);
     let (alg, id, c) = chap_challenge(&mut l, &d);
@@ -564,7 +600,7 @@ fn sequence_errors() {
         &mut l,
         &d,
         req(Stage::Operational, None),
-        &text(&[("MaxBurstLength", "65536")]),
+        &text(&[("MaxBurstLength", "131072")]),
     );
     assert_eq!(r.status, S::INITIATOR_ERROR);
     assert_eq!(failed(ev), S::INITIATOR_ERROR);
@@ -701,7 +737,7 @@ fn discovery_session() {
 }
 
 #[test]
-fn security_straight_to_full_feature_declares_receive_limit() {
+fn security_straight_to_full_feature_keeps_default_receive_limit() {
     let d = Dir::default();
     let mut l = Login::new(LoginConfig::default());
     let mut kv = identity("Normal");
@@ -713,8 +749,12 @@ fn security_straight_to_full_feature_declares_receive_limit() {
         &owned(&kv),
     );
     assert_eq!(r.transit, Some(Stage::FullFeature));
-    assert_eq!(p.get("MaxRecvDataSegmentLength"), Some("262144"));
-    complete(ev);
+    // Only security-stage keys in a security-stage response.
+    assert_eq!(p.get("MaxRecvDataSegmentLength"), None);
+    assert_eq!(p.get("AuthMethod"), Some("None"));
+    let o = complete(ev);
+    assert_eq!(o.params.max_recv_data_segment_length, 8192);
+    assert_eq!(o.params.max_xmit_data_segment_length, 8192);
 }
 
 #[test]

@@ -123,7 +123,7 @@ fn discovery_sessions_answer_operational_keys_irrelevant() {
     // SessionType applies to keys before it in the same text.
     assert_eq!(r.get("InitialR2T"), Some("Irrelevant"));
     assert_eq!(r.get("MaxBurstLength"), Some("Irrelevant"));
-    assert_eq!(r.get("ErrorRecoveryLevel"), Some("Irrelevant"));
+    assert_eq!(r.get("ErrorRecoveryLevel"), Some("0"));
     assert_eq!(r.get("HeaderDigest"), Some("None"));
     assert_eq!(n.session_type(), SessionType::Discovery);
     // Discovery: only the declaration, no proposals.
@@ -135,8 +135,16 @@ fn discovery_sessions_answer_operational_keys_irrelevant() {
 fn duplicates_and_misplaced_keys_fail() {
     let mut n = Negotiator::new(TargetPolicy::default());
     first(&mut n, "InitiatorName=iqn.a:b MaxBurstLength=8192");
+    // The same value again is a retransmission and gets the same answer.
+    let again = n
+        .respond(
+            Stage::Operational,
+            &pairs("InitiatorName=iqn.a:b MaxBurstLength=8192"),
+        )
+        .unwrap();
+    assert_eq!(again.get("MaxBurstLength"), Some("8192"));
     assert_eq!(
-        n.respond(Stage::Operational, &pairs("MaxBurstLength=8192")),
+        n.respond(Stage::Operational, &pairs("MaxBurstLength=4096")),
         Err(NegotiationError::DuplicateKey("MaxBurstLength".into()))
     );
     assert_eq!(
@@ -152,7 +160,11 @@ fn duplicates_and_misplaced_keys_fail() {
     );
     assert_eq!(
         n.respond(Stage::Operational, &pairs("InitiatorName=iqn.c:d")),
-        Err(NegotiationError::LateIdentity("InitiatorName".into()))
+        Err(NegotiationError::DuplicateKey("InitiatorName".into()))
+    );
+    assert_eq!(
+        n.respond(Stage::Operational, &pairs("TargetName=iqn.c:d")),
+        Err(NegotiationError::LateIdentity("TargetName".into()))
     );
     let mut n = Negotiator::new(TargetPolicy::default());
     assert!(matches!(
@@ -194,6 +206,11 @@ fn target_offers_large_io_and_takes_the_answers() {
     assert_eq!(p.max_burst_length, 262_144);
     assert_eq!(p.first_burst_length, 65_536);
     assert_eq!(p.max_outstanding_r2t, 1, "Reject keeps the default");
+    // An answered key proposed again with another value is a repeat.
+    assert_eq!(
+        n.respond(Stage::Operational, &pairs("InitialR2T=No")),
+        Err(NegotiationError::DuplicateKey("InitialR2T".into()))
+    );
 }
 
 #[test]

@@ -694,3 +694,29 @@ fn decoder_refuses_unbounded_buffering() {
     });
     assert!(d.push(&vec![0u8; 100_000]).is_err());
 }
+
+#[test]
+fn tmf_codes_map_to_engine_functions() {
+    use engine::TmfFunction as F;
+    let mut r = TaskMgmtRequest {
+        function: tmf_code::ABORT_TASK,
+        referenced_task_tag: 77,
+        ..Default::default()
+    };
+    assert_eq!(r.engine_function(), Some(F::AbortTask { tag: 77 }));
+    let table = [
+        (tmf_code::ABORT_TASK_SET, Some(F::AbortTaskSet)),
+        (tmf_code::CLEAR_ACA, Some(F::ClearAca)),
+        (tmf_code::CLEAR_TASK_SET, Some(F::ClearTaskSet)),
+        (tmf_code::LOGICAL_UNIT_RESET, Some(F::LogicalUnitReset)),
+        (tmf_code::TARGET_WARM_RESET, Some(F::TargetReset)),
+        (tmf_code::TARGET_COLD_RESET, Some(F::TargetReset)),
+        (tmf_code::TASK_REASSIGN, None),
+        (0, None),
+        (99, None),
+    ];
+    for (code, want) in table {
+        r.function = code;
+        assert_eq!(r.engine_function(), want, "{code}");
+    }
+}
