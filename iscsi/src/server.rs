@@ -26,6 +26,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::chap::ChapCredentials;
+use crate::discovery::TargetEntry;
 use crate::login::{
     AuthPolicy, Login, LoginConfig, LoginEvent, SessionBinding, TargetDirectory, TargetInfo,
     TargetLookup,
@@ -281,34 +282,44 @@ impl Discovery for ConnDirectory {
         session_target: Option<&str>,
         query: &str,
     ) -> Vec<(String, String)> {
-        let mut out = Vec::new();
-        for t in &self.shared.cfg.targets {
-            let wanted = match query {
-                "All" => true,
-                "" => session_target == Some(t.name.as_str()),
-                name => name == t.name,
-            };
-            if !wanted || !Shared::allowed(t, initiator) {
-                continue;
-            }
-            out.push(("TargetName".to_string(), t.name.clone()));
-            for a in &self.shared.addrs {
+        let portals: Vec<String> = self
+            .shared
+            .addrs
+            .iter()
+            .map(|a| {
+                // A portal on the unspecified address answers with the address
+                // the initiator reached.
                 let a = if a.ip().is_unspecified() {
                     SocketAddr::new(self.local.ip(), a.port())
                 } else {
                     *a
                 };
-                let host = match a {
+                match a {
                     SocketAddr::V4(v) => format!("{}:{}", v.ip(), v.port()),
                     SocketAddr::V6(v) => format!("[{}]:{}", v.ip(), v.port()),
-                };
-                out.push((
-                    "TargetAddress".to_string(),
-                    format!("{host},{}", t.portal_group_tag),
-                ));
-            }
-        }
-        out
+                }
+            })
+            .collect();
+        let visible: Vec<TargetEntry> = self
+            .shared
+            .cfg
+            .targets
+            .iter()
+            .filter(|t| Shared::allowed(t, initiator))
+            .map(|t| TargetEntry {
+                name: t.name.clone(),
+                portals: portals
+                    .iter()
+                    .map(|p| (p.clone(), t.portal_group_tag))
+                    .collect(),
+            })
+            .collect();
+        let session = if session_target.is_some() {
+            SessionType::Normal
+        } else {
+            SessionType::Discovery
+        };
+        crate::discovery::send_targets(query, session, session_target, &visible).0
     }
 }
 
