@@ -164,6 +164,27 @@ fn qemu_writes_and_reads_back() {
         limit,
     );
     assert!(ok && !out.contains("Pattern verification failed"), "{out}");
+    // With header digests (libiscsi proposes CRC32C alone).
+    let addr = server.local_addrs()[0];
+    let opts = format!(
+        "driver=iscsi,transport=tcp,portal={addr},target={},lun=0,header-digest=crc32c",
+        common::IQN
+    );
+    let (ok, out) = run(
+        "qemu-io",
+        &[
+            "--image-opts",
+            &opts,
+            "-c",
+            "write -P 0x3c 8M 2M",
+            "-c",
+            "read -P 0x3c 8M 2M",
+            "-c",
+            "read -P 0x5a 1M 3M",
+        ],
+        limit,
+    );
+    assert!(ok && !out.contains("Pattern verification failed"), "{out}");
     server.shutdown();
 }
 
