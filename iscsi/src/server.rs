@@ -11,7 +11,7 @@
 //! other connections of its thread.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{ErrorKind, Read};
+use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
@@ -32,8 +32,11 @@ use crate::login::{
     TargetLookup,
 };
 use crate::negotiate::{Digest, SessionType, TargetPolicy};
-use crate::pdu::{digest_bytes, pad4, FrameDecoder, Framing, Isid, BHS_LEN};
+use crate::pdu::{digest_bytes, pad4, Framing, Isid};
 use crate::session::{BufPool, Discovery, FfpParams, Outgoing, Segment, Session};
+
+mod rx;
+use rx::{Rx, RxError};
 
 /// One iSCSI target: a name, the LUNs it exposes through its target port, who
 /// may log in, and how they authenticate.
@@ -679,10 +682,7 @@ enum Phase {
 struct Conn {
     stream: TcpStream,
     phase: Phase,
-    decoder: FrameDecoder,
-    /// Bytes pushed into the decoder and not yet part of a frame.
-    pending: usize,
-    partial_since: Option<Instant>,
+    rx: Rx,
     created: Instant,
     wq: VecDeque<WireMsg>,
     wq_bytes: usize,
@@ -704,12 +704,12 @@ struct WorkerLoop {
     pool: BufPool,
     events: Vec<Event>,
     iov: Vec<libc::iovec>,
-    rbuf: Vec<u8>,
 }
 
 const KEY_INBOX: u64 = u64::MAX;
 const KEY_ENGINE: u64 = u64::MAX - 1;
-const READ_CHUNK: usize = 4096;
+/// Socket reads per readiness event (fairness between connections).
+const READS_PER_EVENT: u32 = 16;
 
 impl WorkerLoop {
     fn new(index: usize, shared: Arc<Shared>, worker: Worker) -> Result<Self, ServerError> {
@@ -740,7 +740,6 @@ impl WorkerLoop {
             pool: BufPool::new(),
             events: Vec::new(),
             iov: Vec::new(),
-            rbuf: vec![0u8; 64 * 1024],
         })
     }
 
@@ -833,9 +832,7 @@ impl WorkerLoop {
             Conn {
                 stream,
                 phase: Phase::Login(Box::new(login)),
-                decoder: FrameDecoder::new(framing),
-                pending: 0,
-                partial_since: None,
+                rx: Rx::new(framing),
                 created: Instant::now(),
                 wq: VecDeque::new(),
                 wq_bytes: 0,
@@ -857,98 +854,65 @@ impl WorkerLoop {
         }
     }
 
-    /// Reads what the socket has, in bounded pieces, and handles each PDU.
+    /// Reads what the socket has (a bounded number of reads) and handles each
+    /// whole PDU, including those already buffered.
     fn read(&mut self, id: u32) -> Result<(), ConnError> {
         let limit = self.shared.cfg.max_queued_output;
-        for _ in 0..16 {
+        let mut reads = READS_PER_EVENT;
+        loop {
             let Some(c) = self.conns.get_mut(&id) else {
                 return Ok(());
             };
             if c.closing || c.wq_bytes > limit {
                 return Ok(());
             }
-            let n = match (&c.stream).read(&mut self.rbuf) {
-                Ok(0) => return Err(ConnError::Closed),
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
-            };
-            let data = std::mem::take(&mut self.rbuf);
-            let r = self.feed(id, &data[..n]);
-            self.rbuf = data;
-            r?;
-            if n < self.rbuf.len() {
+            let now = Instant::now();
+            let ready =
+                c.rx.poll(&mut &c.stream, &mut reads, now)
+                    .map_err(|e| match e {
+                        RxError::Closed => ConnError::Closed,
+                        RxError::Io(e) => ConnError::Io(e),
+                        RxError::Framing(e) => ConnError::Framing(e),
+                    })?;
+            if !ready {
                 return Ok(());
             }
-        }
-        Ok(())
-    }
-
-    fn feed(&mut self, id: u32, mut bytes: &[u8]) -> Result<(), ConnError> {
-        while !bytes.is_empty() {
-            let take = bytes.len().min(READ_CHUNK);
-            let Some(c) = self.conns.get_mut(&id) else {
-                return Ok(());
-            };
-            c.decoder.push(&bytes[..take])?;
-            c.pending += take;
-            bytes = &bytes[take..];
-            loop {
-                let Some(c) = self.conns.get_mut(&id) else {
-                    return Ok(());
-                };
-                if c.closing {
-                    return Ok(());
+            let Conn {
+                rx,
+                phase,
+                wq,
+                wq_bytes,
+                dir,
+                closing,
+                ..
+            } = c;
+            let frame = rx.frame()?;
+            let done = match phase {
+                Phase::Ffp(s) => {
+                    s.receive(frame, &mut self.worker, now)?;
+                    None
                 }
-                let Some(frame) = c.decoder.next_frame()? else {
-                    break;
-                };
-                let size = c
-                    .decoder
-                    .framing
-                    .layout(&frame.header)
-                    .map(|l| BHS_LEN + l.remaining())
-                    .unwrap_or(BHS_LEN);
-                c.pending = c.pending.saturating_sub(size);
-                self.pdu(id, frame)?;
-            }
-            if let Some(c) = self.conns.get_mut(&id) {
-                c.partial_since = match (c.pending, c.partial_since) {
-                    (0, _) => None,
-                    (_, Some(t)) => Some(t),
-                    (_, None) => Some(Instant::now()),
-                };
-            }
-        }
-        Ok(())
-    }
-
-    fn pdu(&mut self, id: u32, frame: crate::pdu::Frame) -> Result<(), ConnError> {
-        let Some(c) = self.conns.get_mut(&id) else {
-            return Ok(());
-        };
-        match &mut c.phase {
-            Phase::Ffp(s) => {
-                s.receive(frame, &mut self.worker, Instant::now())?;
-                Ok(())
-            }
-            Phase::Login(l) => {
-                let step = l.on_pdu(c.dir.as_ref(), &frame.header, &frame.data);
-                for r in step.responses {
-                    let m = WireMsg::bytes(r.to_wire());
-                    c.wq_bytes += m.total;
-                    c.wq.push_back(m);
-                }
-                match step.event {
-                    None => Ok(()),
-                    Some(LoginEvent::Failed { .. }) => {
-                        // The failure response goes out, then the connection closes.
-                        c.closing = true;
-                        Ok(())
+                Phase::Login(l) => {
+                    let step = l.on_pdu(dir.as_ref(), frame.header, frame.data);
+                    for r in step.responses {
+                        let m = WireMsg::bytes(r.to_wire());
+                        *wq_bytes += m.total;
+                        wq.push_back(m);
                     }
-                    Some(LoginEvent::Complete(o)) => self.logged_in(id, *o),
+                    match step.event {
+                        Some(LoginEvent::Failed { .. }) => {
+                            // The failure response goes out, then the connection closes.
+                            *closing = true;
+                            None
+                        }
+                        Some(LoginEvent::Complete(o)) => Some(o),
+                        None => None,
+                    }
                 }
+            };
+            rx.consume(now);
+            if let Some(o) = done {
+                self.logged_in(id, *o)?;
             }
         }
     }
@@ -1024,7 +988,7 @@ impl WorkerLoop {
             data_digest: o.params.data_digest == Digest::Crc32c,
             max_recv_data_segment_len: params.max_recv_data_segment_length,
         };
-        c.decoder.framing = c.framing;
+        c.rx.framing = c.framing;
         Ok(())
     }
 
@@ -1070,7 +1034,7 @@ impl WorkerLoop {
                 _ => None,
             };
             let e = e.or_else(|| {
-                c.partial_since
+                c.rx.partial_since()
                     .filter(|t| now.saturating_duration_since(*t) > stall)
                     .map(|_| ConnError::Stalled(stall))
             });
@@ -1089,6 +1053,17 @@ impl WorkerLoop {
         for id in ids {
             let r = self.flush(id);
             self.result(id, r);
+            // PDUs read while output was backed up wait in the staging buffer,
+            // where epoll does not see them.
+            let backlog = self.conns.get(&id).is_some_and(|c| {
+                c.rx.buffered() > 0 && c.wq_bytes <= self.shared.cfg.max_queued_output
+            });
+            if backlog {
+                let r = self.read(id);
+                self.result(id, r);
+                let r = self.flush(id);
+                self.result(id, r);
+            }
         }
     }
 
@@ -1174,6 +1149,7 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     use super::*;
+    use crate::pdu::BHS_LEN;
     use crate::session::{OutPdu, PoolBuf};
 
     fn outgoing(data: &[u8]) -> Outgoing {

@@ -1,6 +1,6 @@
 //! The full feature phase of one iSCSI connection (RFC 7143), sans I/O.
 //!
-//! In: delimited PDUs ([`Frame`]s) from the connection, engine completions
+//! In: delimited PDUs ([`FrameRef`]s) from the connection, engine completions
 //! ([`engine::Event`]) and the time ([`Session::tick`]). Out: PDUs to send
 //! ([`Outgoing`], taken with [`Session::pop_output`]) and engine calls made through
 //! the [`Engine`] trait (a [`Worker`] in the daemon). A Data-In sequence leaves
@@ -204,6 +204,24 @@ impl Outgoing {
                 v.truncate(n);
                 v
             }
+        }
+    }
+}
+
+/// One delimited PDU, borrowed from the adapter's receive buffer.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameRef<'a> {
+    pub header: &'a [u8; BHS_LEN],
+    pub ahs: &'a [u8],
+    pub data: &'a [u8],
+}
+
+impl<'a> From<&'a Frame> for FrameRef<'a> {
+    fn from(f: &'a Frame) -> Self {
+        FrameRef {
+            header: &f.header,
+            ahs: &f.ahs,
+            data: &f.data,
         }
     }
 }
@@ -497,23 +515,23 @@ impl Session {
     /// with Reject are answered so; an `Err` means the connection must close.
     pub fn receive(
         &mut self,
-        frame: Frame,
+        frame: FrameRef<'_>,
         engine: &mut dyn Engine,
         now: Instant,
     ) -> Result<(), SessionError> {
         self.last_rx = now;
-        let pdu = match Pdu::parse(&frame.header) {
+        let pdu = match Pdu::parse(frame.header) {
             Ok(p) => p,
             Err(PduError::UnknownOpcode(_)) => {
-                return self.reject(reject_reason::COMMAND_NOT_SUPPORTED, &frame.header)
+                return self.reject(reject_reason::COMMAND_NOT_SUPPORTED, frame.header)
             }
             Err(_) => {
-                self.skip_cmd_sn(&frame.header);
-                return self.reject(reject_reason::INVALID_PDU_FIELD, &frame.header);
+                self.skip_cmd_sn(frame.header);
+                return self.reject(reject_reason::INVALID_PDU_FIELD, frame.header);
             }
         };
         if !pdu.opcode().is_initiator() || pdu.opcode() == Opcode::LoginRequest {
-            return self.reject(reject_reason::PROTOCOL_ERROR, &frame.header);
+            return self.reject(reject_reason::PROTOCOL_ERROR, frame.header);
         }
         match &pdu {
             Pdu::DataOut(d) => {
@@ -524,12 +542,12 @@ impl Session {
             }
             Pdu::Snack(_) => {
                 // ErrorRecoveryLevel 0: no SNACK (RFC 7143 §11.16).
-                return self.reject(reject_reason::PROTOCOL_ERROR, &frame.header);
+                return self.reject(reject_reason::PROTOCOL_ERROR, frame.header);
             }
             _ => {}
         }
         let (immediate, cmd_sn) = {
-            let h = Bhs(frame.header);
+            let h = Bhs(*frame.header);
             (h.immediate(), h.u32(pdu::off::CMD_SN))
         };
         // A NOP-Out answering our ping carries no command (RFC 7143 §11.18).
@@ -572,13 +590,17 @@ impl Session {
         }
     }
 
-    fn hold(&mut self, cmd_sn: u32, frame: Frame) -> Result<(), SessionError> {
+    fn hold(&mut self, cmd_sn: u32, frame: FrameRef<'_>) -> Result<(), SessionError> {
         let size = BHS_LEN + frame.ahs.len() + frame.data.len();
         self.held_bytes = self.held_bytes.saturating_add(size);
         if self.held_bytes > MAX_HELD_BYTES {
             return Err(SessionError::HeldTooMuch(self.held_bytes));
         }
-        self.held.entry(cmd_sn).or_default().push(frame);
+        self.held.entry(cmd_sn).or_default().push(Frame {
+            header: *frame.header,
+            ahs: frame.ahs.to_vec(),
+            data: frame.data.to_vec(),
+        });
         Ok(())
     }
 
@@ -601,9 +623,9 @@ impl Session {
                     let Ok(p) = Pdu::parse(&f.header) else {
                         continue;
                     };
-                    self.dispatch(p, f, engine, false)?;
+                    self.dispatch(p, FrameRef::from(&f), engine, false)?;
                 } else if let Ok(Pdu::DataOut(d)) = Pdu::parse(&f.header) {
-                    self.data_out(&d, &f, engine)?;
+                    self.data_out(&d, &FrameRef::from(&f), engine)?;
                 }
             }
             if cancelled || first {
@@ -617,12 +639,12 @@ impl Session {
     fn dispatch(
         &mut self,
         pdu: Pdu,
-        frame: Frame,
+        frame: FrameRef<'_>,
         engine: &mut dyn Engine,
         immediate: bool,
     ) -> Result<(), SessionError> {
         if self.logout.is_some() && !matches!(pdu, Pdu::NopOut(_)) {
-            return self.reject(reject_reason::WAITING_FOR_LOGOUT, &frame.header);
+            return self.reject(reject_reason::WAITING_FOR_LOGOUT, frame.header);
         }
         let r = match &pdu {
             Pdu::ScsiCommand(c) => self.scsi_command(c, &frame, engine, immediate),
@@ -630,7 +652,7 @@ impl Session {
             Pdu::TaskMgmtRequest(t) => self.task_mgmt(t, engine),
             Pdu::TextRequest(t) => self.text(t, &frame),
             Pdu::LogoutRequest(l) => self.logout(l),
-            _ => self.reject(reject_reason::PROTOCOL_ERROR, &frame.header),
+            _ => self.reject(reject_reason::PROTOCOL_ERROR, frame.header),
         };
         self.update_window();
         r
@@ -642,11 +664,11 @@ impl Session {
     fn scsi_command(
         &mut self,
         c: &ScsiCommand,
-        frame: &Frame,
+        frame: &FrameRef<'_>,
         engine: &mut dyn Engine,
         immediate: bool,
     ) -> Result<(), SessionError> {
-        let header = &frame.header;
+        let header = frame.header;
         let Some(nexus) = self.nexus.clone() else {
             // No SCSI commands in a discovery session.
             return self.reject(reject_reason::PROTOCOL_ERROR, header);
@@ -657,7 +679,7 @@ impl Session {
         if immediate && self.immediate >= MAX_IMMEDIATE {
             return self.reject(reject_reason::IMMEDIATE_COMMAND_REJECT, header);
         }
-        let cdb = pdu::parse_ahs(&frame.ahs)
+        let cdb = pdu::parse_ahs(frame.ahs)
             .and_then(|ahs| pdu::full_cdb(c, &ahs))
             .ok()
             .and_then(|b| Cdb::new(b.get(..cdb_len(&b)).unwrap_or(&b)));
@@ -705,7 +727,7 @@ impl Session {
             return self.quick_status(c.itt, engine::ScsiStatus::TaskSetFull);
         }
         let mut buf = self.pool.get(edtl_usize);
-        buf.write_at(0, &frame.data);
+        buf.write_at(0, frame.data);
         self.data_bytes += edtl_usize;
         let parts = ScsiCmdParts {
             cdb,
@@ -840,7 +862,7 @@ impl Session {
     fn data_out(
         &mut self,
         d: &DataOut,
-        frame: &Frame,
+        frame: &FrameRef<'_>,
         engine: &mut dyn Engine,
     ) -> Result<(), SessionError> {
         let len = u32::try_from(frame.data.len()).unwrap_or(u32::MAX);
@@ -850,7 +872,7 @@ impl Session {
         };
         let edtl = task.edtl;
         let TaskState::Receiving(w) = &mut task.state else {
-            return self.reject(reject_reason::PROTOCOL_ERROR, &frame.header);
+            return self.reject(reject_reason::PROTOCOL_ERROR, frame.header);
         };
         // Data PDUs and sequences in order (DataPDUInOrder and
         // DataSequenceInOrder are Yes): the next byte is always `received`.
@@ -875,10 +897,10 @@ impl Session {
             // initiator fails the command on the Reject, RFC 7143 §11.17.1);
             // later PDUs of the task are dropped.
             self.drop_task(d.itt);
-            return self.reject(reject_reason::PROTOCOL_ERROR, &frame.header);
+            return self.reject(reject_reason::PROTOCOL_ERROR, frame.header);
         };
         if let Some(b) = task.buf.as_mut() {
-            b.write_at(w.received as usize, &frame.data);
+            b.write_at(w.received as usize, frame.data);
         }
         w.received = end;
         let seq_done = end == seq_end || d.final_;
@@ -1089,7 +1111,7 @@ impl Session {
     fn nop_out(
         &mut self,
         n: &NopOut,
-        frame: &Frame,
+        frame: &FrameRef<'_>,
         _engine: &mut dyn Engine,
     ) -> Result<(), SessionError> {
         if n.itt == RESERVED_TAG {
@@ -1347,22 +1369,22 @@ impl Session {
     // -----------------------------------------------------------------------
     // Text
 
-    fn text(&mut self, t: &TextRequest, frame: &Frame) -> Result<(), SessionError> {
+    fn text(&mut self, t: &TextRequest, frame: &FrameRef<'_>) -> Result<(), SessionError> {
         if t.ttt != RESERVED_TAG {
             // The initiator asks for the rest of a long response.
             return match self.text_out.take() {
                 Some(c) if c.ttt == t.ttt && c.itt == t.itt && frame.data.is_empty() => {
                     self.text_send(t.itt, t.lun, c.rest)
                 }
-                _ => self.reject(reject_reason::PROTOCOL_ERROR, &frame.header),
+                _ => self.reject(reject_reason::PROTOCOL_ERROR, frame.header),
             };
         }
         self.text_out = None;
         if self.text_in.len().saturating_add(frame.data.len()) > MAX_TEXT {
             self.text_in.clear();
-            return self.reject(reject_reason::PROTOCOL_ERROR, &frame.header);
+            return self.reject(reject_reason::PROTOCOL_ERROR, frame.header);
         }
-        self.text_in.extend_from_slice(&frame.data);
+        self.text_in.extend_from_slice(frame.data);
         if t.continue_ {
             // More request text follows: acknowledge with an empty response.
             let ttt = self.new_ttt();

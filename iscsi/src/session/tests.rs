@@ -120,7 +120,7 @@ impl H {
 
     fn send_frame(&mut self, frame: Frame) {
         self.s
-            .receive(frame, &mut self.w, self.now)
+            .receive(FrameRef::from(&frame), &mut self.w, self.now)
             .expect("session stays up");
         self.pump();
     }
@@ -795,7 +795,8 @@ fn logout_waits_for_commands_in_the_engine() {
         ahs: Vec::new(),
         data: Vec::new(),
     };
-    h.s.receive(frame, &mut h.w, h.now).expect("rx");
+    h.s.receive(FrameRef::from(&frame), &mut h.w, h.now)
+        .expect("rx");
     let itt = h.next_itt();
     let frame = Frame {
         header: Pdu::LogoutRequest(LogoutRequest {
@@ -811,7 +812,8 @@ fn logout_waits_for_commands_in_the_engine() {
         ahs: Vec::new(),
         data: Vec::new(),
     };
-    h.s.receive(frame, &mut h.w, h.now).expect("rx");
+    h.s.receive(FrameRef::from(&frame), &mut h.w, h.now)
+        .expect("rx");
     // The READ completed inline (RAM); its Data-In goes before the logout.
     h.pump();
     let out = h.out();
@@ -969,7 +971,7 @@ mod fuzz {
                 header[0] &= 0x47;
                 header[24..28].copy_from_slice(&h.s.exp_cmd_sn().to_be_bytes());
                 let f = Frame { header, ahs: Vec::new(), data };
-                let _ = h.s.receive(f, &mut h.w, h.now);
+                let _ = h.s.receive(FrameRef::from(&f), &mut h.w, h.now);
                 h.pump();
                 h.out();
             }
