@@ -726,7 +726,12 @@ impl Session {
         if self.data_bytes.saturating_add(edtl_usize) > self.params.max_session_data {
             return self.quick_status(c.itt, engine::ScsiStatus::TaskSetFull);
         }
-        let mut buf = self.pool.get(edtl_usize);
+        // A write's buffer is filled completely before the engine sees it.
+        let mut buf = if c.write {
+            self.pool.get_for_overwrite(edtl_usize)
+        } else {
+            self.pool.get(edtl_usize)
+        };
         buf.write_at(0, frame.data);
         self.data_bytes += edtl_usize;
         let parts = ScsiCmdParts {

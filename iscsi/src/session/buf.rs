@@ -40,6 +40,30 @@ impl BufPool {
         }
     }
 
+    /// A buffer of `len` bytes whose contents are unspecified (what an earlier
+    /// command left): only for data-out, which overwrites every byte before the
+    /// buffer is used.
+    pub fn get_for_overwrite(&self, len: usize) -> PoolBuf {
+        let mut v = if len <= MAX_POOLED_CAPACITY {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop()
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        if v.len() >= len {
+            v.truncate(len);
+        } else {
+            v.resize(len, 0);
+        }
+        PoolBuf {
+            data: v,
+            pool: Some(self.clone()),
+        }
+    }
+
     /// Buffers waiting for reuse.
     pub fn idle(&self) -> usize {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).len()
@@ -129,6 +153,15 @@ mod tests {
         drop(big);
         drop(b);
         assert_eq!(pool.idle(), 1);
+    }
+
+    #[test]
+    fn buffers_for_overwrite_have_the_right_length() {
+        let pool = BufPool::new();
+        drop(pool.get(100));
+        assert_eq!(pool.get_for_overwrite(40).len(), 40);
+        assert_eq!(pool.idle(), 1);
+        assert_eq!(pool.get_for_overwrite(300).len(), 300);
     }
 
     #[test]
