@@ -45,6 +45,9 @@ pub struct Target {
     /// iSCSI name (`iqn.…`).
     pub name: String,
     pub alias: Option<String>,
+    /// Addresses of the target's portal group (IPv4 or IPv6; port 0 picks a
+    /// free port). A target is reached only through its portals.
+    pub portals: Vec<SocketAddr>,
     /// Target portal group tag of the portals.
     pub portal_group_tag: u16,
     pub port: Arc<TargetPort>,
@@ -59,8 +62,7 @@ pub struct Target {
 /// What the server serves and how.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// Addresses to listen on (IPv4 or IPv6; port 0 picks a free port).
-    pub portals: Vec<SocketAddr>,
+    /// The targets; the server listens on every portal of every target.
     pub targets: Vec<Target>,
     /// Worker threads (each an epoll loop with its own engine worker).
     pub workers: usize,
@@ -85,7 +87,6 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            portals: Vec::new(),
             targets: Vec::new(),
             workers: 2,
             policy: TargetPolicy::default(),
@@ -159,7 +160,10 @@ struct SessionLoc {
 /// State every thread sees.
 struct Shared {
     cfg: ServerConfig,
+    /// Every listening address (as bound).
     addrs: Vec<SocketAddr>,
+    /// Per target (in `cfg.targets` order), its portals as bound.
+    portals: Vec<Vec<SocketAddr>>,
     sessions: Mutex<HashMap<SessionKey, SessionLoc>>,
     next_tsih: AtomicU16,
     stop: AtomicBool,
@@ -191,6 +195,17 @@ impl Shared {
         self.cfg.targets.iter().find(|t| t.name == name)
     }
 
+    /// A target reachable through the connection's local address.
+    fn target_at(&self, name: &str, local: SocketAddr) -> Option<&Target> {
+        let i = self.cfg.targets.iter().position(|t| t.name == name)?;
+        let reachable = self.portals.get(i).is_some_and(|ps| {
+            ps.iter().any(|p| {
+                p.port() == local.port() && (p.ip() == local.ip() || p.ip().is_unspecified())
+            })
+        });
+        reachable.then(|| &self.cfg.targets[i])
+    }
+
     fn allowed(t: &Target, initiator: &str) -> bool {
         t.acl.is_empty() || t.acl.iter().any(|a| a == initiator)
     }
@@ -214,7 +229,7 @@ struct ConnDirectory {
 
 impl TargetDirectory for ConnDirectory {
     fn lookup(&self, target_name: &str) -> TargetLookup {
-        match self.shared.target(target_name) {
+        match self.shared.target_at(target_name, self.local) {
             Some(t) => TargetLookup::Found(TargetInfo {
                 name: t.name.clone(),
                 alias: t.alias.clone(),
@@ -285,36 +300,29 @@ impl Discovery for ConnDirectory {
         session_target: Option<&str>,
         query: &str,
     ) -> Vec<(String, String)> {
-        let portals: Vec<String> = self
-            .shared
-            .addrs
-            .iter()
-            .map(|a| {
-                // A portal on the unspecified address answers with the address
-                // the initiator reached.
-                let a = if a.ip().is_unspecified() {
-                    SocketAddr::new(self.local.ip(), a.port())
-                } else {
-                    *a
-                };
-                match a {
-                    SocketAddr::V4(v) => format!("{}:{}", v.ip(), v.port()),
-                    SocketAddr::V6(v) => format!("[{}]:{}", v.ip(), v.port()),
-                }
-            })
-            .collect();
+        let shown = |a: &SocketAddr| {
+            // A portal on the unspecified address answers with the address the
+            // initiator reached.
+            let a = if a.ip().is_unspecified() {
+                SocketAddr::new(self.local.ip(), a.port())
+            } else {
+                *a
+            };
+            match a {
+                SocketAddr::V4(v) => format!("{}:{}", v.ip(), v.port()),
+                SocketAddr::V6(v) => format!("[{}]:{}", v.ip(), v.port()),
+            }
+        };
         let visible: Vec<TargetEntry> = self
             .shared
             .cfg
             .targets
             .iter()
-            .filter(|t| Shared::allowed(t, initiator))
-            .map(|t| TargetEntry {
+            .zip(&self.shared.portals)
+            .filter(|(t, _)| Shared::allowed(t, initiator))
+            .map(|(t, ps)| TargetEntry {
                 name: t.name.clone(),
-                portals: portals
-                    .iter()
-                    .map(|p| (p.clone(), t.portal_group_tag))
-                    .collect(),
+                portals: ps.iter().map(|p| (shown(p), t.portal_group_tag)).collect(),
             })
             .collect();
         let session = if session_target.is_some() {
@@ -336,12 +344,19 @@ pub struct Server {
 impl Server {
     /// Binds every portal and starts the threads.
     pub fn start(cfg: ServerConfig, registry: Arc<LunRegistry>) -> Result<Server, ServerError> {
-        if cfg.portals.is_empty() {
+        // One listener per distinct portal address.
+        let mut wanted: Vec<SocketAddr> = Vec::new();
+        for a in cfg.targets.iter().flat_map(|t| &t.portals) {
+            if !wanted.contains(a) {
+                wanted.push(*a);
+            }
+        }
+        if wanted.is_empty() {
             return Err(ServerError::NoPortals);
         }
         let mut listeners = Vec::new();
         let mut addrs = Vec::new();
-        for addr in &cfg.portals {
+        for addr in &wanted {
             let l = TcpListener::bind(addr).map_err(|source| ServerError::Listen {
                 addr: *addr,
                 source,
@@ -354,6 +369,18 @@ impl Server {
             addrs.push(l.local_addr().unwrap_or(*addr));
             listeners.push(l);
         }
+        let bound = |a: &SocketAddr| {
+            wanted
+                .iter()
+                .position(|w| w == a)
+                .and_then(|i| addrs.get(i).copied())
+                .unwrap_or(*a)
+        };
+        let portals: Vec<Vec<SocketAddr>> = cfg
+            .targets
+            .iter()
+            .map(|t| t.portals.iter().map(bound).collect())
+            .collect();
         let nworkers = cfg.workers.max(1);
         let mut inboxes = Vec::new();
         for _ in 0..nworkers {
@@ -365,6 +392,7 @@ impl Server {
         let shared = Arc::new(Shared {
             cfg,
             addrs,
+            portals,
             sessions: Mutex::new(HashMap::new()),
             next_tsih: AtomicU16::new(1),
             stop: AtomicBool::new(false),
@@ -933,7 +961,7 @@ impl WorkerLoop {
         let target = o
             .target
             .as_ref()
-            .and_then(|t| self.shared.target(&t.name))
+            .and_then(|t| self.shared.target_at(&t.name, c.dir.local))
             .filter(|_| o.params.session_type == SessionType::Normal);
         let nexus = target.map(|t| {
             Nexus::new(

@@ -284,3 +284,33 @@ fn misbehaving_peers_do_not_hurt_others() {
     }
     server.shutdown();
 }
+
+/// A portal on the IPv6 loopback, found by discovery and logged in to.
+#[test]
+fn ipv6_portal() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !have("iscsi-inq") || !have("iscsi-ls") {
+        return;
+    }
+    let any = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0));
+    if std::net::TcpListener::bind(any).is_err() {
+        eprintln!("no IPv6 loopback: skipped");
+        return;
+    }
+    let server = common::start_at(any, 1, 16 << 20, |_| {});
+    let addr = server.local_addrs()[0];
+    let (ok, out) = run(
+        "iscsi-ls",
+        &["-s", &format!("iscsi://{addr}")],
+        Duration::from_secs(30),
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("Portal:{addr},1")), "{out}");
+    let (ok, out) = run(
+        "iscsi-inq",
+        &[&format!("iscsi://{addr}/{}/0", common::IQN)],
+        Duration::from_secs(30),
+    );
+    assert!(ok && out.contains("Vendor:OXTARGET"), "{out}");
+    server.shutdown();
+}

@@ -23,6 +23,16 @@ pub fn start_with(
     size: u64,
     adjust: impl FnOnce(&mut ServerConfig),
 ) -> Server {
+    start_at(SocketAddr::from(([127, 0, 0, 1], port)), luns, size, adjust)
+}
+
+/// The same on any address (IPv6 too).
+pub fn start_at(
+    addr: SocketAddr,
+    luns: usize,
+    size: u64,
+    adjust: impl FnOnce(&mut ServerConfig),
+) -> Server {
     let registry = LunRegistry::new();
     let map = LunMap::new();
     for i in 0..luns {
@@ -40,6 +50,7 @@ pub fn start_with(
     let target = Target {
         name: IQN.to_string(),
         alias: Some("oxtarget test".into()),
+        portals: vec![addr],
         portal_group_tag: 1,
         port: Arc::new(TargetPort {
             name: format!("{IQN},t,0x0001"),
@@ -53,7 +64,6 @@ pub fn start_with(
         chap_required: false,
     };
     let mut cfg = ServerConfig {
-        portals: vec![SocketAddr::from(([127, 0, 0, 1], port))],
         targets: vec![target],
         workers: 2,
         ..ServerConfig::default()
