@@ -49,6 +49,8 @@ pub enum TargetLookup {
     NotFound,
     /// Known but taken out of service.
     Removed,
+    /// Temporarily unable to serve (e.g. being reconfigured).
+    Unavailable,
     /// Served elsewhere: answered with a redirection and this TargetAddress.
     Moved {
         address: String,
@@ -92,7 +94,8 @@ pub trait TargetDirectory {
 pub struct LoginConfig {
     pub policy: TargetPolicy,
     pub chap_algorithms: Vec<ChapAlgorithm>,
-    /// The TSIH a new session gets (non-zero; the caller allocates it).
+    /// The TSIH a new session gets; the caller allocates it. 0 means none is
+    /// free: a login for a new session then fails with "out of resources".
     pub new_tsih: u16,
     /// StatSN of the first response on this connection.
     pub initial_stat_sn: u32,
@@ -164,6 +167,24 @@ pub struct LoginOutcome {
     pub exp_cmd_sn: u32,
     pub max_cmd_sn: u32,
     pub next_stat_sn: u32,
+}
+
+impl LoginOutcome {
+    /// The engine's I_T nexus for this session: keyed on the initiator port name
+    /// (`<name>,i,0x<ISID>`), with the iSCSI-name TransportID (SPC-4 format 00b).
+    pub fn nexus(
+        &self,
+        port: std::sync::Arc<engine::TargetPort>,
+        luns: std::sync::Arc<engine::LunMap>,
+    ) -> std::sync::Arc<engine::Nexus> {
+        let name = self.params.initiator_name.as_deref().unwrap_or_default();
+        engine::Nexus::new(
+            &self.initiator_port,
+            engine::nexus::iscsi_transport_id(name),
+            port,
+            luns,
+        )
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -397,7 +418,9 @@ impl Login {
             _ => self.operational(req, &mut out),
         };
         let text = out.encode();
-        self.out_chunks = split_segments(&text, self.cfg.response_segment_len.max(1)).into();
+        let max_chunk = usize::try_from(crate::pdu::MAX_DATA_SEGMENT_LEN).unwrap_or(usize::MAX);
+        let chunk = self.cfg.response_segment_len.clamp(1, max_chunk);
+        self.out_chunks = split_segments(&text, chunk).into();
         self.out_transit = transit;
         Ok(self.send_chunk(dir, req))
     }
@@ -431,6 +454,12 @@ impl Login {
                     TargetLookup::Found(t) => t,
                     TargetLookup::NotFound => {
                         return Err(fail(LoginStatus::NOT_FOUND, format!("no target {name}")))
+                    }
+                    TargetLookup::Unavailable => {
+                        return Err(fail(
+                            LoginStatus::SERVICE_UNAVAILABLE,
+                            format!("{name} unavailable"),
+                        ))
                     }
                     TargetLookup::Removed => {
                         return Err(fail(LoginStatus::TARGET_REMOVED, format!("{name} removed")))
@@ -468,6 +497,9 @@ impl Login {
                 LoginStatus::SESSION_DOES_NOT_EXIST,
                 format!("no session with TSIH {}", req.tsih),
             ));
+        }
+        if req.tsih == 0 && self.cfg.new_tsih == 0 {
+            return Err(fail(LoginStatus::OUT_OF_RESOURCES, "no TSIH available"));
         }
         if self.stage == Stage::Operational && self.auth == AuthPolicy::Chap {
             return Err(fail(
@@ -620,7 +652,7 @@ impl Login {
                 Some(old_tsih) => SessionBinding::Reinstate { old_tsih },
                 None => SessionBinding::New,
             };
-            (self.cfg.new_tsih.max(1), b)
+            (self.cfg.new_tsih, b)
         };
         LoginOutcome {
             initiator_port: format!("{initiator},i,0x{}", req.isid),

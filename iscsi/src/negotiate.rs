@@ -160,6 +160,18 @@ impl Default for SessionParams {
     }
 }
 
+impl SessionParams {
+    /// The framing of the full feature phase: the negotiated digests and our
+    /// declared receive limit.
+    pub fn framing(&self) -> crate::pdu::Framing {
+        crate::pdu::Framing {
+            header_digest: self.header_digest == Digest::Crc32c,
+            data_digest: self.data_digest == Digest::Crc32c,
+            max_recv_data_segment_len: self.max_recv_data_segment_length,
+        }
+    }
+}
+
 /// What fails a negotiation (and so the login, as an initiator error).
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum NegotiationError {

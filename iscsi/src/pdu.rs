@@ -440,6 +440,19 @@ pub struct ScsiCommand {
     pub cdb: [u8; 16],
 }
 
+impl ScsiCommand {
+    /// The engine's data direction; `None` for a bidirectional command (R and
+    /// W both set), which the engine does not support.
+    pub fn data_dir(&self) -> Option<engine::DataDir> {
+        match (self.read, self.write) {
+            (false, false) => Some(engine::DataDir::None),
+            (true, false) => Some(engine::DataDir::FromDevice),
+            (false, true) => Some(engine::DataDir::ToDevice),
+            (true, true) => None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TaskMgmtRequest {
     pub immediate: bool,

@@ -14,6 +14,7 @@ struct Dir {
     auth: AuthPolicy,
     discovery: Option<AuthPolicy>,
     removed: bool,
+    unavailable: bool,
     moved: bool,
     deny: bool,
     creds: Option<ChapCredentials>,
@@ -28,6 +29,9 @@ impl TargetDirectory for Dir {
         }
         if self.removed {
             return TargetLookup::Removed;
+        }
+        if self.unavailable {
+            return TargetLookup::Unavailable;
         }
         if self.moved {
             return TargetLookup::Moved {
@@ -230,6 +234,18 @@ fn open_iscsi_style_login_without_authentication() {
     assert!(!o.params.initial_r2t);
     assert!(o.params.immediate_data);
     assert_eq!(o.params.max_xmit_data_segment_length, 262_144);
+    let port = std::sync::Arc::new(engine::TargetPort {
+        name: format!("{TARGET},t,0x0001"),
+        protocol: engine::Protocol::Iscsi,
+        relative_id: 1,
+        group_id: 1,
+    });
+    let nexus = o.nexus(port, engine::LunMap::new());
+    assert_eq!(&*nexus.key.initiator, o.initiator_port.as_str());
+    assert_eq!(
+        nexus.transport_id,
+        engine::nexus::iscsi_transport_id(INITIATOR)
+    );
     assert_eq!(o.target.unwrap().name, TARGET);
     assert!(l.is_finished());
     // Nothing more comes out once finished.
@@ -529,6 +545,23 @@ fn identity_failures() {
         assert_eq!(failed(ev), want);
         assert_eq!(r.transit, None);
     }
+}
+
+#[test]
+fn no_free_tsih_is_out_of_resources() {
+    let d = Dir::default();
+    let mut l = Login::new(LoginConfig {
+        new_tsih: 0,
+        ..LoginConfig::default()
+    });
+    let (r, _, ev) = send(
+        &mut l,
+        &d,
+        req(Stage::Security, None),
+        &owned(&identity("Normal")),
+    );
+    assert_eq!(r.status, S::OUT_OF_RESOURCES);
+    assert_eq!(failed(ev), S::OUT_OF_RESOURCES);
 }
 
 #[test]

@@ -214,6 +214,17 @@ fn target_offers_large_io_and_takes_the_answers() {
 }
 
 #[test]
+fn full_feature_framing_follows_the_digests() {
+    let mut n = Negotiator::new(TargetPolicy::default());
+    first(&mut n, "HeaderDigest=CRC32C,None DataDigest=None");
+    n.offers();
+    let f = n.params().framing();
+    assert!(f.header_digest);
+    assert!(!f.data_digest);
+    assert_eq!(f.max_recv_data_segment_len, 256 * 1024);
+}
+
+#[test]
 fn first_burst_is_held_to_max_burst() {
     let mut n = Negotiator::new(TargetPolicy::default());
     first(&mut n, "MaxBurstLength=4096 FirstBurstLength=65536");

@@ -597,6 +597,14 @@ fn scsi_command_fields_sit_at_their_offsets() {
     assert_eq!(&b[20..24], &4096u32.to_be_bytes());
     assert_eq!(b[32], 0x28);
     assert_eq!(TaskAttribute::Simple.to_engine(), engine::TaskAttr::Simple);
+    let Pdu::ScsiCommand(mut c) = p else { panic!() };
+    assert_eq!(c.data_dir(), Some(engine::DataDir::FromDevice));
+    c.write = true;
+    assert_eq!(c.data_dir(), None);
+    c.read = false;
+    assert_eq!(c.data_dir(), Some(engine::DataDir::ToDevice));
+    c.write = false;
+    assert_eq!(c.data_dir(), Some(engine::DataDir::None));
 }
 
 #[test]
