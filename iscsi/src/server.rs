@@ -19,8 +19,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use engine::nexus::iscsi_transport_id;
-use engine::{DataBuf, Event, LunMap, LunRegistry, Nexus, TargetPort, Worker};
+use engine::{DataBuf, Event, LunMap, LunRegistry, TargetPort, Worker};
 use thiserror::Error;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -31,7 +30,7 @@ use crate::login::{
     AuthPolicy, Login, LoginConfig, LoginEvent, SessionBinding, TargetDirectory, TargetInfo,
     TargetLookup,
 };
-use crate::negotiate::{Digest, SessionType, TargetPolicy};
+use crate::negotiate::{SessionType, TargetPolicy};
 use crate::pdu::{digest_bytes, pad4, Framing, Isid};
 use crate::session::{BufPool, Discovery, FfpParams, Outgoing, Segment, Session};
 
@@ -963,14 +962,7 @@ impl WorkerLoop {
             .as_ref()
             .and_then(|t| self.shared.target_at(&t.name, c.dir.local))
             .filter(|_| o.params.session_type == SessionType::Normal);
-        let nexus = target.map(|t| {
-            Nexus::new(
-                &o.initiator_port,
-                iscsi_transport_id(&initiator),
-                t.port.clone(),
-                t.luns.clone(),
-            )
-        });
+        let nexus = target.map(|t| o.nexus(t.port.clone(), t.luns.clone()));
         let mut s = Session::new(
             params.clone(),
             nexus,
@@ -1011,11 +1003,7 @@ impl WorkerLoop {
             c.key = Some(key);
         }
         c.phase = Phase::Ffp(Box::new(s));
-        c.framing = Framing {
-            header_digest: o.params.header_digest == Digest::Crc32c,
-            data_digest: o.params.data_digest == Digest::Crc32c,
-            max_recv_data_segment_len: params.max_recv_data_segment_length,
-        };
+        c.framing = o.params.framing();
         c.rx.framing = c.framing;
         Ok(())
     }

@@ -699,12 +699,7 @@ impl Session {
         let token = self.new_token();
         let edtl = c.expected_data_len;
         let edtl_usize = usize::try_from(edtl).unwrap_or(usize::MAX);
-        let dir = match (c.read, c.write) {
-            (_, true) => DataDir::ToDevice,
-            (true, false) => DataDir::FromDevice,
-            _ => DataDir::None,
-        };
-        if c.read && c.write {
+        let Some(dir) = c.data_dir() else {
             // Bidirectional commands: none of ours takes both.
             return self.quick_check(
                 c.itt,
@@ -713,7 +708,7 @@ impl Session {
                     engine::sense::asc::INVALID_FIELD_IN_CDB,
                 ),
             );
-        }
+        };
         if edtl > self.params.max_cmd_data {
             return self.quick_check(
                 c.itt,
