@@ -314,3 +314,50 @@ fn ipv6_portal() {
     assert!(ok && out.contains("Vendor:OXTARGET"), "{out}");
     server.shutdown();
 }
+
+/// CHAP required and an ACL: the right secret and name get in, others do not.
+#[test]
+fn chap_and_acl() {
+    use iscsi::chap::{ChapCredentials, Secret};
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !have("iscsi-inq") {
+        return;
+    }
+    let allowed = "iqn.2026-11.org.oxtarget:allowed";
+    let server = common::start_with(0, 1, 16 << 20, |c| {
+        let t = &mut c.targets[0];
+        t.acl = vec![allowed.to_string()];
+        t.chap_required = true;
+        t.chap = Some(ChapCredentials {
+            initiator: Secret {
+                user: "alice".into(),
+                secret: b"twelve-chars-or-more".to_vec(),
+            },
+            target: None,
+        });
+    });
+    let addr = server.local_addrs()[0];
+    let inq = |creds: &str, name: &str| {
+        run(
+            "iscsi-inq",
+            &[
+                "-i",
+                name,
+                &format!("iscsi://{creds}{addr}/{}/0", common::IQN),
+            ],
+            Duration::from_secs(30),
+        )
+    };
+    let (ok, out) = inq("alice%twelve-chars-or-more@", allowed);
+    assert!(ok && out.contains("Vendor:OXTARGET"), "{out}");
+    let (ok, out) = inq("alice%wrong-secret-here@", allowed);
+    assert!(!ok, "wrong secret: {out}");
+    let (ok, out) = inq("", allowed);
+    assert!(!ok, "no CHAP: {out}");
+    let (ok, out) = inq(
+        "alice%twelve-chars-or-more@",
+        "iqn.2026-11.org.oxtarget:stranger",
+    );
+    assert!(!ok, "not in the ACL: {out}");
+    server.shutdown();
+}
