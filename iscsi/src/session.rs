@@ -290,6 +290,8 @@ struct Task {
     immediate: bool,
     token: u64,
     state: TaskState,
+    /// R2Ts sent: the ExpDataSN of a write's SCSI Response.
+    r2ts_sent: u32,
 }
 
 /// A command waiting for its data before it goes to the engine.
@@ -764,6 +766,7 @@ impl Session {
                 immediate,
                 token,
                 state,
+                r2ts_sent: 0,
             },
         );
         self.by_token.insert(token, c.itt);
@@ -819,6 +822,7 @@ impl Session {
                 w.r2ts.push_back(seq);
                 r2ts.push((w.next_r2t_sn, seq));
                 w.next_r2t_sn = w.next_r2t_sn.wrapping_add(1);
+                task.r2ts_sent = w.next_r2t_sn;
             }
         }
         self.update_window();
@@ -1012,7 +1016,8 @@ impl Session {
             0
         };
         if moved == 0 {
-            return self.respond(itt, resp, None);
+            // ExpDataSN counts the R2Ts and Data-Ins sent (RFC 7143 §11.4.8).
+            return self.respond(itt, resp, Some(task.r2ts_sent));
         }
         let mss = self.params.max_xmit_data_segment_length.max(512);
         let burst = self.params.max_burst_length.max(mss);

@@ -315,6 +315,7 @@ fn write_with_immediate_data_and_r2ts_then_read_back_in_several_data_in() {
     assert_eq!(resp.itt, itt);
     assert_eq!(resp.stat_sn, 101);
     assert_eq!(resp.exp_cmd_sn, 12);
+    assert_eq!(resp.exp_data_sn, 2, "ExpDataSN counts the R2Ts");
 
     let (back, out) = h.read(100, 8);
     assert_eq!(back, data);
