@@ -46,6 +46,8 @@ pub use buf::{BufPool, PoolBuf};
 
 /// Immediate commands (beyond the CmdSN window) in flight at most.
 pub const MAX_IMMEDIATE: usize = 8;
+/// Task management functions in the engine at once, at most.
+pub const MAX_TMFS: usize = 16;
 /// Bytes of held (ahead of a CmdSN gap) PDUs at most.
 pub const MAX_HELD_BYTES: usize = 1 << 20;
 /// Text requests and responses are bounded to this many bytes.
@@ -651,6 +653,10 @@ impl Session {
         let r = match &pdu {
             Pdu::ScsiCommand(c) => self.scsi_command(c, &frame, engine, immediate),
             Pdu::NopOut(n) => self.nop_out(n, &frame, engine),
+            Pdu::TaskMgmtRequest(_) if self.tmfs.len() >= MAX_TMFS => {
+                // Bounded: functions still draining in the engine.
+                self.reject(reject_reason::IMMEDIATE_COMMAND_REJECT, frame.header)
+            }
             Pdu::TaskMgmtRequest(t) => self.task_mgmt(t, engine),
             Pdu::TextRequest(t) => self.text(t, &frame),
             Pdu::LogoutRequest(l) => self.logout(l),
