@@ -1,6 +1,7 @@
 //! Serves RAM LUNs over iSCSI on 127.0.0.1 until killed, for running initiators
 //! (libiscsi's iscsi-test-cu, qemu-img) by hand:
-//! `cargo run -p oxtarget-iscsi --example serve -- PORT [LUNS] [MIB]`.
+//! `cargo run -p oxtarget-iscsi --example serve -- PORT [LUNS] [MIB] [removable]
+//! [readonly]`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -10,7 +11,20 @@ fn main() {
     let port = args.next().and_then(|a| a.parse().ok()).unwrap_or(3260);
     let luns = args.next().and_then(|a| a.parse().ok()).unwrap_or(1);
     let mib: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(256);
-    let server = common::start(port, luns, mib << 20);
+    let flags: Vec<String> = args.collect();
+    let removable = flags.iter().any(|f| f == "removable");
+    let read_only = flags.iter().any(|f| f == "readonly");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let server = common::start_custom(
+        addr,
+        luns,
+        mib << 20,
+        &|c| {
+            c.removable = removable;
+            c.read_only = read_only;
+        },
+        |_| {},
+    );
     println!(
         "serving iscsi://{}/{}/0 ({luns} LUNs of {mib} MiB)",
         server.local_addrs()[0],

@@ -33,17 +33,26 @@ pub fn start_at(
     size: u64,
     adjust: impl FnOnce(&mut ServerConfig),
 ) -> Server {
+    start_custom(addr, luns, size, &|_| {}, adjust)
+}
+
+/// The same with each LUN's configuration adjusted by `lun`.
+pub fn start_custom(
+    addr: SocketAddr,
+    luns: usize,
+    size: u64,
+    lun: &dyn Fn(&mut LunConfig),
+    adjust: impl FnOnce(&mut ServerConfig),
+) -> Server {
     let registry = LunRegistry::new();
     let map = LunMap::new();
     for i in 0..luns {
         let mut uuid = [0x5au8; 16];
         uuid[15] = i as u8;
         uuid[6] = 0x40;
-        let lun = Lun::new(
-            LunConfig::new(&format!("lun{i}"), uuid),
-            Arc::new(RamBackend::new(size)),
-        )
-        .expect("lun");
+        let mut cfg = LunConfig::new(&format!("lun{i}"), uuid);
+        lun(&mut cfg);
+        let lun = Lun::new(cfg, Arc::new(RamBackend::new(size))).expect("lun");
         registry.add(lun.clone());
         map.insert(i as u64, lun);
     }
