@@ -1206,6 +1206,62 @@ mod tests {
         }
     }
 
+    fn target(name: &str, portals: Vec<SocketAddr>) -> Target {
+        Target {
+            name: name.into(),
+            alias: None,
+            portals,
+            portal_group_tag: 1,
+            port: Arc::new(TargetPort {
+                name: format!("{name},t,0x1"),
+                protocol: engine::Protocol::Iscsi,
+                relative_id: 1,
+                group_id: 1,
+            }),
+            luns: LunMap::new(),
+            acl: vec!["iqn.x:ok".into()],
+            chap: None,
+            chap_required: false,
+        }
+    }
+
+    /// A target is found only through its own portals; SendTargets shows each
+    /// target's portals, the unspecified address as the one reached.
+    #[test]
+    fn targets_live_behind_their_portals() {
+        let a: SocketAddr = "127.0.0.1:3260".parse().expect("addr");
+        let b: SocketAddr = "0.0.0.0:3261".parse().expect("addr");
+        let cfg = ServerConfig {
+            targets: vec![target("iqn.x:a", vec![a]), target("iqn.x:b", vec![b])],
+            ..ServerConfig::default()
+        };
+        let shared = Arc::new(Shared {
+            portals: cfg.targets.iter().map(|t| t.portals.clone()).collect(),
+            cfg,
+            addrs: vec![a, b],
+            sessions: Mutex::new(HashMap::new()),
+            next_tsih: AtomicU16::new(1),
+            stop: AtomicBool::new(false),
+            inboxes: Vec::new(),
+        });
+        let at = |local: &str| ConnDirectory {
+            shared: shared.clone(),
+            local: local.parse().expect("addr"),
+        };
+        let found = |d: &ConnDirectory, n: &str| matches!(d.lookup(n), TargetLookup::Found(_));
+        assert!(found(&at("127.0.0.1:3260"), "iqn.x:a"));
+        assert!(!found(&at("127.0.0.1:3260"), "iqn.x:b"));
+        assert!(found(&at("10.1.2.3:3261"), "iqn.x:b"));
+        assert!(!found(&at("10.1.2.3:3262"), "iqn.x:b"));
+        let d = at("10.1.2.3:3261");
+        let st = d.send_targets("iqn.x:ok", None, "All");
+        assert!(st.contains(&("TargetAddress".into(), "127.0.0.1:3260,1".into())));
+        assert!(st.contains(&("TargetAddress".into(), "10.1.2.3:3261,1".into())));
+        assert!(d.send_targets("iqn.x:stranger", None, "All").is_empty());
+        assert!(d.initiator_allowed("iqn.x:b", "iqn.x:ok"));
+        assert!(!d.initiator_allowed("iqn.x:b", "iqn.x:no"));
+    }
+
     /// Header and data in writev calls, resumed after partial writes, give the
     /// same bytes as the codec's encoder, digests included.
     #[test]
