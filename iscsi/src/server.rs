@@ -303,7 +303,7 @@ impl Discovery for ConnDirectory {
             // A portal on the unspecified address answers with the address the
             // initiator reached.
             let a = if a.ip().is_unspecified() {
-                SocketAddr::new(self.local.ip(), a.port())
+                SocketAddr::new(self.local.ip().to_canonical(), a.port())
             } else {
                 *a
             };
@@ -1258,6 +1258,9 @@ mod tests {
         assert!(st.contains(&("TargetAddress".into(), "127.0.0.1:3260,1".into())));
         assert!(st.contains(&("TargetAddress".into(), "10.1.2.3:3261,1".into())));
         assert!(d.send_targets("iqn.x:stranger", None, "All").is_empty());
+        // An IPv4 initiator on a dual-stack socket sees its IPv4 address.
+        let st = at("[::ffff:10.1.2.3]:3261").send_targets("iqn.x:ok", None, "iqn.x:b");
+        assert_eq!(st[1], ("TargetAddress".into(), "10.1.2.3:3261,1".into()));
         assert!(d.initiator_allowed("iqn.x:b", "iqn.x:ok"));
         assert!(!d.initiator_allowed("iqn.x:b", "iqn.x:no"));
     }
