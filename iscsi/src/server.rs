@@ -552,7 +552,14 @@ impl Acceptor {
                             self.shared.inboxes[next % n_workers].post(Msg::Conn(s));
                             next = next.wrapping_add(1);
                         }
-                        Err(_) => break,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                        Err(_) => {
+                            // Out of descriptors or memory: the listener stays
+                            // readable, so back off instead of spinning.
+                            std::thread::sleep(Duration::from_millis(50));
+                            break;
+                        }
                     }
                 }
             }
