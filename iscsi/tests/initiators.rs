@@ -361,3 +361,42 @@ fn chap_and_acl() {
     assert!(!ok, "not in the ACL: {out}");
     server.shutdown();
 }
+
+/// An initiator killed in the middle of a write load: its session goes (the
+/// I_T nexus is lost, its commands aborted), the server carries on.
+#[test]
+fn initiator_killed_mid_load() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !have("qemu-img") || !have("iscsi-inq") {
+        return;
+    }
+    let server = common::start(0, 1, 64 << 20);
+    let u = url(&server, 0);
+    let mut child = Command::new("qemu-img")
+        .args([
+            "bench", "-f", "raw", "-t", "none", "-w", "-c", "10000000", "-d", "32", "-s", "65536",
+            &u,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let t = Instant::now();
+    while server.sessions() == 0 && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(server.sessions(), 1, "the load logged in");
+    std::thread::sleep(Duration::from_millis(500));
+    // Only the child we started, by its pid.
+    let _ = child.kill();
+    let _ = child.wait();
+    let t = Instant::now();
+    while server.sessions() > 0 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(server.sessions(), 0, "the session went with its connection");
+    let (ok, out) = run("iscsi-inq", &[&u], Duration::from_secs(30));
+    assert!(ok, "{out}");
+    server.shutdown();
+}
