@@ -14,7 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -79,6 +79,8 @@ pub struct ServerConfig {
     pub max_queued_output: usize,
     /// ExpectedDataTransferLength of one command at most.
     pub max_cmd_data: u32,
+    /// Connections at once; more are closed as they are accepted.
+    pub max_connections: usize,
     /// Command buffers one session holds at most (beyond: TASK SET FULL).
     pub max_session_data: usize,
 }
@@ -96,6 +98,7 @@ impl Default for ServerConfig {
             stall_timeout: Duration::from_secs(30),
             max_queued_output: 32 << 20,
             max_cmd_data: 64 << 20,
+            max_connections: 1024,
             max_session_data: 256 << 20,
         }
     }
@@ -165,6 +168,8 @@ struct Shared {
     portals: Vec<Vec<SocketAddr>>,
     sessions: Mutex<HashMap<SessionKey, SessionLoc>>,
     next_tsih: AtomicU16,
+    /// Connections accepted and not yet closed.
+    conns: AtomicUsize,
     stop: AtomicBool,
     inboxes: Vec<Arc<Inbox>>,
 }
@@ -394,6 +399,7 @@ impl Server {
             portals,
             sessions: Mutex::new(HashMap::new()),
             next_tsih: AtomicU16::new(1),
+            conns: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             inboxes,
         });
@@ -549,6 +555,11 @@ impl Acceptor {
                                 continue;
                             }
                             let _ = s.set_nodelay(true);
+                            let n = self.shared.conns.fetch_add(1, Ordering::AcqRel);
+                            if n >= self.shared.cfg.max_connections {
+                                self.shared.conns.fetch_sub(1, Ordering::AcqRel);
+                                continue;
+                            }
                             self.shared.inboxes[next % n_workers].post(Msg::Conn(s));
                             next = next.wrapping_add(1);
                         }
@@ -859,6 +870,7 @@ impl WorkerLoop {
             )
             .is_err()
         {
+            self.shared.conns.fetch_sub(1, Ordering::AcqRel);
             return;
         }
         self.conns.insert(
@@ -1140,6 +1152,7 @@ impl WorkerLoop {
         let Some(c) = self.conns.remove(&id) else {
             return;
         };
+        self.shared.conns.fetch_sub(1, Ordering::AcqRel);
         let _ = self.epoll.ctl(
             ControlOperation::Delete,
             c.stream.as_raw_fd(),
@@ -1248,6 +1261,7 @@ mod tests {
             addrs: vec![a, b],
             sessions: Mutex::new(HashMap::new()),
             next_tsih: AtomicU16::new(1),
+            conns: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             inboxes: Vec::new(),
         });

@@ -400,3 +400,23 @@ fn initiator_killed_mid_load() {
     assert!(ok, "{out}");
     server.shutdown();
 }
+
+/// Connections beyond `max_connections` are closed as they come.
+#[test]
+fn connection_limit() {
+    use std::io::Read;
+    use std::net::TcpStream;
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let server = common::start_with(0, 1, 1 << 20, |c| c.max_connections = 1);
+    let addr = server.local_addrs()[0];
+    let _first = TcpStream::connect(addr).expect("connect");
+    let mut second = TcpStream::connect(addr).expect("connect");
+    second
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut b = [0u8; 8];
+    let t = Instant::now();
+    assert!(matches!(second.read(&mut b), Ok(0) | Err(_)));
+    assert!(t.elapsed() < Duration::from_secs(4), "closed at once");
+    server.shutdown();
+}
