@@ -1033,7 +1033,9 @@ impl Session {
         let mut offset = 0u32;
         let mut data_sn = 0u32;
         while offset < moved {
-            let len = mss.min(moved - offset);
+            // A PDU never crosses the end of a MaxBurstLength sequence.
+            let to_burst_end = burst - offset % burst;
+            let len = mss.min(moved - offset).min(to_burst_end);
             let end = offset + len;
             let last = end == moved;
             let burst_end = end.is_multiple_of(burst);

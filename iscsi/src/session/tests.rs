@@ -337,6 +337,35 @@ fn write_with_immediate_data_and_r2ts_then_read_back_in_several_data_in() {
 }
 
 #[test]
+fn data_in_sequences_end_at_max_burst_length() {
+    // 1000-byte bursts, 768-byte segments: PDUs of 768 and 232 bytes.
+    let mut h = H::new(FfpParams {
+        max_xmit_data_segment_length: 768,
+        max_burst_length: 1000,
+        ..params()
+    });
+    let (data, out) = h.read(0, 5);
+    assert_eq!(data.len(), 2560);
+    let lens: Vec<(u32, bool)> = out
+        .iter()
+        .filter_map(|(p, _)| match p {
+            Pdu::DataIn(d) => Some((d.data_segment_len, d.final_)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        lens,
+        [
+            (768, false),
+            (232, true),
+            (768, false),
+            (232, true),
+            (560, true)
+        ]
+    );
+}
+
+#[test]
 fn unsolicited_data_out_then_r2t() {
     let mut h = H::new(FfpParams {
         initial_r2t: false,
