@@ -10,7 +10,7 @@ use backends::ram::RamBackend;
 use engine::nexus::iscsi_transport_id;
 use engine::{Lun, LunConfig, LunMap, LunRegistry, Nexus, Protocol, TargetPort, Worker};
 use iscsi::pdu::BHS_LEN;
-use iscsi::session::{BufPool, FfpParams, FrameRef, Session};
+use iscsi::session::{BufPool, FfpParams, FrameRef, Session, SessionSetup};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {
@@ -54,15 +54,18 @@ fuzz_target!(|input: &[u8]| {
     };
     let now = Instant::now();
     let mut s = Session::new(
-        params,
-        Some(nexus),
-        name,
-        None,
-        1,
-        1,
-        1,
-        1 << 32,
-        BufPool::new(),
+        SessionSetup {
+            params,
+            nexus: Some(nexus),
+            initiator_name: name.to_string(),
+            target_name: None,
+            directory: None,
+            cid: 1,
+            exp_cmd_sn: 1,
+            stat_sn: 1,
+            token_base: 1 << 32,
+            pool: BufPool::new(),
+        },
         now,
     );
     let mut t = now;

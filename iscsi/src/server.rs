@@ -32,7 +32,7 @@ use crate::login::{
 };
 use crate::negotiate::{SessionType, TargetPolicy};
 use crate::pdu::{digest_bytes, pad4, Framing, Isid};
-use crate::session::{BufPool, Discovery, FfpParams, Outgoing, Segment, Session};
+use crate::session::{BufPool, Discovery, FfpParams, Outgoing, Segment, Session, SessionSetup};
 
 mod rx;
 use rx::{Rx, RxError};
@@ -982,20 +982,22 @@ impl WorkerLoop {
             .and_then(|t| self.shared.target_at(&t.name, c.dir.local))
             .filter(|_| o.params.session_type == SessionType::Normal);
         let nexus = target.map(|t| o.nexus(t.port.clone(), t.luns.clone()));
-        let mut s = Session::new(
-            params.clone(),
-            nexus,
-            &initiator,
-            Some(c.dir.clone() as Arc<dyn Discovery>),
-            o.cid,
-            o.exp_cmd_sn,
-            o.next_stat_sn,
-            u64::from(id) << 32,
-            self.pool.clone(),
+        let s = Session::new(
+            SessionSetup {
+                params: params.clone(),
+                nexus,
+                initiator_name: initiator.clone(),
+                target_name: target.map(|t| t.name.clone()),
+                directory: Some(c.dir.clone() as Arc<dyn Discovery>),
+                cid: o.cid,
+                exp_cmd_sn: o.exp_cmd_sn,
+                stat_sn: o.next_stat_sn,
+                token_base: u64::from(id) << 32,
+                pool: self.pool.clone(),
+            },
             Instant::now(),
         );
         if let Some(t) = target {
-            s.set_target_name(&t.name);
             let key = SessionKey {
                 target: t.name.clone(),
                 initiator: initiator.clone(),

@@ -324,6 +324,26 @@ struct TextContinuation {
     rest: Vec<u8>,
 }
 
+/// What a session starts from: the login's outcome and the adapter's plumbing.
+pub struct SessionSetup {
+    pub params: FfpParams,
+    /// The I_T nexus of a normal session; `None` for discovery.
+    pub nexus: Option<Arc<Nexus>>,
+    pub initiator_name: String,
+    /// The target of a normal session (what SendTargets="" answers about).
+    pub target_name: Option<String>,
+    pub directory: Option<Arc<dyn Discovery>>,
+    pub cid: u16,
+    /// The CmdSN of the last login request (login requests are immediate).
+    pub exp_cmd_sn: u32,
+    /// The next StatSN.
+    pub stat_sn: u32,
+    /// OR-ed into every engine token so the adapter can route completions; its
+    /// low 32 bits must be zero.
+    pub token_base: u64,
+    pub pool: BufPool,
+}
+
 /// The full feature phase of one connection (and its one-connection session).
 pub struct Session {
     params: FfpParams,
@@ -361,28 +381,25 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session entering the full feature phase. `exp_cmd_sn` is the CmdSN of the
-    /// last login request (login requests are immediate), `stat_sn` the next
-    /// StatSN; `token_base` is OR-ed into every engine token so the adapter can
-    /// route completions (its low 32 bits must be zero).
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        params: FfpParams,
-        nexus: Option<Arc<Nexus>>,
-        initiator_name: &str,
-        directory: Option<Arc<dyn Discovery>>,
-        cid: u16,
-        exp_cmd_sn: u32,
-        stat_sn: u32,
-        token_base: u64,
-        pool: BufPool,
-        now: Instant,
-    ) -> Self {
+    /// A session entering the full feature phase.
+    pub fn new(setup: SessionSetup, now: Instant) -> Self {
+        let SessionSetup {
+            params,
+            nexus,
+            initiator_name,
+            target_name,
+            directory,
+            cid,
+            exp_cmd_sn,
+            stat_sn,
+            token_base,
+            pool,
+        } = setup;
         let mut s = Session {
             params,
             nexus,
-            initiator_name: initiator_name.to_string(),
-            target_name: None,
+            initiator_name,
+            target_name,
             directory,
             cid,
             pool,
@@ -411,11 +428,6 @@ impl Session {
         };
         s.update_window();
         s
-    }
-
-    /// The target of a normal session (what SendTargets="" answers about).
-    pub fn set_target_name(&mut self, name: &str) {
-        self.target_name = Some(name.to_string());
     }
 
     pub fn nexus(&self) -> Option<&Arc<Nexus>> {

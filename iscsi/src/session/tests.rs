@@ -83,15 +83,18 @@ impl H {
         );
         let now = Instant::now();
         let s = Session::new(
-            p,
-            Some(nexus),
-            name,
-            Some(Arc::new(Dir)),
-            1,
-            10,
-            100,
-            7 << 32,
-            BufPool::new(),
+            SessionSetup {
+                params: p,
+                nexus: Some(nexus),
+                initiator_name: name.to_string(),
+                target_name: Some("iqn.2026-11.org.oxtarget:t0".to_string()),
+                directory: Some(Arc::new(Dir)),
+                cid: 1,
+                exp_cmd_sn: 10,
+                stat_sn: 100,
+                token_base: 7 << 32,
+                pool: BufPool::new(),
+            },
             now,
         );
         let mut h = H {
