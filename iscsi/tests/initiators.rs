@@ -420,3 +420,47 @@ fn connection_limit() {
     assert!(t.elapsed() < Duration::from_secs(4), "closed at once");
     server.shutdown();
 }
+
+/// Writes through R2Ts only (InitialR2T=Yes, no immediate data, small bursts,
+/// several R2Ts outstanding, small segments), read back through many Data-In.
+#[test]
+fn r2t_heavy_policy_round_trip() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !have("qemu-io") {
+        return;
+    }
+    let server = common::start_with(0, 1, 16 << 20, |c| {
+        c.policy.initial_r2t = true;
+        c.policy.immediate_data = false;
+        c.policy.max_burst_length = 16 * 1024;
+        c.policy.first_burst_length = 8 * 1024;
+        c.policy.max_outstanding_r2t = 4;
+        c.policy.max_recv_data_segment_length = 4096;
+    });
+    let u = url(&server, 0);
+    let (ok, out) = run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "aio_write -P 0x21 0 1M",
+            "-c",
+            "aio_write -P 0x42 1M 1536",
+            "-c",
+            "aio_write -P 0x63 3M 777k",
+            "-c",
+            "aio_flush",
+            "-c",
+            "read -P 0x21 0 1M",
+            "-c",
+            "read -P 0x42 1M 1536",
+            "-c",
+            "read -P 0x63 3M 777k",
+            &u,
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(ok && !out.contains("Pattern verification failed"), "{out}");
+    server.shutdown();
+}
