@@ -35,7 +35,18 @@ use crate::pdu::{digest_bytes, pad4, Framing, Isid};
 use crate::session::{BufPool, Discovery, FfpParams, Outgoing, Segment, Session, SessionSetup};
 
 mod rx;
-use rx::{Rx, RxError};
+use rx::{Progress, Rx, RxError};
+
+/// Data-Out segments this large are read straight into the command's buffer.
+const PLACE_MIN: usize = 4096;
+
+fn rx_error(e: RxError) -> ConnError {
+    match e {
+        RxError::Closed => ConnError::Closed,
+        RxError::Io(e) => ConnError::Io(e),
+        RxError::Framing(e) => ConnError::Framing(e),
+    }
+}
 
 /// One iSCSI target: a name, the LUNs it exposes through its target port, who
 /// may log in, and how they authenticate.
@@ -913,15 +924,46 @@ impl WorkerLoop {
                 return Ok(());
             }
             let now = Instant::now();
-            let ready =
-                c.rx.poll(&mut &c.stream, &mut reads, now)
-                    .map_err(|e| match e {
-                        RxError::Closed => ConnError::Closed,
-                        RxError::Io(e) => ConnError::Io(e),
-                        RxError::Framing(e) => ConnError::Framing(e),
-                    })?;
-            if !ready {
-                return Ok(());
+            match c
+                .rx
+                .poll(&mut &c.stream, &mut reads, now)
+                .map_err(rx_error)?
+            {
+                Progress::Blocked => return Ok(()),
+                Progress::Pdu => {}
+                Progress::Place => {
+                    // A Data-Out the session may take in place: its data goes
+                    // from the socket straight into the command's buffer.
+                    let Conn {
+                        rx, phase, stream, ..
+                    } = c;
+                    let header = *rx.header();
+                    let dst = match phase {
+                        Phase::Ffp(s) => s.placement(&header),
+                        Phase::Login(_) => None,
+                    };
+                    let Some(dst) = dst else {
+                        if rx.placing_started() {
+                            return Err(ConnError::Session(
+                                crate::session::SessionError::Protocol("placement vanished"),
+                            ));
+                        }
+                        rx.decline();
+                        continue;
+                    };
+                    if !rx
+                        .poll_into(&mut &*stream, &mut reads, now, dst)
+                        .map_err(rx_error)?
+                    {
+                        return Ok(());
+                    }
+                    rx.finish_placed(dst)?;
+                    if let Phase::Ffp(s) = phase {
+                        s.receive_placed(&header, &mut self.worker, now)?;
+                    }
+                    rx.consume(now);
+                    continue;
+                }
             }
             let Conn {
                 rx,
@@ -1026,6 +1068,7 @@ impl WorkerLoop {
         c.phase = Phase::Ffp(Box::new(s));
         c.framing = o.params.framing();
         c.rx.framing = c.framing;
+        c.rx.place_min = PLACE_MIN;
         Ok(())
     }
 

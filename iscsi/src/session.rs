@@ -294,6 +294,19 @@ struct Task {
     state: TaskState,
     /// R2Ts sent: the ExpDataSN of a write's SCSI Response.
     r2ts_sent: u32,
+    /// Aborted by the task management function with this ITT while receiving
+    /// data: it takes the data of the R2Ts already sent, then ends.
+    aborted_by: Option<u32>,
+}
+
+/// A task management function waiting for aborted writes to drain their
+/// outstanding R2Ts (RFC 7143 §4.2.3.3) and, if it went to the engine, for the
+/// engine's answer.
+#[derive(Clone, Copy, Debug)]
+struct TmfWait {
+    draining: usize,
+    response: Option<u8>,
+    cold: bool,
 }
 
 /// A command waiting for its data before it goes to the engine.
@@ -370,6 +383,10 @@ pub struct Session {
     cancelled: HashSet<u32>,
     /// Engine TMF tokens → (ITT, close the connection after answering).
     tmfs: HashMap<u64, (u32, bool)>,
+    /// Functions (by ITT) waiting for aborted writes to drain.
+    tmf_waits: HashMap<u32, TmfWait>,
+    /// Functions whose response can go now.
+    tmf_ready: Vec<u32>,
     next_ttt: u32,
     out: VecDeque<Outgoing>,
     logout: Option<PendingLogout>,
@@ -417,6 +434,8 @@ impl Session {
             held_bytes: 0,
             cancelled: HashSet::new(),
             tmfs: HashMap::new(),
+            tmf_waits: HashMap::new(),
+            tmf_ready: Vec::new(),
             next_ttt: 1,
             out: VecDeque::new(),
             logout: None,
@@ -530,6 +549,17 @@ impl Session {
     /// Handles one PDU from the connection. Protocol violations the RFC answers
     /// with Reject are answered so; an `Err` means the connection must close.
     pub fn receive(
+        &mut self,
+        frame: FrameRef<'_>,
+        engine: &mut dyn Engine,
+        now: Instant,
+    ) -> Result<(), SessionError> {
+        let r = self.receive_inner(frame, engine, now);
+        self.flush_tmfs()?;
+        r
+    }
+
+    fn receive_inner(
         &mut self,
         frame: FrameRef<'_>,
         engine: &mut dyn Engine,
@@ -785,6 +815,7 @@ impl Session {
                 token,
                 state,
                 r2ts_sent: 0,
+                aborted_by: None,
             },
         );
         self.by_token.insert(token, c.itt);
@@ -814,6 +845,13 @@ impl Session {
             let TaskState::Receiving(w) = &mut task.state else {
                 return Ok(());
             };
+            if task.aborted_by.is_some() {
+                // Aborted: no more R2Ts; it ends once the sent ones are answered.
+                if w.unsolicited.is_none() && w.r2ts.is_empty() {
+                    self.drop_task(itt);
+                }
+                return Ok(());
+            }
             if w.received >= edtl {
                 task.state = TaskState::Running;
                 if let Some(nexus) = self.nexus.clone() {
@@ -887,42 +925,76 @@ impl Session {
         frame: &FrameRef<'_>,
         engine: &mut dyn Engine,
     ) -> Result<(), SessionError> {
-        let len = u32::try_from(frame.data.len()).unwrap_or(u32::MAX);
+        self.data_out_inner(d, frame.header, Some(frame.data), engine)
+    }
+
+    /// Where the data segment of the Data-Out `header` goes if the session would
+    /// accept that PDU as it stands: a range of its command's buffer. The adapter
+    /// may read the data straight into it, then hand the PDU over with
+    /// [`Session::receive_placed`]. `None`: deliver it with [`Session::receive`].
+    pub fn placement(&mut self, header: &[u8; BHS_LEN]) -> Option<&mut [u8]> {
+        let Ok(Pdu::DataOut(d)) = Pdu::parse(header) else {
+            return None;
+        };
+        if self.held_itts.contains_key(&d.itt) {
+            return None;
+        }
+        let task = self.tasks.get_mut(&d.itt)?;
+        let TaskState::Receiving(w) = &task.state else {
+            return None;
+        };
+        let (end, _) = data_out_check(w, task.edtl, &d, d.data_segment_len)?;
+        let start = usize::try_from(w.received).ok()?;
+        let end = usize::try_from(end).ok()?;
+        task.buf.as_mut()?.as_mut_slice().get_mut(start..end)
+    }
+
+    /// A Data-Out whose data segment the adapter already read into the range
+    /// [`Session::placement`] gave for its header.
+    pub fn receive_placed(
+        &mut self,
+        header: &[u8; BHS_LEN],
+        engine: &mut dyn Engine,
+        now: Instant,
+    ) -> Result<(), SessionError> {
+        self.last_rx = now;
+        let Ok(Pdu::DataOut(d)) = Pdu::parse(header) else {
+            return Err(SessionError::Protocol("placed PDU is not a Data-Out"));
+        };
+        let r = self.data_out_inner(&d, header, None, engine);
+        self.flush_tmfs()?;
+        r
+    }
+
+    /// A Data-Out; `data` is `None` when it is already in place.
+    fn data_out_inner(
+        &mut self,
+        d: &DataOut,
+        header: &[u8; BHS_LEN],
+        data: Option<&[u8]>,
+        engine: &mut dyn Engine,
+    ) -> Result<(), SessionError> {
+        let len = data.map_or(d.data_segment_len, |b| {
+            u32::try_from(b.len()).unwrap_or(u32::MAX)
+        });
         let Some(task) = self.tasks.get_mut(&d.itt) else {
             // A task we no longer know (terminated, or never seen): dropped.
             return Ok(());
         };
         let edtl = task.edtl;
         let TaskState::Receiving(w) = &mut task.state else {
-            return self.reject(reject_reason::PROTOCOL_ERROR, frame.header);
+            return self.reject(reject_reason::PROTOCOL_ERROR, header);
         };
-        // Data PDUs and sequences in order (DataPDUInOrder and
-        // DataSequenceInOrder are Yes): the next byte is always `received`.
-        let (seq_end, want_ttt, want_sn) = match (w.unsolicited, w.r2ts.front()) {
-            (Some(sn), _) => (w.unsolicited_end, RESERVED_TAG, sn),
-            (None, Some(s)) => (s.offset.saturating_add(s.len), s.ttt, s.next_data_sn),
-            (None, None) => (w.received, RESERVED_TAG, 0),
-        };
-        let end = w
-            .received
-            .checked_add(len)
-            .filter(|&e| e <= seq_end && e <= edtl);
-        let ok = d.ttt == want_ttt
-            && d.data_sn == want_sn
-            && d.buffer_offset == w.received
-            && end.is_some()
-            // F only where a solicited sequence ends.
-            && !(d.final_ && w.unsolicited.is_none() && end != Some(seq_end));
-        let Some(end) = end.filter(|_| ok) else {
+        let Some((end, seq_end)) = data_out_check(w, edtl, d, len) else {
             // ErrorRecoveryLevel 0 has no recovery within a command: the PDU is
             // rejected and the task ends with it, answered by nothing else (the
             // initiator fails the command on the Reject, RFC 7143 §11.17.1);
             // later PDUs of the task are dropped.
             self.drop_task(d.itt);
-            return self.reject(reject_reason::PROTOCOL_ERROR, frame.header);
+            return self.reject(reject_reason::PROTOCOL_ERROR, header);
         };
-        if let Some(b) = task.buf.as_mut() {
-            b.write_at(w.received as usize, frame.data);
+        if let (Some(b), Some(data)) = (task.buf.as_mut(), data) {
+            b.write_at(w.received as usize, data);
         }
         w.received = end;
         let seq_done = end == seq_end || d.final_;
@@ -951,6 +1023,14 @@ impl Session {
     /// Removes a task that never reached the engine (or must answer nothing).
     fn drop_task(&mut self, itt: u32) {
         if let Some(t) = self.tasks.remove(&itt) {
+            if let Some(tmf) = t.aborted_by {
+                if let Some(w) = self.tmf_waits.get_mut(&tmf) {
+                    w.draining = w.draining.saturating_sub(1);
+                    if w.draining == 0 && w.response.is_some() {
+                        self.tmf_ready.push(tmf);
+                    }
+                }
+            }
             self.by_token.remove(&t.token);
             if t.immediate {
                 self.immediate = self.immediate.saturating_sub(1);
@@ -995,6 +1075,7 @@ impl Session {
             Event::Tmf { token, response } => self.tmf_done(token, response),
         };
         self.update_window();
+        self.flush_tmfs()?;
         self.check_logout()?;
         r
     }
@@ -1224,9 +1305,21 @@ impl Session {
                         tag: u64::from(tag),
                     },
                     Some(false) => {
-                        // Still receiving data: it never reached the engine.
-                        self.drop_task(tag);
-                        return self.tmf_respond(t.itt, tmf_response::FUNCTION_COMPLETE);
+                        // Still receiving data: it never reached the engine. It
+                        // ends once the R2Ts already sent are answered.
+                        let n = self.abort_receiving(|itt, _| itt == tag, t.itt);
+                        if n == 0 {
+                            return self.tmf_respond(t.itt, tmf_response::FUNCTION_COMPLETE);
+                        }
+                        self.tmf_waits.insert(
+                            t.itt,
+                            TmfWait {
+                                draining: n,
+                                response: Some(tmf_response::FUNCTION_COMPLETE),
+                                cold: false,
+                            },
+                        );
+                        return Ok(());
                     }
                     None => {
                         // RFC 7143 §11.5.1: a RefCmdSN in the window, below the
@@ -1247,23 +1340,11 @@ impl Session {
                     }
                 }
             }
-            tmf_code::ABORT_TASK_SET => {
-                self.drop_unsubmitted(Some(lun));
-                TmfFunction::AbortTaskSet
-            }
+            tmf_code::ABORT_TASK_SET => TmfFunction::AbortTaskSet,
             tmf_code::CLEAR_ACA => TmfFunction::ClearAca,
-            tmf_code::CLEAR_TASK_SET => {
-                self.drop_unsubmitted(Some(lun));
-                TmfFunction::ClearTaskSet
-            }
-            tmf_code::LOGICAL_UNIT_RESET => {
-                self.drop_unsubmitted(Some(lun));
-                TmfFunction::LogicalUnitReset
-            }
-            tmf_code::TARGET_WARM_RESET | tmf_code::TARGET_COLD_RESET => {
-                self.drop_unsubmitted(None);
-                TmfFunction::TargetReset
-            }
+            tmf_code::CLEAR_TASK_SET => TmfFunction::ClearTaskSet,
+            tmf_code::LOGICAL_UNIT_RESET => TmfFunction::LogicalUnitReset,
+            tmf_code::TARGET_WARM_RESET | tmf_code::TARGET_COLD_RESET => TmfFunction::TargetReset,
             tmf_code::TASK_REASSIGN => {
                 // Only at ErrorRecoveryLevel 2 (RFC 7143 §11.5.1).
                 return self.tmf_respond(t.itt, tmf_response::REASSIGNMENT_NOT_SUPPORTED);
@@ -1273,18 +1354,38 @@ impl Session {
                 tag: u64::from(t.referenced_task_tag),
             },
             10 => TmfFunction::QueryTaskSet,
-            11 => {
-                self.drop_unsubmitted(None);
-                TmfFunction::ItNexusReset
-            }
+            11 => TmfFunction::ItNexusReset,
             12 => TmfFunction::QueryAsyncEvent,
             _ => return self.tmf_respond(t.itt, tmf_response::NOT_SUPPORTED),
         };
         let Some(nexus) = self.nexus.clone() else {
             return self.tmf_respond(t.itt, tmf_response::NOT_SUPPORTED);
         };
-        let token = self.new_token();
+        // The writes of this session the function aborts that still wait for
+        // data: they drain their R2Ts first (the engine never saw them).
+        let whole_lun = matches!(
+            function,
+            TmfFunction::AbortTaskSet | TmfFunction::ClearTaskSet | TmfFunction::LogicalUnitReset
+        );
+        let whole_nexus = matches!(
+            function,
+            TmfFunction::TargetReset | TmfFunction::ItNexusReset
+        );
         let cold = t.function == tmf_code::TARGET_COLD_RESET;
+        if whole_lun || whole_nexus {
+            let n = self.abort_receiving(|_, l| whole_nexus || l == lun, t.itt);
+            if n > 0 {
+                self.tmf_waits.insert(
+                    t.itt,
+                    TmfWait {
+                        draining: n,
+                        response: None,
+                        cold,
+                    },
+                );
+            }
+        }
+        let token = self.new_token();
         self.tmfs.insert(token, (t.itt, cold));
         engine.task_mgmt(TmfRequest {
             nexus,
@@ -1292,6 +1393,48 @@ impl Session {
             function,
             token,
         });
+        Ok(())
+    }
+
+    /// Aborts the tasks still receiving data that `which(itt, lun)` selects:
+    /// those with nothing outstanding end now, the others once their R2Ts are
+    /// answered. Returns how many are left to drain.
+    fn abort_receiving(&mut self, which: impl Fn(u32, u64) -> bool, tmf: u32) -> usize {
+        let mut now = Vec::new();
+        let mut draining = 0;
+        for (itt, t) in self.tasks.iter_mut() {
+            let TaskState::Receiving(w) = &t.state else {
+                continue;
+            };
+            if t.aborted_by.is_some() || !which(*itt, t.lun) {
+                continue;
+            }
+            if w.unsolicited.is_none() && w.r2ts.is_empty() {
+                now.push(*itt);
+            } else {
+                t.aborted_by = Some(tmf);
+                draining += 1;
+            }
+        }
+        for itt in now {
+            self.drop_task(itt);
+        }
+        draining
+    }
+
+    /// Sends the responses of functions whose aborted writes have drained.
+    fn flush_tmfs(&mut self) -> Result<(), SessionError> {
+        while let Some(itt) = self.tmf_ready.pop() {
+            let Some(w) = self.tmf_waits.remove(&itt) else {
+                continue;
+            };
+            if let Some(code) = w.response {
+                self.tmf_respond(itt, code)?;
+                if w.cold {
+                    self.closing = true;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -1314,14 +1457,15 @@ impl Session {
         let Some((itt, cold)) = self.tmfs.remove(&token) else {
             return Ok(());
         };
-        let code = match response {
-            TmfResponse::FunctionComplete => tmf_response::FUNCTION_COMPLETE,
-            // RFC 7144 §4.2: "Function succeeded".
-            TmfResponse::FunctionSucceeded { .. } => 7,
-            TmfResponse::FunctionRejected => tmf_response::REJECTED,
-            TmfResponse::IncorrectLun => tmf_response::LUN_DOES_NOT_EXIST,
-            TmfResponse::TaskNotFound => tmf_response::TASK_DOES_NOT_EXIST,
-        };
+        let code = tmf_code_of(response);
+        if let Some(w) = self.tmf_waits.get_mut(&itt) {
+            // Aborted writes still draining: answer when they are done.
+            w.response = Some(code);
+            if w.draining == 0 {
+                self.tmf_ready.push(itt);
+            }
+            return Ok(());
+        }
         self.tmf_respond(itt, code)?;
         if cold {
             // TARGET COLD RESET closes the connection after the response.
@@ -1368,7 +1512,7 @@ impl Session {
         let Some(p) = self.logout else {
             return Ok(());
         };
-        if !self.tasks.is_empty() || !self.tmfs.is_empty() {
+        if !self.tasks.is_empty() || !self.tmfs.is_empty() || !self.tmf_waits.is_empty() {
             return Ok(());
         }
         self.logout = None;
@@ -1500,6 +1644,40 @@ pub fn cdb_len(cdb: &[u8]) -> usize {
         _ => cdb.len(),
     };
     len.min(cdb.len())
+}
+
+/// The iSCSI response code of an engine answer.
+fn tmf_code_of(response: TmfResponse) -> u8 {
+    match response {
+        TmfResponse::FunctionComplete => tmf_response::FUNCTION_COMPLETE,
+        // RFC 7144 §4.2: "Function succeeded".
+        TmfResponse::FunctionSucceeded { .. } => 7,
+        TmfResponse::FunctionRejected => tmf_response::REJECTED,
+        TmfResponse::IncorrectLun => tmf_response::LUN_DOES_NOT_EXIST,
+        TmfResponse::TaskNotFound => tmf_response::TASK_DOES_NOT_EXIST,
+    }
+}
+
+/// Whether a Data-Out of `len` bytes is the next one the write expects: data
+/// PDUs and sequences in order (DataPDUInOrder and DataSequenceInOrder are
+/// Yes), so the next byte is always `received`; the right TTT and DataSN; no
+/// more than the sequence and the command take; F only where a solicited
+/// sequence ends. The end offset of its data and of its sequence.
+fn data_out_check(w: &WriteState, edtl: u32, d: &DataOut, len: u32) -> Option<(u32, u32)> {
+    let (seq_end, want_ttt, want_sn) = match (w.unsolicited, w.r2ts.front()) {
+        (Some(sn), _) => (w.unsolicited_end, RESERVED_TAG, sn),
+        (None, Some(s)) => (s.offset.saturating_add(s.len), s.ttt, s.next_data_sn),
+        (None, None) => (w.received, RESERVED_TAG, 0),
+    };
+    let end = w
+        .received
+        .checked_add(len)
+        .filter(|&e| e <= seq_end && e <= edtl)?;
+    let ok = d.ttt == want_ttt
+        && d.data_sn == want_sn
+        && d.buffer_offset == w.received
+        && !(d.final_ && w.unsolicited.is_none() && end != seq_end);
+    ok.then_some((end, seq_end))
 }
 
 /// A target transfer tag: never 0 nor the reserved 0xffffffff.

@@ -3,15 +3,31 @@
 //! segment is read straight into the PDU buffer, which is reused from PDU to
 //! PDU. At most one PDU body (bounded by the negotiated MaxRecvDataSegmentLength)
 //! and one staging buffer are held per connection.
+//!
+//! A large Data-Out can skip the PDU buffer altogether: [`Rx::poll`] stops at its
+//! header ([`Progress::Place`]), and the caller either reads its data segment
+//! straight into the command's buffer ([`Rx::poll_into`], [`Rx::finish_placed`])
+//! or declines ([`Rx::decline`]).
 
 use std::io::{ErrorKind, Read};
 use std::time::Instant;
 
-use crate::pdu::{Framing, FramingError, BHS_LEN};
+use crate::pdu::{digest_bytes, Framing, FramingError, Opcode, BHS_LEN, DIGEST_LEN};
 use crate::session::FrameRef;
 
 /// Staging buffer size.
 pub const STAGE: usize = 16 * 1024;
+
+/// What [`Rx::poll`] got to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Nothing more to read now (or the read budget is spent).
+    Blocked,
+    /// A whole PDU: [`Rx::frame`], then [`Rx::consume`].
+    Pdu,
+    /// The header of a Data-Out whose data may go straight to its place.
+    Place,
+}
 
 #[derive(Debug)]
 pub enum RxError {
@@ -31,6 +47,11 @@ pub struct Rx {
     body_len: usize,
     filled: usize,
     since: Option<Instant>,
+    /// Data segments of at least this many bytes may be placed (0: never).
+    pub place_min: usize,
+    /// The current PDU is (or may be) placed: data length and suffix (padding
+    /// and data digest) length.
+    placing: Option<(usize, usize)>,
 }
 
 impl Rx {
@@ -46,7 +67,18 @@ impl Rx {
             body_len: 0,
             filled: 0,
             since: None,
+            place_min: 0,
+            placing: None,
         }
+    }
+
+    pub fn header(&self) -> &[u8; BHS_LEN] {
+        &self.header
+    }
+
+    /// Whether bytes of the current PDU already went to a placement.
+    pub fn placing_started(&self) -> bool {
+        self.placing.is_some() && self.filled > 0
     }
 
     /// Bytes read from the stream and not yet handed out as a PDU.
@@ -68,7 +100,10 @@ impl Rx {
         stream: &mut impl Read,
         reads: &mut u32,
         now: Instant,
-    ) -> Result<bool, RxError> {
+    ) -> Result<Progress, RxError> {
+        if self.placing.is_some() {
+            return Ok(Progress::Place);
+        }
         loop {
             if !self.have_header {
                 if self.end - self.pos >= BHS_LEN {
@@ -86,6 +121,19 @@ impl Rx {
                         self.body.resize(self.body_len, 0);
                     }
                     self.filled = 0;
+                    // Placement needs a header it can trust before its digest:
+                    // only without header digests (and AHS).
+                    let data_out = self.header[0] & 0x3f == Opcode::DataOut as u8;
+                    if self.place_min > 0
+                        && data_out
+                        && !self.framing.header_digest
+                        && layout.ahs_len == 0
+                        && layout.data_len >= self.place_min
+                    {
+                        self.placing =
+                            Some((layout.data_len, layout.padding + layout.data_digest_len));
+                        return Ok(Progress::Place);
+                    }
                     continue;
                 }
                 // Keep the partial header at the front and read more.
@@ -94,13 +142,13 @@ impl Rx {
                 self.pos = 0;
                 let end = self.end;
                 if !self.read_into(stream, reads, Target::Stage(end), now)? {
-                    return Ok(false);
+                    return Ok(Progress::Blocked);
                 }
                 continue;
             }
             let need = self.body_len - self.filled;
             if need == 0 {
-                return Ok(true);
+                return Ok(Progress::Pdu);
             }
             let avail = self.end - self.pos;
             if avail > 0 {
@@ -119,9 +167,103 @@ impl Rx {
                 Target::Stage(0)
             };
             if !self.read_into(stream, reads, target, now)? {
-                return Ok(false);
+                return Ok(Progress::Blocked);
             }
         }
+    }
+
+    /// Refuses placement of the current PDU (before any of it was placed): it is
+    /// buffered and handed out as a whole.
+    pub fn decline(&mut self) {
+        if self.filled == 0 {
+            self.placing = None;
+        }
+    }
+
+    /// Reads the rest of a placed PDU: its data into `dst` (exactly its data
+    /// segment length), padding and digest into the PDU buffer. `Ok(true)` when
+    /// all of it is in; then [`Rx::finish_placed`] and [`Rx::consume`].
+    pub fn poll_into(
+        &mut self,
+        stream: &mut impl Read,
+        reads: &mut u32,
+        now: Instant,
+        dst: &mut [u8],
+    ) -> Result<bool, RxError> {
+        let Some((data_len, suffix)) = self.placing else {
+            return Ok(false);
+        };
+        if dst.len() != data_len {
+            return Err(RxError::Io(std::io::Error::other(
+                "placement of the wrong size",
+            )));
+        }
+        loop {
+            if self.filled >= data_len + suffix {
+                return Ok(true);
+            }
+            let in_data = self.filled < data_len;
+            let avail = self.end - self.pos;
+            if avail > 0 {
+                let dest = if in_data {
+                    &mut dst[self.filled..]
+                } else {
+                    &mut self.body[self.filled - data_len..suffix]
+                };
+                let k = avail.min(dest.len());
+                dest[..k].copy_from_slice(&self.stage[self.pos..self.pos + k]);
+                self.pos += k;
+                self.filled += k;
+                continue;
+            }
+            self.pos = 0;
+            self.end = 0;
+            if *reads == 0 {
+                return Ok(false);
+            }
+            *reads -= 1;
+            let direct = in_data && data_len - self.filled >= STAGE / 2;
+            let r = if direct {
+                stream.read(&mut dst[self.filled..])
+            } else {
+                stream.read(&mut self.stage)
+            };
+            match r {
+                Ok(0) => return Err(RxError::Closed),
+                Ok(n) => {
+                    if direct {
+                        self.filled += n;
+                    } else {
+                        self.end = n;
+                    }
+                    self.since.get_or_insert(now);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(RxError::Io(e)),
+            }
+        }
+    }
+
+    /// Checks the data digest of a placed PDU whose data is `dst`.
+    pub fn finish_placed(&self, dst: &[u8]) -> Result<(), FramingError> {
+        let Some((data_len, suffix)) = self.placing else {
+            return Ok(());
+        };
+        if !self.framing.data_digest || data_len == 0 {
+            return Ok(());
+        }
+        let pad = suffix.saturating_sub(DIGEST_LEN);
+        let want = crc32c::crc32c_append(crc32c::crc32c(dst), &self.body[..pad]);
+        let mut got = [0u8; DIGEST_LEN];
+        got.copy_from_slice(&self.body[pad..pad + DIGEST_LEN]);
+        if got != digest_bytes(want) {
+            return Err(FramingError::DataDigest {
+                got: u32::from_le_bytes(got),
+                want,
+            });
+        }
+        Ok(())
     }
 
     fn read_into(
@@ -171,6 +313,7 @@ impl Rx {
 
     /// Done with the current PDU.
     pub fn consume(&mut self, now: Instant) {
+        self.placing = None;
         self.have_header = false;
         self.filled = 0;
         self.body_len = 0;
@@ -245,7 +388,7 @@ mod tests {
                     guard += 1;
                     assert!(guard < 1_000_000);
                     let mut reads = 4;
-                    if rx.poll(&mut s, &mut reads, Instant::now()).expect("poll") {
+                    if rx.poll(&mut s, &mut reads, Instant::now()).expect("poll") == Progress::Pdu {
                         let f = rx.frame().expect("frame");
                         assert_eq!(f.header[16] as usize, got.len());
                         got.push(f.data.to_vec());
@@ -257,6 +400,123 @@ mod tests {
                 assert!(rx.partial_since().is_none());
             }
         }
+    }
+
+    /// Data-Outs of at least `place_min` bytes come out as placements, read into
+    /// the caller's buffer; the others as whole PDUs; digests checked either way.
+    #[test]
+    fn large_data_outs_are_placed() {
+        for digests in [false, true] {
+            let framing = Framing {
+                header_digest: false,
+                data_digest: digests,
+                max_recv_data_segment_len: 1 << 20,
+            };
+            let sizes = [4096usize, 10, 70_001, 4095, 262_144, 5000];
+            let mut wire = Vec::new();
+            let mut want = Vec::new();
+            for (i, &n) in sizes.iter().enumerate() {
+                let (w, d) = pdu(&framing, n, i as u8);
+                wire.extend_from_slice(&w);
+                want.push(d);
+            }
+            for piece in [1usize, 1000, 9000, 1 << 20] {
+                let mut s = Trickle {
+                    data: wire.clone(),
+                    at: 0,
+                    piece,
+                };
+                let mut rx = Rx::new(framing);
+                rx.place_min = 4096;
+                let mut got = Vec::new();
+                let mut placed = 0;
+                let mut dst = Vec::new();
+                let mut guard = 0;
+                while got.len() < want.len() {
+                    guard += 1;
+                    assert!(guard < 2_000_000);
+                    let mut reads = 3;
+                    match rx.poll(&mut s, &mut reads, Instant::now()).expect("poll") {
+                        Progress::Blocked => {}
+                        Progress::Pdu => {
+                            got.push(rx.frame().expect("frame").data.to_vec());
+                            rx.consume(Instant::now());
+                        }
+                        Progress::Place => {
+                            let h = *rx.header();
+                            let len = u32::from_be_bytes([0, h[5], h[6], h[7]]) as usize;
+                            if dst.len() != len {
+                                dst = vec![0u8; len];
+                            }
+                            if rx
+                                .poll_into(&mut s, &mut reads, Instant::now(), &mut dst)
+                                .expect("poll_into")
+                            {
+                                rx.finish_placed(&dst).expect("digest");
+                                got.push(std::mem::take(&mut dst));
+                                placed += 1;
+                                rx.consume(Instant::now());
+                            }
+                        }
+                    }
+                }
+                assert_eq!(got, want, "piece {piece}");
+                assert_eq!(placed, 4);
+                assert_eq!(rx.buffered(), 0);
+            }
+            // A corrupted placed data segment fails its digest.
+            if digests {
+                let (mut w, d) = pdu(&framing, 8192, 9);
+                w[BHS_LEN + 100] ^= 0x40;
+                let mut s = Trickle {
+                    data: w,
+                    at: 0,
+                    piece: 1 << 20,
+                };
+                let mut rx = Rx::new(framing);
+                rx.place_min = 4096;
+                let mut reads = 8;
+                assert_eq!(
+                    rx.poll(&mut s, &mut reads, Instant::now()).expect("poll"),
+                    Progress::Place
+                );
+                let mut dst = vec![0u8; d.len()];
+                assert!(rx
+                    .poll_into(&mut s, &mut reads, Instant::now(), &mut dst)
+                    .expect("poll_into"));
+                assert!(matches!(
+                    rx.finish_placed(&dst),
+                    Err(FramingError::DataDigest { .. })
+                ));
+            }
+        }
+    }
+
+    /// A declined placement comes out as a whole PDU.
+    #[test]
+    fn declined_placement_is_buffered() {
+        let framing = Framing::default();
+        let (w, d) = pdu(&framing, 6000, 3);
+        let mut s = Trickle {
+            data: w,
+            at: 0,
+            piece: 100,
+        };
+        let mut rx = Rx::new(framing);
+        rx.place_min = 4096;
+        let mut out = None;
+        for _ in 0..10_000 {
+            let mut reads = 2;
+            match rx.poll(&mut s, &mut reads, Instant::now()).expect("poll") {
+                Progress::Place => rx.decline(),
+                Progress::Pdu => {
+                    out = Some(rx.frame().expect("frame").data.to_vec());
+                    break;
+                }
+                Progress::Blocked => {}
+            }
+        }
+        assert_eq!(out, Some(d));
     }
 
     #[test]
@@ -287,7 +547,10 @@ mod tests {
             piece: 100_000,
         };
         let mut reads = 8;
-        assert!(rx.poll(&mut s, &mut reads, Instant::now()).expect("poll"));
+        assert_eq!(
+            rx.poll(&mut s, &mut reads, Instant::now()).expect("poll"),
+            Progress::Pdu
+        );
         assert!(matches!(rx.frame(), Err(FramingError::HeaderDigest { .. })));
     }
 
@@ -303,7 +566,10 @@ mod tests {
         let mut rx = Rx::new(framing);
         let t = Instant::now();
         let mut reads = 8;
-        assert!(!rx.poll(&mut s, &mut reads, t).expect("poll"));
+        assert_eq!(
+            rx.poll(&mut s, &mut reads, t).expect("poll"),
+            Progress::Blocked
+        );
         assert_eq!(rx.partial_since(), Some(t));
     }
 }

@@ -89,6 +89,10 @@ impl PoolBuf {
     pub fn as_slice(&self) -> &[u8] {
         &self.data
     }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.data
+    }
 }
 
 impl Drop for PoolBuf {

@@ -398,6 +398,43 @@ fn unsolicited_data_out_then_r2t() {
 }
 
 #[test]
+fn data_out_placed_by_the_adapter() {
+    let mut h = H::new(params());
+    let data = pattern(2048, 77);
+    let c = h.command(&write10(40, 4), 2048, false, true, true);
+    let itt = c.itt;
+    h.scsi(c, &[]);
+    let r = r2ts(&h.out());
+    let header = |sn: u32, off: u32, final_: bool| {
+        Pdu::DataOut(DataOut {
+            final_,
+            data_segment_len: 1024,
+            lun: LUN0,
+            itt,
+            ttt: r[0].ttt,
+            exp_stat_sn: 0,
+            data_sn: sn,
+            buffer_offset: off,
+        })
+        .to_bytes()
+        .expect("enc")
+    };
+    // A wrong DataSN gets no placement (it goes through `receive` and a Reject).
+    assert!(h.s.placement(&header(1, 0, false)).is_none());
+    for (sn, off) in [(0u32, 0u32), (1, 1024)] {
+        let hd = header(sn, off, sn == 1);
+        let dst = h.s.placement(&hd).expect("placement");
+        assert_eq!(dst.len(), 1024);
+        dst.copy_from_slice(&data[off as usize..off as usize + 1024]);
+        h.s.receive_placed(&hd, &mut h.w, h.now).expect("placed");
+        h.pump();
+    }
+    let (resp, _) = response(&h.out()).expect("response");
+    assert_eq!(resp.status, 0);
+    assert_eq!(h.read(40, 4).0, data);
+}
+
+#[test]
 fn unsolicited_data_refused_when_initial_r2t_is_yes() {
     let mut h = H::new(params());
     let c = h.command(&write10(0, 8), 4096, false, true, false);
@@ -697,14 +734,45 @@ fn tmf(h: &mut H, function: u8, referenced: u32, ref_cmd_sn: u32) -> TaskMgmtRes
 #[test]
 fn abort_task_answers_by_ref_cmd_sn() {
     let mut h = H::new(params());
-    // A write waiting for its data: aborted here, no SCSI response.
+    // A write waiting for its data: aborted here, no SCSI response; the answer
+    // waits until the R2T already sent has its data (RFC 7143 §4.2.3.3).
     let c = h.command(&write10(0, 4), 2048, false, true, true);
     let (itt, sn) = (c.itt, c.cmd_sn);
     h.scsi(c, &[]);
-    h.out();
-    let r = tmf(&mut h, tmf_code::ABORT_TASK, itt, sn);
-    assert_eq!(r.response, tmf_response::FUNCTION_COMPLETE);
+    let r2t = r2ts(&h.out())[0].clone();
+    let tmf_itt = h.next_itt();
+    h.send(
+        Pdu::TaskMgmtRequest(TaskMgmtRequest {
+            immediate: true,
+            function: tmf_code::ABORT_TASK,
+            lun: LUN0,
+            itt: tmf_itt,
+            referenced_task_tag: itt,
+            cmd_sn: h.cmd_sn,
+            exp_stat_sn: 0,
+            ref_cmd_sn: sn,
+            exp_data_sn: 0,
+        }),
+        &[],
+    );
+    assert!(h.out().is_empty(), "no answer while the R2T is outstanding");
+    h.data_out(itt, r2t.ttt, 0, 0, &[7u8; 1024], false);
+    assert!(h.out().is_empty());
+    h.data_out(itt, r2t.ttt, 1, 1024, &[7u8; 1024], true);
+    let out = h.out();
+    assert_eq!(out.len(), 1, "{out:?}");
+    match &out[0].0 {
+        Pdu::TaskMgmtResponse(r) => {
+            assert_eq!(
+                (r.itt, r.response),
+                (tmf_itt, tmf_response::FUNCTION_COMPLETE)
+            )
+        }
+        p => panic!("{p:?}"),
+    }
     assert_eq!(h.s.tasks(), 0);
+    // Nothing was written.
+    assert_eq!(h.read(0, 4).0, vec![0u8; 2048]);
     // A task long done: does not exist.
     let r = tmf(&mut h, tmf_code::ABORT_TASK, 0x999, sn);
     assert_eq!(r.response, tmf_response::TASK_DOES_NOT_EXIST);
@@ -721,6 +789,41 @@ fn abort_task_answers_by_ref_cmd_sn() {
     h.scsi(c, &[]);
     assert!(h.out().is_empty());
     assert_eq!(h.s.exp_cmd_sn(), ahead + 1);
+}
+
+#[test]
+fn lun_reset_waits_for_aborted_writes_to_drain() {
+    let mut h = H::new(params());
+    let c = h.command(&write10(8, 2), 1024, false, true, true);
+    let itt = c.itt;
+    h.scsi(c, &[]);
+    let r2t = r2ts(&h.out())[0].clone();
+    let tmf_itt = h.next_itt();
+    h.send(
+        Pdu::TaskMgmtRequest(TaskMgmtRequest {
+            immediate: true,
+            function: tmf_code::LOGICAL_UNIT_RESET,
+            lun: LUN0,
+            itt: tmf_itt,
+            referenced_task_tag: RESERVED_TAG,
+            cmd_sn: h.cmd_sn,
+            exp_stat_sn: 0,
+            ref_cmd_sn: 0,
+            exp_data_sn: 0,
+        }),
+        &[],
+    );
+    assert!(
+        h.out().is_empty(),
+        "the engine answered, the write still drains"
+    );
+    h.data_out(itt, r2t.ttt, 0, 0, &[1u8; 1024], true);
+    let out = h.out();
+    assert!(
+        matches!(&out[..], [(Pdu::TaskMgmtResponse(r), _)] if r.itt == tmf_itt && r.response == 0),
+        "{out:?}"
+    );
+    assert_eq!(h.s.tasks(), 0);
 }
 
 #[test]
