@@ -605,6 +605,14 @@ impl Session {
         if immediate {
             return self.dispatch(pdu, frame, engine, true);
         }
+        // In the window [ExpCmdSN, MaxCmdSN]: a closed window (MaxCmdSN =
+        // ExpCmdSN − 1) takes nothing.
+        let in_window = serial_le(self.exp_cmd_sn, cmd_sn) && serial_le(cmd_sn, self.max_cmd_sn);
+        if !in_window {
+            // Outside the window, or a duplicate: silently ignored (RFC 7143
+            // §4.2.2.1).
+            return Ok(());
+        }
         if cmd_sn == self.exp_cmd_sn {
             self.exp_cmd_sn = self.exp_cmd_sn.wrapping_add(1);
             if self.cancelled.remove(&cmd_sn) {
@@ -614,14 +622,11 @@ impl Session {
             }
             return self.release_held(engine);
         }
-        if serial_lt(self.exp_cmd_sn, cmd_sn) && serial_le(cmd_sn, self.max_cmd_sn) {
-            if let Pdu::ScsiCommand(c) = &pdu {
-                self.held_itts.insert(c.itt, cmd_sn);
-            }
-            return self.hold(cmd_sn, frame);
+        // Ahead of a gap: held until the gap fills.
+        if let Pdu::ScsiCommand(c) = &pdu {
+            self.held_itts.insert(c.itt, cmd_sn);
         }
-        // Outside the window, or a duplicate: silently ignored (RFC 7143 §4.2.2.1).
-        Ok(())
+        self.hold(cmd_sn, frame)
     }
 
     /// A malformed non-immediate command still uses its CmdSN.

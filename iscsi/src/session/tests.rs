@@ -635,6 +635,12 @@ fn window_closes_at_queue_depth() {
     let last = r2ts(&out).pop().expect("r2t");
     assert_eq!(last.exp_cmd_sn, 13);
     assert_eq!(last.max_cmd_sn, 12, "no room: MaxCmdSN = ExpCmdSN - 1");
+    // A command sent into the closed window is ignored, even at ExpCmdSN.
+    let c = h.command(&[0; 6], 0, false, false, true);
+    h.scsi(c, &[]);
+    assert!(h.out().is_empty());
+    assert_eq!(h.s.tasks(), 2);
+    assert_eq!(h.s.exp_cmd_sn(), 13);
 }
 
 #[test]
