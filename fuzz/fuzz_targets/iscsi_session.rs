@@ -82,12 +82,25 @@ fuzz_target!(|input: &[u8]| {
         if header[2] & 1 == 0 {
             header[24..28].copy_from_slice(&s.exp_cmd_sn().to_be_bytes());
         }
-        let f = FrameRef {
-            header: &header,
-            ahs: &[],
-            data,
+        // Data-Outs the session would place take the adapter's placement path.
+        let placed = match s.placement(&header) {
+            Some(dst) if dst.len() == data.len() => {
+                dst.copy_from_slice(data);
+                true
+            }
+            _ => false,
         };
-        if s.receive(f, &mut worker, t).is_err() {
+        let r = if placed {
+            s.receive_placed(&header, &mut worker, t)
+        } else {
+            let f = FrameRef {
+                header: &header,
+                ahs: &[],
+                data,
+            };
+            s.receive(f, &mut worker, t)
+        };
+        if r.is_err() {
             return;
         }
         worker.poll(&mut events);
