@@ -6,7 +6,9 @@
 //! the [`Engine`] trait (a [`Worker`] in the daemon). A Data-In sequence leaves
 //! together with the command's buffer, and its PDUs name byte ranges of that
 //! buffer ([`Segment::Buf`]) so that the adapter writes header and data with one
-//! `writev` and no copy.
+//! `writev` and no copy. The other way, [`Session::placement`] tells the adapter
+//! where a Data-Out's data belongs, so it can read it from the socket straight
+//! into the command's buffer ([`Session::receive_placed`]).
 //!
 //! What it does: the CmdSN window (out-of-window commands silently dropped,
 //! commands ahead of a gap held until it fills, immediate commands, a bounded
@@ -15,7 +17,8 @@
 //! Data-Out checks (TTT, DataSN, BufferOffset, length); Data-In split at the
 //! initiator's MaxRecvDataSegmentLength with status in the last PDU when there is
 //! no sense; SCSI Response with sense and residuals; NOP-Out/NOP-In and target
-//! pings; task management; Logout; Text (SendTargets); Reject. One connection per
+//! pings; task management (writes aborted while receiving data first drain the
+//! R2Ts already sent); Logout; Text (SendTargets); Reject. One connection per
 //! session and ErrorRecoveryLevel 0: any recovery beyond a Reject is the
 //! initiator's session recovery.
 
