@@ -1,10 +1,11 @@
 //! The I/O adapter: TCP portals, a small fixed set of worker threads, each an
 //! epoll loop that owns its connections and one engine [`Worker`] (whose eventfd
 //! sits in the same epoll set). Sockets are non-blocking; bytes are cut into
-//! PDUs by [`FrameDecoder`] (bounded), the login phase runs through
-//! [`crate::login::Login`], the full feature phase through [`Session`]. Header and
-//! data of outgoing PDUs leave in one `writev`, Data-In straight from the
-//! command's buffer.
+//! PDUs with the codec's [`Framing`] by a bounded receive buffer (`rx`), which
+//! reads large Data-Out segments straight into their command's buffer; the login
+//! phase runs through [`crate::login::Login`], the full feature phase through
+//! [`Session`]. Header and data of outgoing PDUs leave in one `writev`, Data-In
+//! straight from the command's buffer.
 //!
 //! A peer that stalls in the middle of a PDU, sends a segment larger than it was
 //! allowed, or does not finish its login in time is dropped without touching the
