@@ -113,6 +113,8 @@ apt-get install -y -q --no-install-recommends \
 # Every QEMU package from bookworm-backports, so the versions match.
 apt-get install -y -q --no-install-recommends -t bookworm-backports \
     qemu-system-x86 qemu-system-common qemu-system-data qemu-block-extra qemu-utils
+# libiscsi's initiators and conformance suite (iscsi-inq, iscsi-ls, iscsi-test-cu).
+apt-get install -y -q --no-install-recommends libiscsi-bin
 
 # --- guest kernel ----------------------------------------------------------
 

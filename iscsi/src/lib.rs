@@ -7,10 +7,17 @@
 //! back response PDUs and events; [`discovery`] answers SendTargets. Nothing
 //! here owns a socket or a thread: a thin adapter feeds bytes in and writes the
 //! PDUs that come out.
+//!
+//! After login, [`session`] runs the full feature phase (commands, R2T and
+//! Data-Out, Data-In, task management, NOP, logout, text) against the engine.
+//! [`server`] is that thin adapter: TCP portals and epoll worker threads, each
+//! owning its connections and one engine worker.
 
 pub mod chap;
 pub mod discovery;
 pub mod login;
 pub mod negotiate;
 pub mod pdu;
+pub mod server;
+pub mod session;
 pub mod text;
