@@ -299,10 +299,11 @@ impl Worker {
                 let resp = good_response(&slot.cmd, consumed, true);
                 self.finish(r, Some(resp));
             }
-            Ok(Exec::Data(bytes)) if slot.cmd.dir == DataDir::ToDevice && !bytes.is_empty() => {
-                // Data-in for a buffer the initiator filled with data-out: refuse
-                // rather than write into memory it only lent for reading.
-                let resp = error_response(&slot.lun, direction_mismatch(), &slot.cmd);
+            Ok(Exec::Data(_)) if slot.cmd.dir == DataDir::ToDevice => {
+                // Data-in for a buffer the initiator lent for data-out: the command
+                // succeeds (as libiscsi's Read10Invalid expects of a READ flagged as
+                // a write) but nothing is written into memory lent for reading.
+                let resp = good_response(&slot.cmd, 0, false);
                 self.finish(r, Some(resp));
             }
             Ok(Exec::Data(bytes)) => {
@@ -380,10 +381,20 @@ impl Worker {
                     return;
                 }
                 Step::Io {
-                    buf: IoBuf::Data { .. },
-                    op,
+                    buf: IoBuf::Data { len, .. },
+                    op: IoOp::Read { .. },
                     ..
-                } if wrong_direction(op, slot.cmd.dir) => {
+                } if slot.cmd.dir == DataDir::ToDevice => {
+                    // A read into a buffer lent for data-out: skipped, as above.
+                    last = Some(Ok(len));
+                }
+                Step::Io {
+                    buf: IoBuf::Data { .. },
+                    op: IoOp::Write { .. },
+                    ..
+                } if slot.cmd.dir == DataDir::FromDevice => {
+                    // A write from a buffer lent for data-in holds no data: refused,
+                    // so nothing the initiator did not send reaches the medium.
                     let resp = error_response(&slot.lun, direction_mismatch(), &slot.cmd);
                     self.finish(r, Some(resp));
                     return;
@@ -838,16 +849,6 @@ fn checks_and_handler(
         registry,
     };
     (info.handler)(&mut ctx)
-}
-
-/// Whether `op` on the command's own buffer goes against the direction the
-/// transport gave that buffer (a READ into data-out, a WRITE from data-in).
-fn wrong_direction(op: IoOp, dir: DataDir) -> bool {
-    match op {
-        IoOp::Read { .. } => dir == DataDir::ToDevice,
-        IoOp::Write { .. } => dir == DataDir::FromDevice,
-        _ => false,
-    }
 }
 
 /// The transport gave the data buffer the direction opposite to the command's.
