@@ -291,6 +291,9 @@ fn block_device_characteristics(lun: &Lun) -> Vec<u8> {
         1
     };
     b[0..2].copy_from_slice(&rate.to_be_bytes());
+    // WABEREQ 01b: a read after a SANITIZE BLOCK ERASE completes with GOOD and
+    // returns the (zeroed) logical block data; WACEREQ 00b: no crypto erase.
+    b[3] = 0x40;
     vpd(page::BLOCK_DEVICE_CHARACTERISTICS, &b)
 }
 

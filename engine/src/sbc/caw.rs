@@ -20,6 +20,11 @@ pub(super) fn compare_and_write(ctx: &mut CmdCtx<'_>) -> ExecResult {
     }
     check_range(ctx.lun, lba, blocks)?;
     if blocks == 0 {
+        // Zero blocks take no data-out; a buffer with data (e.g. a 256-block request
+        // whose count wrapped to 0) is refused like any other size mismatch.
+        if !ctx.data.is_empty() {
+            return Err(Sense::invalid_cdb_field(13, None).into());
+        }
         return Ok(Exec::Good(0));
     }
     // blocks <= 255 and the block size <= 64 KiB: no overflow.

@@ -104,7 +104,8 @@ fn command(op: &Op, model: &mut [u8]) -> ((Vec<u8>, DataDir, Vec<u8>), Option<u8
             unmap,
         } => {
             let block = vec![byte; BS];
-            model[range(lba, blocks)].fill(byte);
+            // With UNMAP the (thin, LBPRZ) blocks are deallocated: zeroes.
+            model[range(lba, blocks)].fill(if unmap { 0 } else { byte });
             let mut c = rw16(0x93, lba, blocks as u32);
             if unmap {
                 c[1] = 0x08;

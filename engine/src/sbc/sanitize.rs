@@ -49,6 +49,13 @@ fn overwrite_params(list: &[u8], bs: usize) -> Result<(u8, bool, Vec<u8>), Sense
 
 pub(super) fn sanitize(ctx: &mut CmdCtx<'_>) -> ExecResult {
     let cdb = ctx.cdb;
+    // Byte 1 bit 6 and bytes 2 to 6 are reserved (SBC-4 5.30).
+    if cdb[1] & 0x40 != 0 {
+        return Err(Sense::invalid_cdb_field(1, Some(6)).into());
+    }
+    if let Some(i) = (2..=6).find(|&i| cdb[i] != 0) {
+        return Err(Sense::invalid_cdb_field(i as u16, None).into());
+    }
     let sa = cdb[1] & 0x1f;
     let ause = cdb[1] & 0x20 != 0;
     let pll = usize::try_from(super::be16(cdb, 7)).unwrap_or(usize::MAX);

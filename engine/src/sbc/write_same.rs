@@ -63,7 +63,9 @@ pub(super) fn write_same(ctx: &mut CmdCtx<'_>) -> ExecResult {
     let off = byte_off(lun, e.lba);
     let len = blocks.saturating_mul(bs as u64);
     let thin = lun.config.thin;
-    let phase = if zero && unmap && thin {
+    // UNMAP on a thin LUN deallocates whatever the data-out block holds, as LIO
+    // does and libiscsi's WriteSame*.UnmapUntilEnd checks (LBPRZ: zeroes read back).
+    let phase = if unmap && thin {
         Phase::Zero {
             off,
             len,
@@ -156,12 +158,15 @@ mod tests {
     }
 
     #[test]
-    fn unmap_with_non_zero_data_writes_it() {
+    fn unmap_deallocates_whatever_the_data() {
+        // libiscsi WriteSame10.UnmapUntilEnd: UNMAP with a 0xff block reads back
+        // zeroes on an LBPRZ LUN.
         let mut f = Fixture::ram();
+        f.run(&rw10(0x2a, 0, 2), DataDir::ToDevice, vec![0xff; 1024]);
         let (r, _) = f.run(&ws10(0, 2, 0x08), DataDir::ToDevice, vec![0xa6; 512]);
         assert_good(&r);
         let (_, d) = f.read_in(&rw10(0x28, 0, 2), 1024);
-        assert_eq!(d, vec![0xa6; 1024]);
+        assert_eq!(d, vec![0; 1024]);
     }
 
     #[test]
