@@ -204,9 +204,9 @@ fn reset_lun(l: &Arc<Lun>, by: &Nexus) {
     crate::pr::on_lun_reset(l);
     crate::spc::on_lun_reset(l);
     crate::xcopy::on_lun_reset(l);
-    // Every I_T nexus, the one that asked included (libiscsi MultipathIO.Reset).
-    let _ = by;
-    l.ua.establish_all(asc::BUS_DEVICE_RESET_FUNCTION_OCCURRED, None);
+    // Every other I_T nexus: the one that asked knows (libiscsi Reserve6.LUNReset
+    // expects no unit attention there).
+    l.ua.establish_all(asc::BUS_DEVICE_RESET_FUNCTION_OCCURRED, Some(&by.key));
 }
 
 /// I_T nexus loss (or I_T NEXUS RESET) for `nexus` on `l` (SAM-5 6.3.4).
