@@ -23,6 +23,7 @@ pub mod blockdev;
 mod error;
 pub mod fault;
 pub mod file;
+mod inline;
 pub mod null;
 mod op;
 pub mod ram;

@@ -1,6 +1,7 @@
 //! Null backend: reads return zeroes, writes are dropped, everything completes inline
 //! inside `submit`. For measuring the rest of the stack without storage in the way.
 
+use crate::inline::InlineQueue;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -45,15 +46,9 @@ impl Backend for NullBackend {
     }
 
     fn open_channel(&self, notify: &EventFd) -> Result<Box<dyn IoChannel>, BackendError> {
-        let notify = notify.try_clone().map_err(|e| BackendError::Io {
-            op: "eventfd clone",
-            offset: 0,
-            source: e,
-        })?;
         Ok(Box::new(NullChannel {
             size: self.size.clone(),
-            done: Vec::new(),
-            notify,
+            queue: InlineQueue::new(notify)?,
         }))
     }
 
@@ -83,8 +78,7 @@ impl Backend for NullBackend {
 
 struct NullChannel {
     size: Arc<AtomicU64>,
-    done: Vec<Completion>,
-    notify: EventFd,
+    queue: InlineQueue,
 }
 
 impl NullChannel {
@@ -130,8 +124,7 @@ impl IoChannel for NullChannel {
         user_data: u64,
     ) -> Result<(), BackendError> {
         let result = self.run(op, iovecs);
-        self.done.push(Completion { user_data, result });
-        let _ = self.notify.write(1);
+        self.queue.complete(user_data, result);
         Ok(())
     }
 
@@ -140,11 +133,11 @@ impl IoChannel for NullChannel {
     }
 
     fn reap(&mut self, out: &mut Vec<Completion>) {
-        out.append(&mut self.done);
+        self.queue.reap(out);
     }
 
     fn in_flight(&self) -> usize {
-        self.done.len()
+        self.queue.len()
     }
 }
 

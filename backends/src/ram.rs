@@ -9,6 +9,7 @@
 //! lock, and every I/O checks it under the map's read lock, so no write can land past
 //! the end of a store that is shrinking.
 
+use crate::inline::InlineQueue;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -276,15 +277,9 @@ impl Backend for RamBackend {
         }
     }
     fn open_channel(&self, notify: &EventFd) -> Result<Box<dyn IoChannel>, BackendError> {
-        let notify = notify.try_clone().map_err(|e| BackendError::Io {
-            op: "eventfd clone",
-            offset: 0,
-            source: e,
-        })?;
         Ok(Box::new(RamChannel {
             store: self.0.clone(),
-            done: Vec::new(),
-            notify,
+            queue: InlineQueue::new(notify)?,
         }))
     }
     fn block_status(&self, offset: u64, len: u64) -> Result<Extent, BackendError> {
@@ -300,8 +295,7 @@ impl Backend for RamBackend {
 
 struct RamChannel {
     store: Arc<RamStore>,
-    done: Vec<Completion>,
-    notify: EventFd,
+    queue: InlineQueue,
 }
 
 fn iov_total(offset: u64, iovecs: &[libc::iovec]) -> Result<u64, IoError> {
@@ -369,10 +363,7 @@ impl IoChannel for RamChannel {
         user_data: u64,
     ) -> Result<(), BackendError> {
         let result = self.run(op, iovecs);
-        self.done.push(Completion { user_data, result });
-        // The owner reaps after each batch anyway; the signal covers callers that
-        // only wake on the eventfd.
-        let _ = self.notify.write(1);
+        self.queue.complete(user_data, result);
         Ok(())
     }
 
@@ -381,11 +372,11 @@ impl IoChannel for RamChannel {
     }
 
     fn reap(&mut self, out: &mut Vec<Completion>) {
-        out.append(&mut self.done);
+        self.queue.reap(out);
     }
 
     fn in_flight(&self) -> usize {
-        self.done.len()
+        self.queue.len()
     }
 }
 
