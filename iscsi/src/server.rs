@@ -16,7 +16,7 @@ use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -73,7 +73,8 @@ pub struct Target {
 /// What the server serves and how.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// The targets; the server listens on every portal of every target.
+    /// The targets at start; more come and go with [`Server::add_target`] and
+    /// [`Server::remove_target`].
     pub targets: Vec<Target>,
     /// Worker threads (each an epoll loop with its own engine worker).
     pub workers: usize,
@@ -116,7 +117,7 @@ impl Default for ServerConfig {
     }
 }
 
-/// Why the server could not start.
+/// Why the server could not start, or a change could not be made.
 #[derive(Debug, Error)]
 pub enum ServerError {
     #[error("listen on {addr}: {source}")]
@@ -132,8 +133,14 @@ pub enum ServerError {
     Worker(#[from] engine::worker::WorkerError),
     #[error("thread: {0}")]
     Thread(std::io::Error),
-    #[error("no portals configured")]
-    NoPortals,
+    #[error("target {0} already exists")]
+    TargetExists(String),
+    #[error("no target {0}")]
+    NoTarget(String),
+    #[error("target {target} has no portal {addr}")]
+    NoPortal { target: String, addr: SocketAddr },
+    #[error("target {target} already has portal {addr}")]
+    PortalExists { target: String, addr: SocketAddr },
 }
 
 /// Why one connection ended (logged; never fatal to the server).
@@ -155,6 +162,8 @@ pub enum ConnError {
     Stalled(Duration),
     #[error("session reinstated by a new login")]
     Reinstated,
+    #[error("session dropped by the administrator")]
+    Dropped,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -169,15 +178,52 @@ struct SessionLoc {
     tsih: u16,
     worker: usize,
     conn: u32,
+    peer: Option<SocketAddr>,
+    since: std::time::SystemTime,
+}
+
+/// A logged-in normal session, as [`Server::sessions_list`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub target: String,
+    pub initiator: String,
+    /// The initiator's session id, 12 hex digits.
+    pub isid: String,
+    pub tsih: u16,
+    pub peer: Option<SocketAddr>,
+    /// Seconds since the Unix epoch when it logged in.
+    pub since: u64,
+}
+
+/// A target as it is served: its portals as bound.
+struct LiveTarget {
+    target: Target,
+    portals: Vec<SocketAddr>,
+}
+
+/// A listening socket shared by every portal bound to its address.
+struct Listener {
+    wanted: SocketAddr,
+    bound: SocketAddr,
+    socket: TcpListener,
+    users: usize,
+}
+
+#[derive(Default)]
+struct Listeners {
+    by_key: HashMap<u64, Listener>,
+    next_key: u64,
 }
 
 /// State every thread sees.
 struct Shared {
     cfg: ServerConfig,
-    /// Every listening address (as bound).
-    addrs: Vec<SocketAddr>,
-    /// Per target (in `cfg.targets` order), its portals as bound.
-    portals: Vec<Vec<SocketAddr>>,
+    /// Targets are replaced, never changed in place: a login holds the
+    /// snapshot it found.
+    targets: RwLock<Vec<Arc<LiveTarget>>>,
+    listeners: Mutex<Listeners>,
+    /// The acceptor's epoll set: listeners are added from any thread.
+    accept_epoll: Epoll,
     sessions: Mutex<HashMap<SessionKey, SessionLoc>>,
     next_tsih: AtomicU16,
     /// Connections accepted and not yet closed.
@@ -188,7 +234,7 @@ struct Shared {
 
 enum Msg {
     Conn(TcpStream),
-    Kill(u32),
+    Kill(u32, ConnError),
 }
 
 struct Inbox {
@@ -206,20 +252,42 @@ impl Inbox {
     }
 }
 
+const KEY_STOP: u64 = u64::MAX;
+
 impl Shared {
-    fn target(&self, name: &str) -> Option<&Target> {
-        self.cfg.targets.iter().find(|t| t.name == name)
+    fn new(cfg: ServerConfig, accept_epoll: Epoll, inboxes: Vec<Arc<Inbox>>) -> Shared {
+        Shared {
+            cfg,
+            targets: RwLock::new(Vec::new()),
+            listeners: Mutex::new(Listeners::default()),
+            accept_epoll,
+            sessions: Mutex::new(HashMap::new()),
+            next_tsih: AtomicU16::new(1),
+            conns: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            inboxes,
+        }
+    }
+
+    fn targets(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<LiveTarget>>> {
+        self.targets.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn target(&self, name: &str) -> Option<Arc<LiveTarget>> {
+        self.targets()
+            .iter()
+            .find(|t| t.target.name == name)
+            .cloned()
     }
 
     /// A target reachable through the connection's local address.
-    fn target_at(&self, name: &str, local: SocketAddr) -> Option<&Target> {
-        let i = self.cfg.targets.iter().position(|t| t.name == name)?;
-        let reachable = self.portals.get(i).is_some_and(|ps| {
-            ps.iter().any(|p| {
-                p.port() == local.port() && (p.ip() == local.ip() || p.ip().is_unspecified())
-            })
-        });
-        reachable.then(|| &self.cfg.targets[i])
+    fn target_at(&self, name: &str, local: SocketAddr) -> Option<Arc<LiveTarget>> {
+        let t = self.target(name)?;
+        let reachable = t
+            .portals
+            .iter()
+            .any(|p| p.port() == local.port() && (p.ip() == local.ip() || p.ip().is_unspecified()));
+        reachable.then_some(t)
     }
 
     fn allowed(t: &Target, initiator: &str) -> bool {
@@ -234,6 +302,113 @@ impl Shared {
             }
         }
     }
+
+    /// A listener for `addr`, bound now or shared with portals already on it
+    /// (port 0 always binds a new one). Returns the address as bound.
+    fn acquire_listener(&self, addr: SocketAddr) -> Result<SocketAddr, ServerError> {
+        let mut ls = self
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(l) = ls
+            .by_key
+            .values_mut()
+            .find(|l| addr.port() != 0 && (l.wanted == addr || l.bound == addr))
+        {
+            l.users += 1;
+            return Ok(l.bound);
+        }
+        let listen_err = |source| ServerError::Listen { addr, source };
+        let socket = TcpListener::bind(addr).map_err(listen_err)?;
+        socket.set_nonblocking(true).map_err(listen_err)?;
+        let bound = socket.local_addr().map_err(listen_err)?;
+        let key = ls.next_key;
+        ls.next_key += 1;
+        self.accept_epoll
+            .ctl(
+                ControlOperation::Add,
+                socket.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, key),
+            )
+            .map_err(ServerError::Epoll)?;
+        ls.by_key.insert(
+            key,
+            Listener {
+                wanted: addr,
+                bound,
+                socket,
+                users: 1,
+            },
+        );
+        Ok(bound)
+    }
+
+    /// Drops one portal's use of the listener on `bound`; the last one closes it.
+    fn release_listener(&self, bound: SocketAddr) {
+        let mut ls = self
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(key) = ls
+            .by_key
+            .iter()
+            .find(|(_, l)| l.bound == bound)
+            .map(|(k, _)| *k)
+        else {
+            return;
+        };
+        let last = ls.by_key.get_mut(&key).is_some_and(|l| {
+            l.users -= 1;
+            l.users == 0
+        });
+        if last {
+            if let Some(l) = ls.by_key.remove(&key) {
+                let _ = self.accept_epoll.ctl(
+                    ControlOperation::Delete,
+                    l.socket.as_raw_fd(),
+                    EpollEvent::default(),
+                );
+            }
+        }
+    }
+
+    /// Binds `t`'s portals and publishes it.
+    fn add_target(&self, t: Target) -> Result<(), ServerError> {
+        let mut targets = self.targets.write().unwrap_or_else(PoisonError::into_inner);
+        if targets.iter().any(|x| x.target.name == t.name) {
+            return Err(ServerError::TargetExists(t.name));
+        }
+        let mut portals: Vec<SocketAddr> = Vec::new();
+        for a in &t.portals {
+            match self.acquire_listener(*a) {
+                Ok(b) => portals.push(b),
+                Err(e) => {
+                    for b in portals {
+                        self.release_listener(b);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        targets.push(Arc::new(LiveTarget { target: t, portals }));
+        Ok(())
+    }
+
+    /// Closes the connections of every session of `target` (all when `None`
+    /// is given for the initiator), or the one with `tsih`.
+    fn kill_sessions(&self, target: &str, tsih: Option<u16>, why: fn() -> ConnError) -> usize {
+        let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut n = 0;
+        for (k, loc) in sessions.iter() {
+            if k.target == target && tsih.is_none_or(|t| t == loc.tsih) {
+                if let Some(inbox) = self.inboxes.get(loc.worker) {
+                    inbox.post(Msg::Kill(loc.conn, why()));
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
 }
 
 /// The directory as one connection sees it (its local address answers
@@ -247,10 +422,10 @@ impl TargetDirectory for ConnDirectory {
     fn lookup(&self, target_name: &str) -> TargetLookup {
         match self.shared.target_at(target_name, self.local) {
             Some(t) => TargetLookup::Found(TargetInfo {
-                name: t.name.clone(),
-                alias: t.alias.clone(),
-                portal_group_tag: t.portal_group_tag,
-                auth: if t.chap_required {
+                name: t.target.name.clone(),
+                alias: t.target.alias.clone(),
+                portal_group_tag: t.target.portal_group_tag,
+                auth: if t.target.chap_required {
                     AuthPolicy::Chap
                 } else {
                     AuthPolicy::None
@@ -267,7 +442,7 @@ impl TargetDirectory for ConnDirectory {
     fn initiator_allowed(&self, target_name: &str, initiator_name: &str) -> bool {
         self.shared
             .target(target_name)
-            .is_some_and(|t| Shared::allowed(t, initiator_name))
+            .is_some_and(|t| Shared::allowed(&t.target, initiator_name))
     }
 
     fn chap_credentials(
@@ -275,7 +450,7 @@ impl TargetDirectory for ConnDirectory {
         target_name: Option<&str>,
         _initiator_name: &str,
     ) -> Option<ChapCredentials> {
-        self.shared.target(target_name?)?.chap.clone()
+        self.shared.target(target_name?)?.target.chap.clone()
     }
 
     fn existing_session(
@@ -331,14 +506,16 @@ impl Discovery for ConnDirectory {
         };
         let visible: Vec<TargetEntry> = self
             .shared
-            .cfg
-            .targets
+            .targets()
             .iter()
-            .zip(&self.shared.portals)
-            .filter(|(t, _)| Shared::allowed(t, initiator))
-            .map(|(t, ps)| TargetEntry {
-                name: t.name.clone(),
-                portals: ps.iter().map(|p| (shown(p), t.portal_group_tag)).collect(),
+            .filter(|t| Shared::allowed(&t.target, initiator))
+            .map(|t| TargetEntry {
+                name: t.target.name.clone(),
+                portals: t
+                    .portals
+                    .iter()
+                    .map(|p| (shown(p), t.target.portal_group_tag))
+                    .collect(),
             })
             .collect();
         let session = if session_target.is_some() {
@@ -358,45 +535,10 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds every portal and starts the threads.
-    pub fn start(cfg: ServerConfig, registry: Arc<LunRegistry>) -> Result<Server, ServerError> {
-        // One listener per distinct portal address.
-        let mut wanted: Vec<SocketAddr> = Vec::new();
-        for a in cfg.targets.iter().flat_map(|t| &t.portals) {
-            if !wanted.contains(a) {
-                wanted.push(*a);
-            }
-        }
-        if wanted.is_empty() {
-            return Err(ServerError::NoPortals);
-        }
-        let mut listeners = Vec::new();
-        let mut addrs = Vec::new();
-        for addr in &wanted {
-            let l = TcpListener::bind(addr).map_err(|source| ServerError::Listen {
-                addr: *addr,
-                source,
-            })?;
-            l.set_nonblocking(true)
-                .map_err(|source| ServerError::Listen {
-                    addr: *addr,
-                    source,
-                })?;
-            addrs.push(l.local_addr().unwrap_or(*addr));
-            listeners.push(l);
-        }
-        let bound = |a: &SocketAddr| {
-            wanted
-                .iter()
-                .position(|w| w == a)
-                .and_then(|i| addrs.get(i).copied())
-                .unwrap_or(*a)
-        };
-        let portals: Vec<Vec<SocketAddr>> = cfg
-            .targets
-            .iter()
-            .map(|t| t.portals.iter().map(bound).collect())
-            .collect();
+    /// Starts the threads and binds the portals of `cfg.targets` (there may be
+    /// none yet: targets can be added later).
+    pub fn start(mut cfg: ServerConfig, registry: Arc<LunRegistry>) -> Result<Server, ServerError> {
+        let initial = std::mem::take(&mut cfg.targets);
         let nworkers = cfg.workers.max(1);
         let mut inboxes = Vec::new();
         for _ in 0..nworkers {
@@ -405,18 +547,24 @@ impl Server {
                 wake: EventFd::new(EFD_NONBLOCK).map_err(ServerError::EventFd)?,
             }));
         }
-        let shared = Arc::new(Shared {
-            cfg,
-            addrs,
-            portals,
-            sessions: Mutex::new(HashMap::new()),
-            next_tsih: AtomicU16::new(1),
-            conns: AtomicUsize::new(0),
-            stop: AtomicBool::new(false),
-            inboxes,
-        });
         let stop = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(ServerError::EventFd)?);
-        let mut threads = Vec::new();
+        let accept_epoll = Epoll::new().map_err(ServerError::Epoll)?;
+        accept_epoll
+            .ctl(
+                ControlOperation::Add,
+                stop.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, KEY_STOP),
+            )
+            .map_err(ServerError::Epoll)?;
+        let shared = Arc::new(Shared::new(cfg, accept_epoll, inboxes));
+        for t in initial {
+            shared.add_target(t)?;
+        }
+        let mut server = Server {
+            shared: shared.clone(),
+            stop: stop.clone(),
+            threads: Vec::new(),
+        };
         for i in 0..nworkers {
             // An engine worker stays on the thread that made it.
             let (tx, rx) = std::sync::mpsc::channel();
@@ -438,37 +586,30 @@ impl Server {
                     }
                 })
                 .map_err(ServerError::Thread)?;
-            threads.push(h);
-            let started = rx
-                .recv()
-                .unwrap_or_else(|_| Err(ServerError::Thread(std::io::Error::other("died"))));
-            if let Err(e) = started {
-                shared.stop.store(true, Ordering::Release);
-                for i in &shared.inboxes {
-                    let _ = i.wake.write(1);
-                }
-                for t in threads {
-                    let _ = t.join();
-                }
-                return Err(e);
-            }
+            server.threads.push(h);
+            // On an error, dropping `server` stops the threads started so far.
+            rx.recv()
+                .unwrap_or_else(|_| Err(ServerError::Thread(std::io::Error::other("died"))))?;
         }
-        let acc = Acceptor::new(listeners, shared.clone(), stop.clone())?;
+        let acc = Acceptor { shared, stop };
         let h = std::thread::Builder::new()
             .name("iscsi-accept".into())
             .spawn(move || acc.run())
             .map_err(ServerError::Thread)?;
-        threads.push(h);
-        Ok(Server {
-            shared,
-            stop,
-            threads,
-        })
+        server.threads.push(h);
+        Ok(server)
     }
 
     /// The addresses the portals listen on (with the ports actually bound).
-    pub fn local_addrs(&self) -> &[SocketAddr] {
-        &self.shared.addrs
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        let ls = self
+            .shared
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut v: Vec<(u64, SocketAddr)> = ls.by_key.iter().map(|(k, l)| (*k, l.bound)).collect();
+        v.sort();
+        v.into_iter().map(|(_, a)| a).collect()
     }
 
     /// Sessions logged in right now.
@@ -478,6 +619,172 @@ impl Server {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
+    }
+
+    /// Every logged-in normal session.
+    pub fn sessions_list(&self) -> Vec<SessionInfo> {
+        let sessions = self
+            .shared
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut v: Vec<SessionInfo> = sessions
+            .iter()
+            .map(|(k, l)| SessionInfo {
+                target: k.target.clone(),
+                initiator: k.initiator.clone(),
+                isid: k.isid.0.iter().map(|b| format!("{b:02x}")).collect(),
+                tsih: l.tsih,
+                peer: l.peer,
+                since: l
+                    .since
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            })
+            .collect();
+        v.sort_by(|a, b| (&a.target, a.tsih).cmp(&(&b.target, b.tsih)));
+        v
+    }
+
+    /// Closes the session `tsih` of `target` (its commands are aborted, as
+    /// when the connection drops). False if there is no such session.
+    pub fn drop_session(&self, target: &str, tsih: u16) -> bool {
+        self.shared
+            .kill_sessions(target, Some(tsih), || ConnError::Dropped)
+            > 0
+    }
+
+    /// The targets served now, with their portals as bound.
+    pub fn targets(&self) -> Vec<Target> {
+        self.shared
+            .targets()
+            .iter()
+            .map(|t| Target {
+                portals: t.portals.clone(),
+                ..t.target.clone()
+            })
+            .collect()
+    }
+
+    /// Adds a target and binds its portals; sessions may log in at once.
+    pub fn add_target(&self, t: Target) -> Result<(), ServerError> {
+        self.shared.add_target(t)
+    }
+
+    /// Removes a target: no new logins, its sessions are closed, portals no
+    /// other target uses stop listening.
+    pub fn remove_target(&self, name: &str) -> Result<(), ServerError> {
+        let removed = {
+            let mut targets = self
+                .shared
+                .targets
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            let i = targets
+                .iter()
+                .position(|t| t.target.name == name)
+                .ok_or_else(|| ServerError::NoTarget(name.to_string()))?;
+            targets.remove(i)
+        };
+        for p in &removed.portals {
+            self.shared.release_listener(*p);
+        }
+        self.shared.kill_sessions(name, None, || ConnError::Dropped);
+        Ok(())
+    }
+
+    /// Adds a portal to a target. Returns the address as bound.
+    pub fn add_portal(&self, target: &str, addr: SocketAddr) -> Result<SocketAddr, ServerError> {
+        let mut targets = self
+            .shared
+            .targets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let i = targets
+            .iter()
+            .position(|t| t.target.name == target)
+            .ok_or_else(|| ServerError::NoTarget(target.to_string()))?;
+        let t = &targets[i];
+        if t.target.portals.contains(&addr) || (addr.port() != 0 && t.portals.contains(&addr)) {
+            return Err(ServerError::PortalExists {
+                target: target.to_string(),
+                addr,
+            });
+        }
+        let bound = self.shared.acquire_listener(addr)?;
+        let mut next = LiveTarget {
+            target: t.target.clone(),
+            portals: t.portals.clone(),
+        };
+        next.target.portals.push(addr);
+        next.portals.push(bound);
+        targets[i] = Arc::new(next);
+        Ok(bound)
+    }
+
+    /// Removes a portal (as configured or as bound) from a target. Sessions
+    /// already logged in through it stay.
+    pub fn remove_portal(&self, target: &str, addr: SocketAddr) -> Result<(), ServerError> {
+        let mut targets = self
+            .shared
+            .targets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let i = targets
+            .iter()
+            .position(|t| t.target.name == target)
+            .ok_or_else(|| ServerError::NoTarget(target.to_string()))?;
+        let t = &targets[i];
+        let j = t
+            .target
+            .portals
+            .iter()
+            .zip(&t.portals)
+            .position(|(want, bound)| *want == addr || *bound == addr)
+            .ok_or(ServerError::NoPortal {
+                target: target.to_string(),
+                addr,
+            })?;
+        let mut next = LiveTarget {
+            target: t.target.clone(),
+            portals: t.portals.clone(),
+        };
+        next.target.portals.remove(j);
+        let bound = next.portals.remove(j);
+        targets[i] = Arc::new(next);
+        self.shared.release_listener(bound);
+        Ok(())
+    }
+
+    /// Changes a target's alias, ACL or CHAP settings (its name, portals and
+    /// LUN map are kept as they are). New logins see the change; sessions
+    /// already logged in stay.
+    pub fn modify_target(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut Target),
+    ) -> Result<(), ServerError> {
+        let mut targets = self
+            .shared
+            .targets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let i = targets
+            .iter()
+            .position(|t| t.target.name == name)
+            .ok_or_else(|| ServerError::NoTarget(name.to_string()))?;
+        let old = &targets[i];
+        let mut t = old.target.clone();
+        f(&mut t);
+        t.name = old.target.name.clone();
+        t.portals = old.target.portals.clone();
+        t.luns = old.target.luns.clone();
+        t.port = old.target.port.clone();
+        targets[i] = Arc::new(LiveTarget {
+            target: t,
+            portals: old.portals.clone(),
+        });
+        Ok(())
     }
 
     /// Stops accepting, closes every connection and joins the threads.
@@ -504,64 +811,38 @@ impl Drop for Server {
 }
 
 struct Acceptor {
-    listeners: Vec<TcpListener>,
     shared: Arc<Shared>,
     stop: Arc<EventFd>,
-    epoll: Epoll,
 }
 
 impl Acceptor {
-    fn new(
-        listeners: Vec<TcpListener>,
-        shared: Arc<Shared>,
-        stop: Arc<EventFd>,
-    ) -> Result<Self, ServerError> {
-        let epoll = Epoll::new().map_err(ServerError::Epoll)?;
-        for (i, l) in listeners.iter().enumerate() {
-            epoll
-                .ctl(
-                    ControlOperation::Add,
-                    l.as_raw_fd(),
-                    EpollEvent::new(EventSet::IN, i as u64),
-                )
-                .map_err(ServerError::Epoll)?;
-        }
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                stop.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, u64::MAX),
-            )
-            .map_err(ServerError::Epoll)?;
-        Ok(Acceptor {
-            listeners,
-            shared,
-            stop,
-            epoll,
-        })
-    }
-
     fn run(self) {
         let mut events = vec![EpollEvent::default(); 16];
         let mut next = 0usize;
         let n_workers = self.shared.inboxes.len().max(1);
         while !self.shared.stop.load(Ordering::Acquire) {
-            let n = match self.epoll.wait(1000, &mut events) {
+            let n = match self.shared.accept_epoll.wait(1000, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => break,
             };
             for ev in &events[..n] {
-                let Some(l) = usize::try_from(ev.data())
-                    .ok()
-                    .and_then(|i| self.listeners.get(i))
-                else {
+                if ev.data() == KEY_STOP {
                     let _ = self.stop.read();
+                    continue;
+                }
+                let ls = self
+                    .shared
+                    .listeners
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                // Removed since the event was queued: nothing to accept.
+                let Some(l) = ls.by_key.get(&ev.data()) else {
                     continue;
                 };
                 // Bounded: a burst of at most 64 accepts per wake-up.
                 for _ in 0..64 {
-                    match l.accept() {
+                    match l.socket.accept() {
                         Ok((s, _)) => {
                             if s.set_nonblocking(true).is_err() {
                                 continue;
@@ -580,6 +861,7 @@ impl Acceptor {
                         Err(_) => {
                             // Out of descriptors or memory: the listener stays
                             // readable, so back off instead of spinning.
+                            drop(ls);
                             std::thread::sleep(Duration::from_millis(50));
                             break;
                         }
@@ -848,9 +1130,9 @@ impl WorkerLoop {
         for m in msgs {
             match m {
                 Msg::Conn(s) => self.add(s),
-                Msg::Kill(id) => {
+                Msg::Kill(id, why) => {
                     if self.conns.contains_key(&id) {
-                        self.close(id, &ConnError::Reinstated);
+                        self.close(id, &why);
                     }
                 }
             }
@@ -1024,6 +1306,7 @@ impl WorkerLoop {
             .as_ref()
             .and_then(|t| self.shared.target_at(&t.name, c.dir.local))
             .filter(|_| o.params.session_type == SessionType::Normal);
+        let target = target.as_ref().map(|t| &t.target);
         let nexus = target.map(|t| o.nexus(t.port.clone(), t.luns.clone()));
         let s = Session::new(
             SessionSetup {
@@ -1057,11 +1340,13 @@ impl WorkerLoop {
                         tsih: o.tsih,
                         worker: index,
                         conn: id,
+                        peer: c.stream.peer_addr().ok(),
+                        since: std::time::SystemTime::now(),
                     },
                 );
             if let (SessionBinding::Reinstate { .. }, Some(old)) = (o.binding, old) {
                 if let Some(inbox) = self.shared.inboxes.get(old.worker) {
-                    inbox.post(Msg::Kill(old.conn));
+                    inbox.post(Msg::Kill(old.conn, ConnError::Reinstated));
                 }
             }
             c.key = Some(key);
@@ -1297,20 +1582,20 @@ mod tests {
     fn targets_live_behind_their_portals() {
         let a: SocketAddr = "127.0.0.1:3260".parse().expect("addr");
         let b: SocketAddr = "0.0.0.0:3261".parse().expect("addr");
-        let cfg = ServerConfig {
-            targets: vec![target("iqn.x:a", vec![a]), target("iqn.x:b", vec![b])],
-            ..ServerConfig::default()
-        };
-        let shared = Arc::new(Shared {
-            portals: cfg.targets.iter().map(|t| t.portals.clone()).collect(),
-            cfg,
-            addrs: vec![a, b],
-            sessions: Mutex::new(HashMap::new()),
-            next_tsih: AtomicU16::new(1),
-            conns: AtomicUsize::new(0),
-            stop: AtomicBool::new(false),
-            inboxes: Vec::new(),
-        });
+        // Published as bound, without binding anything here.
+        let shared = Arc::new(Shared::new(
+            ServerConfig::default(),
+            Epoll::new().expect("epoll"),
+            Vec::new(),
+        ));
+        for t in [target("iqn.x:a", vec![a]), target("iqn.x:b", vec![b])] {
+            let portals = t.portals.clone();
+            shared
+                .targets
+                .write()
+                .expect("lock")
+                .push(Arc::new(LiveTarget { target: t, portals }));
+        }
         let at = |local: &str| ConnDirectory {
             shared: shared.clone(),
             local: local.parse().expect("addr"),
