@@ -507,6 +507,10 @@ impl Backend for FaultBackend {
     fn describe(&self) -> String {
         format!("fault:{}", self.inner.describe())
     }
+
+    fn sync(&self) -> Result<(), BackendError> {
+        self.inner.sync()
+    }
 }
 
 enum Wait {

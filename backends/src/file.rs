@@ -286,6 +286,18 @@ impl Backend for FileBackend {
     fn describe(&self) -> String {
         format!("file:{}", self.path.display())
     }
+
+    fn sync(&self) -> Result<(), BackendError> {
+        // SAFETY: fdatasync takes no pointers; the fd is open for the backend's lifetime.
+        if unsafe { libc::fdatasync(self.target.raw_fd()) } != 0 {
+            return Err(BackendError::Io {
+                op: "fdatasync",
+                offset: 0,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -128,6 +128,12 @@ pub trait Backend: Send + Sync {
 
     /// A short name for logs ("file:/var/lib/x.img", "ram", ...).
     fn describe(&self) -> String;
+
+    /// Makes every completed write durable (the daemon calls it when it stops).
+    /// Stores without a volatile cache have nothing to do.
+    fn sync(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
 }
 
 /// Per-thread I/O queue of one backend. Not shared between threads.

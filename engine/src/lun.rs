@@ -89,6 +89,60 @@ pub struct LunStats {
     /// Operations that went through an aligned bounce copy instead of the
     /// caller's memory (zero copy was not possible).
     pub bounce_copies: AtomicU64,
+    /// Commands that read the medium, that wrote it, and all others.
+    pub read_ops: AtomicU64,
+    pub write_ops: AtomicU64,
+    pub other_ops: AtomicU64,
+    /// Bytes moved by those reads and writes.
+    pub read_bytes: AtomicU64,
+    pub write_bytes: AtomicU64,
+    /// Commands that ended in a status other than GOOD.
+    pub errors: AtomicU64,
+    /// Commands aborted by task management or a lost nexus.
+    pub aborted: AtomicU64,
+    /// Commands accepted and not yet completed.
+    pub in_flight: AtomicU64,
+    /// Command latency: bucket `i` counts commands that took less than
+    /// 2^i microseconds (the last bucket: everything longer).
+    pub latency_us: [AtomicU64; LATENCY_BUCKETS],
+    /// The sum of all latencies, for the mean.
+    pub latency_sum_us: AtomicU64,
+}
+
+/// Latency histogram buckets: up to 2^24 µs (16.7 s) and beyond.
+pub const LATENCY_BUCKETS: usize = 26;
+
+impl LunStats {
+    /// Counts one completed command.
+    pub fn record(
+        &self,
+        flags: u32,
+        bytes: u64,
+        good: bool,
+        aborted: bool,
+        latency: std::time::Duration,
+    ) {
+        use crate::opcodes::flags::{READS, WRITES};
+        let (ops, moved) = if flags & WRITES != 0 {
+            (&self.write_ops, Some(&self.write_bytes))
+        } else if flags & READS != 0 {
+            (&self.read_ops, Some(&self.read_bytes))
+        } else {
+            (&self.other_ops, None)
+        };
+        ops.fetch_add(1, Ordering::Relaxed);
+        if aborted {
+            self.aborted.fetch_add(1, Ordering::Relaxed);
+        } else if !good {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        } else if let Some(m) = moved {
+            m.fetch_add(bytes, Ordering::Relaxed);
+        }
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let bucket = (u64::BITS - us.leading_zeros()) as usize;
+        self.latency_us[bucket.min(LATENCY_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us.fetch_add(us, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Lun {

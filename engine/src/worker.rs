@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use backends::{Completion, IoChannel, IoError, IoErrorKind, IoOp};
@@ -111,6 +112,8 @@ struct Slot {
     aborted: bool,
     /// The operation a full channel refused, to submit again once it has room.
     deferred_io: Option<(Option<Arc<Lun>>, IoOp, IoBuf)>,
+    /// When it was submitted, for the LUN's latency statistics.
+    start: std::time::Instant,
 }
 
 /// A task management function in progress on this worker.
@@ -247,6 +250,7 @@ impl Worker {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .add(entry);
+        lun.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         self.slots[r.index as usize] = Some(Slot {
             gen: r.gen,
             cmd,
@@ -260,6 +264,7 @@ impl Worker {
             bounce: None,
             aborted: false,
             deferred_io: None,
+            start: std::time::Instant::now(),
         });
         if run {
             self.dispatch(r);
@@ -484,9 +489,7 @@ impl Worker {
         match unsafe { ch.submit(op, &self.iovs, r.user_data()) } {
             Ok(()) => {
                 if slot.bounce.is_some() {
-                    lun.stats
-                        .bounce_copies
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    lun.stats.bounce_copies.fetch_add(1, Ordering::Relaxed);
                 }
                 slot.state = SlotState::Io(lun.uid);
                 Ok(())
@@ -567,6 +570,17 @@ impl Worker {
             .remove(slot.seq);
         wake.deliver();
         let response = if slot.aborted { None } else { resp };
+        let stats = &slot.lun.stats;
+        stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        stats.record(
+            slot.info.map_or(0, |i| i.flags),
+            response.as_ref().map_or(0, |r| u64::from(r.transferred)),
+            response
+                .as_ref()
+                .is_some_and(|r| r.status == crate::sense::ScsiStatus::Good),
+            response.is_none(),
+            slot.start.elapsed(),
+        );
         self.ready.push(Event::Cmd(Completed {
             token: slot.cmd.token,
             tag: slot.cmd.tag,

@@ -838,3 +838,42 @@ fn resize_and_lun_map_changes_raise_unit_attentions() {
     assert_good(&r);
     assert_eq!(&d[0..4], &16u32.to_be_bytes(), "two LUNs reported");
 }
+
+/// Each command is counted once on its LUN: by kind, bytes moved, errors,
+/// latency; nothing stays in flight once it completed.
+#[test]
+fn lun_statistics_count_every_command() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut f = Fixture::ram();
+    // The power-on unit attention goes to a first TEST UNIT READY.
+    let _ = f.run(&[0u8; 6], DataDir::None, Vec::new());
+    let s = [
+        f.lun.stats.write_ops.load(Relaxed),
+        f.lun.stats.write_bytes.load(Relaxed),
+        f.lun.stats.read_ops.load(Relaxed),
+        f.lun.stats.read_bytes.load(Relaxed),
+        f.lun.stats.errors.load(Relaxed),
+        f.lun.stats.other_ops.load(Relaxed),
+    ];
+    let (r, _) = f.run(&write10(0, 2), DataDir::ToDevice, vec![1u8; 1024]);
+    assert_good(&r);
+    let (r, _) = f.read_in(&read10(0, 1), 512);
+    assert_good(&r);
+    let last = (f.lun.num_blocks() - 1) as u32;
+    let (r, _) = f.read_in(&read10(last, 2), 1024);
+    assert_check(&r, SenseKey::IllegalRequest, asc::LBA_OUT_OF_RANGE);
+    let (r, _) = f.run(&[0u8; 6], DataDir::None, Vec::new());
+    assert_good(&r);
+    let n = &f.lun.stats;
+    let d = |now: &std::sync::atomic::AtomicU64, before: u64| now.load(Relaxed) - before;
+    assert_eq!(d(&n.write_ops, s[0]), 1);
+    assert_eq!(d(&n.write_bytes, s[1]), 1024);
+    assert_eq!(d(&n.read_ops, s[2]), 2);
+    assert_eq!(d(&n.read_bytes, s[3]), 512);
+    assert_eq!(d(&n.errors, s[4]), 1);
+    assert_eq!(d(&n.other_ops, s[5]), 1);
+    assert_eq!(n.in_flight.load(Relaxed), 0);
+    let counted: u64 = n.latency_us.iter().map(|b| b.load(Relaxed)).sum();
+    let ops = n.read_ops.load(Relaxed) + n.write_ops.load(Relaxed) + n.other_ops.load(Relaxed);
+    assert_eq!(counted, ops);
+}
