@@ -20,11 +20,13 @@
 //! ```
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use backends::{BackendSpec, IoEngine};
 use engine::LunConfig;
-use serde::Deserialize;
+use iscsi::chap::{ChapCredentials, Secret};
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 /// A configuration error, with where it is.
@@ -44,18 +46,103 @@ pub enum ConfigError {
     },
 }
 
-/// The file as written.
-#[derive(Debug, Deserialize)]
+/// The file as written (and as `save_config` writes it back).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<PathBuf>,
-    #[serde(default, rename = "backend")]
+    /// The JSON-RPC control socket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpc_socket: Option<PathBuf>,
+    /// Prometheus metrics over HTTP on this loopback address (optional).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<Spanned<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iscsi: Option<RawIscsiSettings>,
+    #[serde(default, rename = "backend", skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<RawBackend>,
-    #[serde(default, rename = "lun")]
+    #[serde(default, rename = "lun", skip_serializing_if = "Vec::is_empty")]
     pub luns: Vec<RawLun>,
+    #[serde(
+        default,
+        rename = "iscsi_target",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub iscsi_targets: Vec<RawIscsiTarget>,
+    #[serde(default, rename = "vhost_scsi", skip_serializing_if = "Vec::is_empty")]
+    pub vhost_scsi: Vec<RawVhostScsi>,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+/// Server-wide iSCSI settings.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIscsiSettings {
+    /// Worker threads (epoll loops); default 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<Spanned<usize>>,
+    /// Commands per session (the CmdSN window); default 128.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_depth: Option<Spanned<u32>>,
+}
+
+/// One LUN in a target's or controller's LUN map.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawMapping {
+    /// The LUN number the initiator sees.
+    pub id: u64,
+    /// The LUN's name.
+    pub lun: String,
+}
+
+/// An iSCSI target.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIscsiTarget {
+    pub name: Spanned<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alias: Option<Spanned<String>>,
+    /// "ADDRESS:PORT" ("[::1]:3260" for IPv6).
+    #[serde(default)]
+    pub portals: Vec<Spanned<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub portal_group_tag: Option<Spanned<u16>>,
+    /// Initiator names allowed to log in; empty: everyone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acl: Vec<Spanned<String>>,
+    /// CHAP: the name and secret the initiator must present.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chap_user: Option<Spanned<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chap_secret: Option<Spanned<String>>,
+    /// Mutual CHAP: the target's own name and secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chap_mutual_user: Option<Spanned<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chap_mutual_secret: Option<Spanned<String>>,
+    /// Refuse logins without CHAP (default: required when a secret is set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chap_required: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub luns: Vec<Spanned<RawMapping>>,
+}
+
+/// A vhost-user-scsi controller.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVhostScsi {
+    pub name: Spanned<String>,
+    /// The Unix socket QEMU connects to.
+    pub socket: Spanned<PathBuf>,
+    /// Request queues (QEMU's `num_queues`); default 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queues: Option<Spanned<usize>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub luns: Vec<Spanned<RawMapping>>,
+}
+
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendType {
     Ram,
@@ -64,44 +151,59 @@ pub enum BackendType {
     Blockdev,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum EngineName {
     Uring,
     Threads,
 }
 
-#[derive(Debug, Deserialize)]
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBackend {
     pub name: Spanned<String>,
     #[serde(rename = "type")]
     pub kind: BackendType,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<Spanned<Size>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<Spanned<PathBuf>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub direct: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub read_only: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub engine: Option<EngineName>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLun {
     pub name: Spanned<String>,
     pub backend: Spanned<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub uuid: Option<Spanned<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub serial: Option<Spanned<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub vendor: Option<Spanned<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub product: Option<Spanned<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub revision: Option<Spanned<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub block_size: Option<Spanned<u32>>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub read_only: bool,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub removable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub thin: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub write_cache: Option<bool>,
 }
 
@@ -121,6 +223,12 @@ impl<'de> Deserialize<'de> for Size {
             Either::N(n) => Ok(Size(n)),
             Either::S(s) => parse_size(&s).map(Size).map_err(serde::de::Error::custom),
         }
+    }
+}
+
+impl Serialize for Size {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
     }
 }
 
@@ -170,12 +278,72 @@ pub struct LunDef {
     pub generated_uuid: bool,
 }
 
-/// The checked configuration.
+/// An iSCSI target as the daemon serves it (LUN names not yet resolved).
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IscsiTargetDef {
+    pub name: String,
+    pub alias: Option<String>,
+    pub portals: Vec<SocketAddr>,
+    pub portal_group_tag: u16,
+    pub acl: Vec<String>,
+    pub chap: Option<ChapCredentials>,
+    pub chap_required: bool,
+    pub luns: Vec<RawMapping>,
+}
+
+/// A vhost-user-scsi controller as the daemon serves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VhostScsiDef {
+    pub name: String,
+    pub socket: PathBuf,
+    pub queues: usize,
+    pub luns: Vec<RawMapping>,
+}
+
+/// Server-wide iSCSI settings, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IscsiSettings {
+    pub workers: usize,
+    pub queue_depth: u32,
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
 pub struct Config {
     pub state_dir: Option<PathBuf>,
+    pub rpc_socket: Option<PathBuf>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub iscsi: IscsiSettings,
     pub backends: Vec<BackendDef>,
     pub luns: Vec<LunDef>,
+    pub iscsi_targets: Vec<IscsiTargetDef>,
+    pub vhost_scsi: Vec<VhostScsiDef>,
+    /// The document itself, with generated UUIDs filled in, for saving.
+    pub raw: RawConfig,
+}
+
+/// Reads one object of a config document (a `[[backend]]`, `[[lun]]`, ...)
+/// from JSON, as RPC parameters carry it. It goes through TOML text so that it
+/// gets exactly the checks a config file gets; the text is returned for
+/// [`Ctx`].
+pub fn object_from_json<T: serde::de::DeserializeOwned>(
+    v: &serde_json::Value,
+) -> Result<(T, String), String> {
+    if !v.is_object() {
+        return Err("parameters must be an object".into());
+    }
+    let tv = toml::Value::try_from(v).map_err(|e| format!("parameters: {e}"))?;
+    let text = toml::to_string(&tv).map_err(|e| format!("parameters: {e}"))?;
+    let obj = toml::from_str::<T>(&text).map_err(|e| e.message().to_string())?;
+    Ok((obj, text))
+}
+
+/// The message of a config error without its position (for RPC replies).
+pub fn message_of(e: &ConfigError) -> String {
+    match e {
+        ConfigError::At { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// Reads and checks a config file.
@@ -196,9 +364,10 @@ fn line_col(text: &str, at: usize) -> (usize, usize) {
     (line, column)
 }
 
-struct Ctx<'a> {
-    path: &'a str,
-    text: &'a str,
+/// Where a document came from, for error positions.
+pub struct Ctx<'a> {
+    pub path: &'a str,
+    pub text: &'a str,
 }
 
 impl Ctx<'_> {
@@ -230,6 +399,15 @@ pub fn parse(path: &str, text: &str) -> Result<Config, ConfigError> {
     let mut names = HashSet::new();
     let mut backends = Vec::new();
     for b in &raw.backends {
+        if !valid_object_name(b.name.get_ref()) {
+            return cx.err(
+                b.name.span(),
+                format!(
+                    "backend name {:?}: use 1 to 64 letters, digits, '-', '_' or '.'",
+                    b.name.get_ref()
+                ),
+            );
+        }
         if !names.insert(b.name.get_ref().clone()) {
             return cx.err(
                 b.name.span(),
@@ -274,14 +452,308 @@ pub fn parse(path: &str, text: &str) -> Result<Config, ConfigError> {
         }
         luns.push(def);
     }
+    let mut target_names = HashSet::new();
+    let mut iscsi_targets = Vec::new();
+    for t in &raw.iscsi_targets {
+        let def = check_iscsi_target(&cx, t)?;
+        if !target_names.insert(def.name.clone()) {
+            return cx.err(
+                t.name.span(),
+                format!("iSCSI target {:?} is defined twice", def.name),
+            );
+        }
+        check_mapping_luns(&cx, &t.luns, &lun_names)?;
+        iscsi_targets.push(def);
+    }
+    let mut vhost_names = HashSet::new();
+    let mut sockets = HashSet::new();
+    let mut vhost_scsi = Vec::new();
+    for v in &raw.vhost_scsi {
+        let def = check_vhost_scsi(&cx, v)?;
+        if !vhost_names.insert(def.name.clone()) {
+            return cx.err(
+                v.name.span(),
+                format!("vhost controller {:?} is defined twice", def.name),
+            );
+        }
+        if !sockets.insert(def.socket.clone()) {
+            return cx.err(
+                v.socket.span(),
+                format!(
+                    "vhost controller {:?}: its socket is used by another controller",
+                    def.name
+                ),
+            );
+        }
+        check_mapping_luns(&cx, &v.luns, &lun_names)?;
+        vhost_scsi.push(def);
+    }
+    let metrics_listen = match &raw.metrics_listen {
+        None => None,
+        Some(m) => match m.get_ref().parse::<SocketAddr>() {
+            Ok(a) if a.ip().is_loopback() => Some(a),
+            Ok(_) => return cx.err(m.span(), "metrics_listen must be a loopback address"),
+            Err(_) => {
+                return cx.err(
+                    m.span(),
+                    format!("metrics_listen {:?} is not ADDRESS:PORT", m.get_ref()),
+                )
+            }
+        },
+    };
+    let iscsi = check_iscsi_settings(&cx, raw.iscsi.as_ref())?;
+    let mut raw = raw;
+    // Generated UUIDs go into the document, so that saving it keeps them.
+    for (r, d) in raw.luns.iter_mut().zip(&luns) {
+        if r.uuid.is_none() {
+            r.uuid = Some(Spanned::new(0..0, format_uuid(&d.config.uuid)));
+        }
+    }
     Ok(Config {
-        state_dir: raw.state_dir,
+        state_dir: raw.state_dir.clone(),
+        rpc_socket: raw.rpc_socket.clone(),
+        metrics_listen,
+        iscsi,
         backends,
+        luns,
+        iscsi_targets,
+        vhost_scsi,
+        raw,
+    })
+}
+
+/// Every mapping names a known LUN, and no LUN number is used twice.
+fn check_mapping_luns(
+    cx: &Ctx<'_>,
+    maps: &[Spanned<RawMapping>],
+    lun_names: &HashSet<String>,
+) -> Result<(), ConfigError> {
+    for m in maps {
+        if !lun_names.contains(&m.get_ref().lun) {
+            return cx.err(m.span(), format!("no LUN named {:?}", m.get_ref().lun));
+        }
+    }
+    Ok(())
+}
+
+fn check_iscsi_settings(
+    cx: &Ctx<'_>,
+    raw: Option<&RawIscsiSettings>,
+) -> Result<IscsiSettings, ConfigError> {
+    let mut s = IscsiSettings {
+        workers: 2,
+        queue_depth: 128,
+    };
+    let Some(raw) = raw else {
+        return Ok(s);
+    };
+    if let Some(w) = &raw.workers {
+        if !(1..=64).contains(w.get_ref()) {
+            return cx.err(w.span(), "iscsi.workers must be 1 to 64");
+        }
+        s.workers = *w.get_ref();
+    }
+    if let Some(q) = &raw.queue_depth {
+        if !(1..=4096).contains(q.get_ref()) {
+            return cx.err(q.span(), "iscsi.queue_depth must be 1 to 4096");
+        }
+        s.queue_depth = *q.get_ref();
+    }
+    Ok(s)
+}
+
+/// An iSCSI name as RFC 3720/7143 allows: `iqn.YYYY-MM.reverse.domain[:...]`,
+/// `eui.` + 16 hex digits or `naa.` + 16 or 32 hex digits; at most 223 bytes.
+pub fn valid_iscsi_name(n: &str) -> bool {
+    let hex = |s: &str, lens: &[usize]| {
+        lens.contains(&s.len()) && s.chars().all(|c| c.is_ascii_hexdigit())
+    };
+    if n.len() > 223 {
+        return false;
+    }
+    if let Some(rest) = n.strip_prefix("eui.") {
+        return hex(rest, &[16]);
+    }
+    if let Some(rest) = n.strip_prefix("naa.") {
+        return hex(rest, &[16, 32]);
+    }
+    let Some(rest) = n.strip_prefix("iqn.") else {
+        return false;
+    };
+    let date_ok = rest.len() > 8
+        && rest[..4].chars().all(|c| c.is_ascii_digit())
+        && &rest[4..5] == "-"
+        && rest[5..7].chars().all(|c| c.is_ascii_digit())
+        && &rest[7..8] == ".";
+    date_ok
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.:".contains(c))
+}
+
+/// A name for a backend, LUN or controller: 1 to 64 letters, digits, `-_.`.
+pub fn valid_object_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// Checks one `[[iscsi_target]]` on its own.
+pub fn check_iscsi_target(cx: &Ctx<'_>, t: &RawIscsiTarget) -> Result<IscsiTargetDef, ConfigError> {
+    let name = t.name.get_ref();
+    if !valid_iscsi_name(name) {
+        return cx.err(
+            t.name.span(),
+            format!("iSCSI target name {name:?} is not an iqn./eui./naa. name (lowercase)"),
+        );
+    }
+    let mut portals = Vec::new();
+    for p in &t.portals {
+        match p.get_ref().parse::<SocketAddr>() {
+            Ok(a) if !portals.contains(&a) => portals.push(a),
+            Ok(_) => {
+                return cx.err(
+                    p.span(),
+                    format!("portal {:?} is listed twice", p.get_ref()),
+                )
+            }
+            Err(_) => {
+                return cx.err(
+                    p.span(),
+                    format!(
+                        "portal {:?} is not ADDRESS:PORT (IPv6 as [ADDRESS]:PORT)",
+                        p.get_ref()
+                    ),
+                )
+            }
+        }
+    }
+    let mut acl = Vec::new();
+    for a in &t.acl {
+        if !valid_iscsi_name(a.get_ref()) {
+            return cx.err(
+                a.span(),
+                format!("ACL entry {:?} is not an iSCSI initiator name", a.get_ref()),
+            );
+        }
+        acl.push(a.get_ref().clone());
+    }
+    let secret = |user: &Option<Spanned<String>>,
+                  secret: &Option<Spanned<String>>,
+                  what: &str|
+     -> Result<Option<Secret>, ConfigError> {
+        match (user, secret) {
+            (None, None) => Ok(None),
+            (Some(u), None) => cx.err(u.span(), format!("{what}_user needs {what}_secret")),
+            (None, Some(s)) => cx.err(s.span(), format!("{what}_secret needs {what}_user")),
+            (Some(u), Some(s)) => {
+                if u.get_ref().is_empty() || u.get_ref().len() > 255 {
+                    return cx.err(u.span(), format!("{what}_user must be 1 to 255 bytes"));
+                }
+                // RFC 7143 wants secrets of at least 96 bits; the Linux
+                // initiator accepts 12 to 16 characters by default.
+                if !(12..=255).contains(&s.get_ref().len()) {
+                    return cx.err(s.span(), format!("{what}_secret must be 12 to 255 bytes"));
+                }
+                Ok(Some(Secret {
+                    user: u.get_ref().clone(),
+                    secret: s.get_ref().as_bytes().to_vec(),
+                }))
+            }
+        }
+    };
+    let one_way = secret(&t.chap_user, &t.chap_secret, "chap")?;
+    let mutual = secret(&t.chap_mutual_user, &t.chap_mutual_secret, "chap_mutual")?;
+    let chap = match (one_way, mutual) {
+        (None, Some(_)) => {
+            return cx.err(
+                t.name.span(),
+                format!("iSCSI target {name:?}: mutual CHAP needs chap_user and chap_secret"),
+            )
+        }
+        (None, None) => None,
+        (Some(initiator), target) => Some(ChapCredentials { initiator, target }),
+    };
+    let chap_required = t.chap_required.unwrap_or(chap.is_some());
+    if chap_required && chap.is_none() {
+        return cx.err(
+            t.name.span(),
+            format!("iSCSI target {name:?}: chap_required without chap_user/chap_secret"),
+        );
+    }
+    let luns = check_mappings(cx, &t.luns)?;
+    Ok(IscsiTargetDef {
+        name: name.clone(),
+        alias: t.alias.as_ref().map(|a| a.get_ref().clone()),
+        portals,
+        portal_group_tag: t.portal_group_tag.as_ref().map_or(1, |p| *p.get_ref()),
+        acl,
+        chap,
+        chap_required,
         luns,
     })
 }
 
-fn backend_spec(cx: &Ctx<'_>, b: &RawBackend) -> Result<BackendSpec, ConfigError> {
+/// LUN numbers in range and each used once.
+fn check_mappings(
+    cx: &Ctx<'_>,
+    maps: &[Spanned<RawMapping>],
+) -> Result<Vec<RawMapping>, ConfigError> {
+    let mut ids = HashSet::new();
+    let mut out = Vec::new();
+    for m in maps {
+        let r = m.get_ref();
+        // Flat-space addressing reaches 16383 (SAM-5).
+        if r.id > 16383 {
+            return cx.err(m.span(), format!("LUN number {} is above 16383", r.id));
+        }
+        if !ids.insert(r.id) {
+            return cx.err(m.span(), format!("LUN number {} is used twice", r.id));
+        }
+        out.push(r.clone());
+    }
+    Ok(out)
+}
+
+/// Checks one `[[vhost_scsi]]` on its own.
+pub fn check_vhost_scsi(cx: &Ctx<'_>, v: &RawVhostScsi) -> Result<VhostScsiDef, ConfigError> {
+    let name = v.name.get_ref();
+    if !valid_object_name(name) {
+        return cx.err(
+            v.name.span(),
+            format!("vhost controller name {name:?}: use 1 to 64 letters, digits, '-', '_' or '.'"),
+        );
+    }
+    let socket = v.socket.get_ref();
+    if !socket.is_absolute() {
+        return cx.err(v.socket.span(), "the vhost socket must be an absolute path");
+    }
+    let queues = v.queues.as_ref().map_or(1, |q| *q.get_ref());
+    let max = vhost_target::backend::MAX_REQUEST_QUEUES;
+    if !(1..=max).contains(&queues) {
+        let span = v.queues.as_ref().map_or(v.name.span(), |q| q.span());
+        return cx.err(span, format!("queues must be 1 to {max}"));
+    }
+    let luns = check_mappings(cx, &v.luns)?;
+    if let Some(m) = luns.iter().find(|m| m.id > 255) {
+        return cx.err(
+            v.name.span(),
+            format!(
+                "vhost controller {name:?}: LUN number {} is above 255",
+                m.id
+            ),
+        );
+    }
+    Ok(VhostScsiDef {
+        name: name.clone(),
+        socket: socket.clone(),
+        queues,
+        luns,
+    })
+}
+
+pub fn backend_spec(cx: &Ctx<'_>, b: &RawBackend) -> Result<BackendSpec, ConfigError> {
     let name = b.name.get_ref();
     let size = b.size.as_ref().map(|s| s.get_ref().0);
     let need_size = |what: &str| -> Result<u64, ConfigError> {
@@ -388,7 +860,7 @@ pub fn random_uuid() -> std::io::Result<[u8; 16]> {
     Ok(u)
 }
 
-fn lun_def(cx: &Ctx<'_>, l: &RawLun, state_dir: Option<&Path>) -> Result<LunDef, ConfigError> {
+pub fn lun_def(cx: &Ctx<'_>, l: &RawLun, state_dir: Option<&Path>) -> Result<LunDef, ConfigError> {
     let name = l.name.get_ref();
     if name.is_empty()
         || name.len() > 64
