@@ -6,10 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod cli;
-mod config;
-mod daemon;
-mod serve;
+use oxtarget::{cli, config, serve};
 
 #[derive(Parser)]
 #[command(

@@ -630,3 +630,345 @@ fn serve_client(d: &Daemon, conn: UnixStream) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::config;
+
+    fn daemon() -> Arc<Daemon> {
+        let cfg = config::parse("t", "").expect("empty config");
+        Daemon::start(cfg, None).expect("daemon")
+    }
+
+    fn call(d: &Daemon, method: &str, params: Value) -> Value {
+        let line = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params});
+        handle_line(d, line.to_string().as_bytes()).expect("a reply")
+    }
+
+    fn code(v: &Value) -> i64 {
+        v["error"]["code"].as_i64().unwrap_or(0)
+    }
+
+    fn names(d: &Daemon, method: &str) -> Vec<String> {
+        let v = call(d, method, json!({}));
+        v["result"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|o| o["name"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn envelope_errors_get_their_codes() {
+        let d = daemon();
+        let r = handle_line(&d, b"{not json").expect("reply");
+        assert_eq!(code(&r), PARSE_ERROR);
+        assert_eq!(r["id"], Value::Null);
+        let r = handle_line(&d, br#"{"jsonrpc":"1.0","id":1,"method":"lun_list"}"#).expect("reply");
+        assert_eq!(code(&r), INVALID_REQUEST);
+        let r = handle_line(&d, br#"{"jsonrpc":"2.0","id":1,"method":5}"#).expect("reply");
+        assert_eq!(code(&r), INVALID_REQUEST);
+        let r = handle_line(&d, br#"{"jsonrpc":"2.0","id":{"a":1},"method":"lun_list"}"#)
+            .expect("reply");
+        assert_eq!(code(&r), INVALID_REQUEST);
+        let r = call(&d, "no_such_method", json!({}));
+        assert_eq!(code(&r), METHOD_NOT_FOUND);
+        assert_eq!(r["id"], json!(7));
+        let r = handle_line(
+            &d,
+            br#"{"jsonrpc":"2.0","id":1,"method":"lun_list","params":[1]}"#,
+        )
+        .expect("reply");
+        assert_eq!(code(&r), INVALID_PARAMS);
+        // A notification gets no reply; a batch gets one per request with an id.
+        assert!(handle_line(&d, br#"{"jsonrpc":"2.0","method":"lun_list"}"#).is_none());
+        let r = handle_line(
+            &d,
+            br#"[{"jsonrpc":"2.0","id":1,"method":"lun_list"},{"jsonrpc":"2.0","method":"x"},{"jsonrpc":"2.0","id":2,"method":"x"}]"#,
+        )
+        .expect("reply");
+        assert_eq!(r.as_array().map(Vec::len), Some(2));
+        assert_eq!(code(&r[1]), METHOD_NOT_FOUND);
+        assert_eq!(
+            code(&handle_line(&d, b"[]").expect("reply")),
+            INVALID_REQUEST
+        );
+        d.stop();
+    }
+
+    #[test]
+    fn rpc_get_methods_lists_every_method() {
+        let d = daemon();
+        let r = call(&d, "rpc_get_methods", json!({}));
+        let listed: Vec<&str> = r["result"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .filter_map(|m| m["name"].as_str())
+            .collect();
+        assert_eq!(listed.len(), METHODS.len());
+        for m in METHODS {
+            assert!(listed.contains(&m.name), "{}", m.name);
+            assert!(!m.help.is_empty());
+        }
+        d.stop();
+    }
+
+    /// Bad parameters and conflicts are refused and change nothing.
+    #[test]
+    fn refused_calls_change_nothing() {
+        let d = daemon();
+        let ok = call(
+            &d,
+            "backend_create",
+            json!({"name": "r0", "type": "ram", "size": "8M"}),
+        );
+        assert!(ok.get("result").is_some(), "{ok}");
+        let before = call(&d, "config_get", json!({}))["result"].clone();
+        for (method, params, want) in [
+            (
+                "backend_create",
+                json!({"name": "r0", "type": "ram", "size": "8M"}),
+                -32002,
+            ),
+            (
+                "backend_create",
+                json!({"name": "r1", "type": "tape", "size": "8M"}),
+                INVALID_PARAMS,
+            ),
+            (
+                "backend_create",
+                json!({"name": "r1", "type": "ram"}),
+                INVALID_PARAMS,
+            ),
+            (
+                "backend_create",
+                json!({"name": "r1", "type": "ram", "size": 8, "colour": 1}),
+                INVALID_PARAMS,
+            ),
+            (
+                "backend_create",
+                json!({"name": "bad name", "type": "ram", "size": 4096}),
+                INVALID_PARAMS,
+            ),
+            (
+                "lun_create",
+                json!({"name": "l", "backend": "nope"}),
+                -32001,
+            ),
+            (
+                "lun_create",
+                json!({"name": "l", "backend": "r0", "block_size": 1000}),
+                INVALID_PARAMS,
+            ),
+            (
+                "lun_create",
+                json!({"name": "l", "backend": "r0", "uuid": "xyz"}),
+                INVALID_PARAMS,
+            ),
+            ("lun_delete", json!({"name": "nope"}), -32001),
+            ("lun_resize", json!({"name": "nope", "size": "1G"}), -32001),
+            ("backend_delete", json!({}), INVALID_PARAMS),
+            (
+                "iscsi_target_create",
+                json!({"name": "not-an-iqn", "portals": ["127.0.0.1:0"]}),
+                INVALID_PARAMS,
+            ),
+            (
+                "iscsi_target_create",
+                json!({"name": "iqn.2026-11.org.x:t", "portals": ["nowhere"]}),
+                INVALID_PARAMS,
+            ),
+            (
+                "iscsi_target_create",
+                json!({"name": "iqn.2026-11.org.x:t", "portals": ["127.0.0.1:0"], "luns": [{"id": 0, "lun": "nope"}]}),
+                -32001,
+            ),
+            (
+                "iscsi_target_create",
+                json!({"name": "iqn.2026-11.org.x:t", "portals": ["127.0.0.1:0"], "chap_user": "u", "chap_secret": "short"}),
+                INVALID_PARAMS,
+            ),
+            (
+                "vhost_scsi_create",
+                json!({"name": "v", "socket": "relative.sock"}),
+                INVALID_PARAMS,
+            ),
+            (
+                "iscsi_acl_add",
+                json!({"target": "iqn.2026-11.org.x:none", "initiator": "iqn.2026-11.org.x:i"}),
+                -32001,
+            ),
+            ("config_save", json!({}), INVALID_PARAMS),
+        ] {
+            let r = call(&d, method, params.clone());
+            assert_eq!(code(&r), want, "{method} {params}: {r}");
+            assert!(r["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()));
+        }
+        assert_eq!(call(&d, "config_get", json!({}))["result"], before);
+        d.stop();
+    }
+
+    /// A mapped LUN is not deleted unless forced; forcing unmaps it first.
+    #[test]
+    fn deleting_a_mapped_lun_needs_force() {
+        let d = daemon();
+        call(
+            &d,
+            "backend_create",
+            json!({"name": "r0", "type": "ram", "size": "8M"}),
+        );
+        call(&d, "lun_create", json!({"name": "l0", "backend": "r0"}));
+        let t = "iqn.2026-11.org.x:t";
+        let r = call(
+            &d,
+            "iscsi_target_create",
+            json!({"name": t, "portals": ["127.0.0.1:0"], "luns": [{"id": 3, "lun": "l0"}]}),
+        );
+        assert!(r.get("result").is_some(), "{r}");
+        assert_eq!(code(&call(&d, "lun_delete", json!({"name": "l0"}))), -32003);
+        assert_eq!(
+            code(&call(&d, "backend_delete", json!({"name": "r0"}))),
+            -32003
+        );
+        let r = call(&d, "lun_delete", json!({"name": "l0", "force": true}));
+        assert!(r.get("result").is_some(), "{r}");
+        let targets = call(&d, "iscsi_target_list", json!({}));
+        assert_eq!(targets["result"][0].get("luns"), None, "{targets}");
+        assert!(call(&d, "backend_delete", json!({"name": "r0"}))
+            .get("result")
+            .is_some());
+        d.stop();
+    }
+
+    /// Two clients creating and deleting at once: the listing is the
+    /// successful creates minus the successful deletes, and the saved
+    /// configuration parses back to the same state.
+    #[test]
+    fn concurrent_clients_leave_a_consistent_configuration() {
+        let d = daemon();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ok = |r: &Value| r.get("result").is_some();
+        let workers: Vec<_> = (0..2u32)
+            .map(|w| {
+                let d = d.clone();
+                std::thread::spawn(move || {
+                    // Net successful creates minus deletes, per name.
+                    let mut net: BTreeMap<String, i64> = BTreeMap::new();
+                    for i in 0..60u32 {
+                        // Both clients fight over the same names.
+                        let name = format!("b{}", (i * 7 + w) % 10);
+                        let lun = format!("l-{name}");
+                        if ok(&call(
+                            &d,
+                            "backend_create",
+                            json!({"name": name, "type": "null", "size": "1M"}),
+                        )) {
+                            *net.entry(name.clone()).or_default() += 1;
+                        }
+                        if ok(&call(
+                            &d,
+                            "lun_create",
+                            json!({"name": lun, "backend": name}),
+                        )) {
+                            *net.entry(lun).or_default() += 1;
+                        }
+                        if i % 3 == 2 {
+                            let victim = format!("b{}", (i + w) % 10);
+                            let vlun = format!("l-{victim}");
+                            if ok(&call(
+                                &d,
+                                "lun_delete",
+                                json!({"name": vlun, "force": true}),
+                            )) {
+                                *net.entry(vlun).or_default() -= 1;
+                            }
+                            if ok(&call(&d, "backend_delete", json!({"name": victim}))) {
+                                *net.entry(victim).or_default() -= 1;
+                            }
+                        }
+                    }
+                    net
+                })
+            })
+            .collect();
+        let mut net: BTreeMap<String, i64> = BTreeMap::new();
+        for w in workers {
+            for (k, v) in w.join().expect("client") {
+                *net.entry(k).or_default() += v;
+            }
+        }
+        let backends = names(&d, "backend_list");
+        let luns = names(&d, "lun_list");
+        let mut expected: Vec<String> = Vec::new();
+        for (k, v) in &net {
+            assert!(*v == 0 || *v == 1, "{k}: net {v}");
+            if *v == 1 {
+                expected.push(k.clone());
+            }
+        }
+        let mut listed: Vec<String> = backends.iter().chain(&luns).cloned().collect();
+        listed.sort();
+        assert_eq!(listed, expected);
+        assert!(
+            !backends.is_empty(),
+            "the test should leave something behind"
+        );
+        // Every LUN's backend exists.
+        let cfg = call(&d, "config_get", json!({}))["result"].clone();
+        for l in cfg["lun"].as_array().into_iter().flatten() {
+            let b = l["backend"].as_str().unwrap_or_default().to_string();
+            assert!(backends.contains(&b), "LUN {l} on a deleted backend");
+        }
+        let path = dir.path().join("saved.toml");
+        let r = call(&d, "config_save", json!({"path": path}));
+        assert!(r.get("result").is_some(), "{r}");
+        let back = config::load(&path).expect("saved config loads");
+        let mut saved_backends: Vec<String> =
+            back.backends.iter().map(|b| b.name.clone()).collect();
+        let mut saved_luns: Vec<String> = back.luns.iter().map(|l| l.config.name.clone()).collect();
+        saved_backends.sort();
+        saved_luns.sort();
+        assert_eq!(saved_backends, backends);
+        assert_eq!(saved_luns, luns);
+        // The saved file starts the same state again.
+        d.stop();
+        let again = Daemon::start(back, None).expect("restart");
+        assert_eq!(names(&again, "backend_list"), backends);
+        assert_eq!(names(&again, "lun_list"), luns);
+        assert_eq!(
+            call(&again, "config_get", json!({}))["result"]["lun"],
+            cfg["lun"]
+        );
+        again.stop();
+    }
+
+    #[test]
+    fn metrics_are_prometheus_text() {
+        let d = daemon();
+        call(
+            &d,
+            "backend_create",
+            json!({"name": "r0", "type": "ram", "size": "8M"}),
+        );
+        call(&d, "lun_create", json!({"name": "l0", "backend": "r0"}));
+        let m = call(&d, "metrics", json!({}));
+        let text = m["result"].as_str().expect("text");
+        assert!(text.contains("# TYPE oxtarget_lun_read_ops_total counter"));
+        assert!(text.contains("oxtarget_lun_read_ops_total{lun=\"l0\"} 0"));
+        assert!(text.contains("oxtarget_lun_latency_seconds_bucket{lun=\"l0\",le=\"+Inf\"} 0"));
+        let s = call(&d, "lun_stats", json!({"name": "l0"}));
+        assert_eq!(s["result"][0]["in_flight"], json!(0));
+        assert_eq!(code(&call(&d, "lun_stats", json!({"name": "zz"}))), -32001);
+        d.stop();
+    }
+}
