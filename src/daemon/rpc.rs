@@ -972,3 +972,21 @@ mod tests {
         d.stop();
     }
 }
+
+/// docs/rpc.md documents every method.
+#[cfg(test)]
+#[test]
+fn every_method_is_documented() {
+    let doc = include_str!("../../docs/rpc.md");
+    for m in METHODS {
+        assert!(doc.contains(m.name), "docs/rpc.md lacks {}", m.name);
+        assert!(
+            doc.contains(&format!("\"method\":\"{}\"", m.name))
+                || m.name.ends_with("_remove")
+                || m.name.ends_with("_unmap")
+                || m.name.ends_with("_detach"),
+            "docs/rpc.md has no example of {}",
+            m.name
+        );
+    }
+}
