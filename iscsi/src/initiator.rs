@@ -10,6 +10,10 @@
 
 mod conn;
 mod login;
+mod scsi;
+mod seq;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,19 +22,16 @@ use thiserror::Error;
 
 use crate::chap::Secret;
 use crate::pdu::{
-    DataOut, FramingError, LogoutReason, LogoutRequest, NopOut, Opcode, Pdu, PduError,
-    ResidualFlag, ScsiCommand, TaskAttribute, TaskMgmtRequest, TextRequest, RESERVED_TAG,
+    DataOut, FramingError, LogoutReason, LogoutRequest, NopOut, Opcode, Pdu, PduError, ScsiCommand,
+    TaskAttribute, TaskMgmtRequest, TextRequest, RESERVED_TAG,
 };
 use crate::text::TextError;
 use conn::Conn;
 use login::{LoginParams, Negotiated, OUR_MAX_RECV};
+use scsi::sense_of;
+pub use scsi::{ScsiResult, CHECK_CONDITION, GOOD, UNIT_ATTENTION};
+use seq::Seq;
 
-/// SCSI status GOOD.
-pub const GOOD: u8 = 0x00;
-/// SCSI status CHECK CONDITION.
-pub const CHECK_CONDITION: u8 = 0x02;
-/// Sense key UNIT ATTENTION.
-pub const UNIT_ATTENTION: u8 = 0x06;
 /// Text a SendTargets answer may carry at most.
 const MAX_DISCOVERY_TEXT: usize = 1 << 20;
 /// PDUs one command may take (Data-In, R2T, NOP-In) before we call it a loop.
@@ -111,42 +112,6 @@ pub enum InitiatorError {
     Invalid(String),
 }
 
-/// How a SCSI command ended.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ScsiResult {
-    pub status: u8,
-    /// Sense data without the iSCSI SenseLength prefix.
-    pub sense: Vec<u8>,
-    /// The data read, as far as the target sent it.
-    pub data: Vec<u8>,
-    pub residual: ResidualFlag,
-    pub residual_count: u32,
-}
-
-impl ScsiResult {
-    /// The result if GOOD, else the status and sense as an error.
-    pub fn good(self) -> Result<ScsiResult, InitiatorError> {
-        if self.status == GOOD {
-            Ok(self)
-        } else {
-            Err(InitiatorError::Status {
-                status: self.status,
-                sense: self.sense,
-            })
-        }
-    }
-
-    /// Sense key, ASC and ASCQ of fixed or descriptor sense.
-    pub fn sense_key(&self) -> Option<(u8, u8, u8)> {
-        let s = &self.sense;
-        match s.first()? & 0x7f {
-            0x70 | 0x71 => Some((s.get(2)? & 0x0f, *s.get(12)?, *s.get(13)?)),
-            0x72 | 0x73 => Some((s.get(1)? & 0x0f, *s.get(2)?, *s.get(3)?)),
-            _ => None,
-        }
-    }
-}
-
 /// PDUs of each data-flow path so far, for tests that must know a path ran.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -160,64 +125,6 @@ pub struct Counters {
     pub solicited_data_outs: u64,
     pub data_ins: u64,
     pub nop_ins_answered: u64,
-}
-
-/// Sequence numbers and tags of the session.
-#[derive(Debug)]
-struct Seq {
-    cmd_sn: u32,
-    exp_stat_sn: u32,
-    exp_cmd_sn: u32,
-    max_cmd_sn: u32,
-    itt: u32,
-}
-
-impl Seq {
-    fn new() -> Seq {
-        Seq {
-            cmd_sn: 1,
-            exp_stat_sn: 0,
-            exp_cmd_sn: 1,
-            max_cmd_sn: 1,
-            itt: 0,
-        }
-    }
-
-    fn next_itt(&mut self) -> u32 {
-        self.itt = self.itt.wrapping_add(1);
-        if self.itt == RESERVED_TAG {
-            self.itt = 0;
-        }
-        self.itt
-    }
-
-    /// Takes in a response that carries status (StatSN counts).
-    fn on_status(&mut self, stat_sn: u32, exp_cmd_sn: u32, max_cmd_sn: u32) {
-        self.exp_stat_sn = stat_sn.wrapping_add(1);
-        self.on_window(exp_cmd_sn, max_cmd_sn);
-    }
-
-    /// ExpCmdSN and MaxCmdSN, ignored when MaxCmdSN < ExpCmdSN - 1 (RFC 7143 §4.2.2.1).
-    fn on_window(&mut self, exp_cmd_sn: u32, max_cmd_sn: u32) {
-        if serial_lt(max_cmd_sn, exp_cmd_sn.wrapping_sub(1)) {
-            return;
-        }
-        if serial_lt(self.exp_cmd_sn, exp_cmd_sn) {
-            self.exp_cmd_sn = exp_cmd_sn;
-        }
-        if serial_lt(self.max_cmd_sn, max_cmd_sn) {
-            self.max_cmd_sn = max_cmd_sn;
-        }
-    }
-
-    fn window_open(&self) -> bool {
-        !serial_lt(self.max_cmd_sn, self.cmd_sn)
-    }
-}
-
-/// Serial number arithmetic (RFC 1982) on 32 bits.
-fn serial_lt(a: u32, b: u32) -> bool {
-    a != b && b.wrapping_sub(a) < 0x8000_0000
 }
 
 /// One logged-in session over one connection.
@@ -670,104 +577,6 @@ impl Initiator {
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
-
-    /// READ(16) of `blocks` blocks of `block_size` bytes from `lba`.
-    pub fn read16(
-        &mut self,
-        lun: u64,
-        lba: u64,
-        blocks: u32,
-        block_size: u32,
-    ) -> Result<ScsiResult, InitiatorError> {
-        let len = u64::from(blocks) * u64::from(block_size);
-        let len =
-            usize::try_from(len).map_err(|_| InitiatorError::Invalid("read too long".into()))?;
-        self.command(lun, &rw16(0x88, lba, blocks), &[], len)
-    }
-
-    /// WRITE(16) of `data` (whole blocks of `block_size` bytes) at `lba`.
-    pub fn write16(
-        &mut self,
-        lun: u64,
-        lba: u64,
-        data: &[u8],
-        block_size: u32,
-    ) -> Result<ScsiResult, InitiatorError> {
-        let bs = usize::try_from(block_size).unwrap_or(0);
-        if bs == 0 || data.is_empty() || !data.len().is_multiple_of(bs) {
-            return Err(InitiatorError::Invalid(format!(
-                "{} bytes are not whole {block_size}-byte blocks",
-                data.len()
-            )));
-        }
-        let blocks = u32::try_from(data.len() / bs)
-            .map_err(|_| InitiatorError::Invalid("write too long".into()))?;
-        self.command(lun, &rw16(0x8a, lba, blocks), data, 0)
-    }
-
-    pub fn test_unit_ready(&mut self, lun: u64) -> Result<ScsiResult, InitiatorError> {
-        self.command(lun, &[0u8; 6], &[], 0)
-    }
-
-    /// TEST UNIT READY until no unit attention is left (a new nexus starts
-    /// with one per reset or change); how many there were. At most 16.
-    pub fn clear_unit_attentions(&mut self, lun: u64) -> Result<usize, InitiatorError> {
-        for n in 0..16 {
-            let r = self.test_unit_ready(lun)?;
-            if r.status == GOOD {
-                return Ok(n);
-            }
-            if r.status != CHECK_CONDITION || r.sense_key().map(|k| k.0) != Some(UNIT_ATTENTION) {
-                return Err(InitiatorError::Status {
-                    status: r.status,
-                    sense: r.sense,
-                });
-            }
-        }
-        Err(InitiatorError::Protocol(
-            "unit attentions without end".into(),
-        ))
-    }
-
-    /// READ CAPACITY(16): (number of blocks, block size).
-    pub fn read_capacity16(&mut self, lun: u64) -> Result<(u64, u32), InitiatorError> {
-        let mut cdb = [0u8; 16];
-        cdb[0] = 0x9e;
-        cdb[1] = 0x10;
-        cdb[13] = 32;
-        let r = self.command(lun, &cdb, &[], 32)?.good()?;
-        let last = r.data.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok());
-        let bs = r.data.get(8..12).and_then(|b| <[u8; 4]>::try_from(b).ok());
-        match (last, bs) {
-            (Some(l), Some(b)) => Ok((
-                u64::from_be_bytes(l).saturating_add(1),
-                u32::from_be_bytes(b),
-            )),
-            _ => Err(InitiatorError::Protocol(format!(
-                "READ CAPACITY(16) returned {} bytes",
-                r.data.len()
-            ))),
-        }
-    }
-
-    /// INQUIRY of a VPD page; the page as returned.
-    pub fn inquiry_vpd(&mut self, lun: u64, page: u8) -> Result<Vec<u8>, InitiatorError> {
-        let alloc: u16 = 4096;
-        let [hi, lo] = alloc.to_be_bytes();
-        let cdb = [0x12, 0x01, page, hi, lo, 0];
-        Ok(self
-            .command(lun, &cdb, &[], usize::from(alloc))?
-            .good()?
-            .data)
-    }
-}
-
-fn rw16(op: u8, lba: u64, blocks: u32) -> [u8; 16] {
-    let mut c = [0u8; 16];
-    c[0] = op;
-    c[2..10].copy_from_slice(&lba.to_be_bytes());
-    c[10..14].copy_from_slice(&blocks.to_be_bytes());
-    c
 }
 
 /// The LUN field as libiscsi sends it: peripheral addressing below 256, flat
@@ -779,17 +588,6 @@ pub fn encode_lun(lun: u64) -> Result<[u8; 8], InitiatorError> {
         )));
     }
     Ok(engine::spc::encode_lun(lun))
-}
-
-/// Sense data from a SCSI Response's data segment (a two-byte length first).
-fn sense_of(seg: &[u8]) -> Result<Vec<u8>, InitiatorError> {
-    let Some(len) = seg.get(..2) else {
-        return Ok(Vec::new());
-    };
-    let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
-    seg.get(2..2 + len).map(<[u8]>::to_vec).ok_or_else(|| {
-        InitiatorError::Protocol(format!("SenseLength {len} in a {}-byte segment", seg.len()))
-    })
 }
 
 /// TargetName/TargetAddress groups of a SendTargets answer (keys repeat, so
@@ -823,72 +621,5 @@ fn unexpected(p: &Pdu, waiting: &'static str) -> InitiatorError {
     InitiatorError::Unexpected {
         got: p.opcode(),
         waiting,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lun_encoding() {
-        assert_eq!(encode_lun(0).unwrap(), [0; 8]);
-        assert_eq!(encode_lun(5).unwrap(), [0, 5, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(encode_lun(300).unwrap(), [0x41, 0x2c, 0, 0, 0, 0, 0, 0]);
-        assert!(encode_lun(0x4000).is_err());
-    }
-
-    #[test]
-    fn sense_segment() {
-        assert_eq!(sense_of(&[]).unwrap(), Vec::<u8>::new());
-        assert_eq!(sense_of(&[0, 2, 0x70, 0, 9]).unwrap(), vec![0x70, 0]);
-        assert!(sense_of(&[0, 9, 0x70]).is_err());
-    }
-
-    #[test]
-    fn send_targets_groups() {
-        let t = b"TargetName=a\0TargetAddress=1.2.3.4:3260,1\0TargetAddress=[::1]:3260,1\0TargetName=b\0";
-        let got = parse_send_targets(t).unwrap();
-        assert_eq!(
-            got,
-            vec![
-                (
-                    "a".to_string(),
-                    vec!["1.2.3.4:3260,1".to_string(), "[::1]:3260,1".to_string()]
-                ),
-                ("b".to_string(), vec![])
-            ]
-        );
-        assert!(parse_send_targets(b"TargetAddress=x\0").is_err());
-    }
-
-    #[test]
-    fn serial_numbers() {
-        assert!(serial_lt(1, 2));
-        assert!(serial_lt(u32::MAX, 0));
-        assert!(!serial_lt(2, 2));
-        let mut s = Seq::new();
-        s.cmd_sn = 5;
-        s.on_window(5, 3); // MaxCmdSN < ExpCmdSN - 1: ignored
-        assert_eq!(s.max_cmd_sn, 1);
-        s.on_window(5, 4); // window closed but valid
-        assert!(!s.window_open());
-        s.on_window(5, 20);
-        assert!(s.window_open());
-    }
-
-    #[test]
-    fn sense_keys() {
-        let mut fixed = vec![0u8; 18];
-        fixed[0] = 0x70;
-        fixed[2] = 0x05;
-        fixed[12] = 0x21;
-        let r = ScsiResult {
-            status: CHECK_CONDITION,
-            sense: fixed,
-            ..ScsiResult::default()
-        };
-        assert_eq!(r.sense_key(), Some((5, 0x21, 0)));
-        assert!(r.good().is_err());
     }
 }

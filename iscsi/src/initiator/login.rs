@@ -3,7 +3,8 @@
 //! phase runs with.
 
 use super::conn::Conn;
-use super::{InitiatorError, Seq};
+use super::seq::Seq;
+use super::InitiatorError;
 use crate::chap::{constant_time_eq, decode_binary, encode_hex, ChapAlgorithm, Secret};
 use crate::negotiate::parse_number;
 use crate::pdu::{Isid, LoginRequest, LoginResponse, Pdu, Stage};
