@@ -341,9 +341,18 @@ impl Initiator {
         }
         let mut data = vec![0u8; data_in_len];
         let mut received = 0usize;
+        let mut data_sn = 0u32;
         for _ in 0..MAX_PDUS_PER_TASK {
             match self.recv("command completion")? {
                 (Pdu::DataIn(d), seg) if d.itt == itt => {
+                    // In order over TCP at ErrorRecoveryLevel 0: a gap is a bug.
+                    if d.data_sn != data_sn {
+                        return Err(InitiatorError::Protocol(format!(
+                            "Data-In DataSN {} where {data_sn} was due",
+                            d.data_sn
+                        )));
+                    }
+                    data_sn = data_sn.wrapping_add(1);
                     let off = usize::try_from(d.buffer_offset).unwrap_or(usize::MAX);
                     let dst = off
                         .checked_add(seg.len())

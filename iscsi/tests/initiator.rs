@@ -355,3 +355,52 @@ fn target_pings_are_answered() {
     ini.logout().unwrap();
     server.shutdown();
 }
+
+/// A peer that accepts and then does `act` with the connection.
+fn fake_target(act: impl FnOnce(std::net::TcpStream) + Send + 'static) -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        if let Ok((s, _)) = l.accept() {
+            act(s);
+        }
+    });
+    addr
+}
+
+#[test]
+fn silent_target_times_out() {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let addr = fake_target(move |s| {
+        // Hold the connection open, silent, until the test is done.
+        let _ = rx.recv();
+        drop(s);
+    });
+    let mut c = cfg();
+    c.timeout = Duration::from_millis(300);
+    match Initiator::connect(addr, c) {
+        Err(InitiatorError::Timeout(_)) => {}
+        other => panic!("silent target: {other:?}"),
+    }
+    let _ = tx.send(());
+}
+
+#[test]
+fn garbage_from_the_target_is_an_error() {
+    use std::io::{Read, Write};
+    let addr = fake_target(|mut s| {
+        let mut req = [0u8; 48];
+        let _ = s.read_exact(&mut req);
+        // Opcode 0x3f does not exist.
+        let _ = s.write_all(&[0xffu8; 48]);
+    });
+    match Initiator::connect(addr, cfg()) {
+        Err(InitiatorError::Pdu(_)) | Err(InitiatorError::Framing(_)) => {}
+        other => panic!("garbage: {other:?}"),
+    }
+    let addr = fake_target(drop);
+    match Initiator::connect(addr, cfg()) {
+        Err(InitiatorError::Closed) | Err(InitiatorError::Io(_)) => {}
+        other => panic!("closed at once: {other:?}"),
+    }
+}
