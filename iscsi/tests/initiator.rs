@@ -300,11 +300,38 @@ fn mutual_chap_login() {
         user: "target".into(),
         secret: b"some-other-secret".to_vec(),
     });
-    match Initiator::connect(addr, c) {
+    match Initiator::connect(addr, c.clone()) {
         Err(InitiatorError::Chap(_)) => {}
         other => panic!("mutual CHAP with the wrong target secret: {other:?}"),
     }
     server.shutdown();
+    // A target with no secret of its own cannot pass mutual CHAP: not with
+    // CHAP (no CHAP_R), not by choosing AuthMethod=None.
+    let one_way = chap_server(false);
+    c.mutual_chap = Some(Secret {
+        user: "target".into(),
+        secret: b"target-secret-1".to_vec(),
+    });
+    match Initiator::connect(one_way.local_addrs()[0], c) {
+        Err(InitiatorError::Chap(_)) | Err(InitiatorError::LoginRejected { .. }) => {}
+        other => panic!("mutual CHAP against a one-way CHAP target: {other:?}"),
+    }
+    one_way.shutdown();
+    let open = common::start(0, 1, SIZE);
+    let mut c = cfg();
+    c.chap = Some(Secret {
+        user: "alice".into(),
+        secret: b"initiator-secret".to_vec(),
+    });
+    c.mutual_chap = Some(Secret {
+        user: "target".into(),
+        secret: b"target-secret-1".to_vec(),
+    });
+    match Initiator::connect(open.local_addrs()[0], c) {
+        Err(InitiatorError::Chap(_)) | Err(InitiatorError::LoginRejected { .. }) => {}
+        other => panic!("mutual CHAP against a target without CHAP: {other:?}"),
+    }
+    open.shutdown();
 }
 
 #[test]

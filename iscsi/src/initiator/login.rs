@@ -102,16 +102,18 @@ fn security(l: &mut Login<'_>, p: &LoginParams<'_>) -> Result<(), InitiatorError
         }
         None => keys.push("SessionType", "Discovery"),
     }
-    keys.push(
-        "AuthMethod",
-        if p.chap.is_some() {
-            "CHAP,None"
-        } else {
-            "None"
-        },
-    );
+    // Mutual CHAP is asked for to authenticate the target: None will not do.
+    let offer = match (p.chap.is_some(), p.mutual_chap.is_some()) {
+        (true, true) => "CHAP",
+        (true, false) => "CHAP,None",
+        (false, _) => "None",
+    };
+    keys.push("AuthMethod", offer);
     let (resp, got) = l.exchange(Stage::Security, Some(Stage::Operational), &keys)?;
     match got.get("AuthMethod") {
+        Some("None") | None if p.mutual_chap.is_some() => Err(InitiatorError::Chap(
+            "target did not authenticate itself (mutual CHAP asked)".into(),
+        )),
         Some("None") | None if resp.transit == Some(Stage::Operational) => Ok(()),
         Some("CHAP") => chap(l, p),
         other => Err(InitiatorError::Login(format!(
