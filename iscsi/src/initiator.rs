@@ -283,6 +283,9 @@ impl Initiator {
         if !data_out.is_empty() && data_in_len > 0 {
             return Err(InitiatorError::Invalid("bidirectional command".into()));
         }
+        if cdb.is_empty() {
+            return Err(InitiatorError::Invalid("empty CDB".into()));
+        }
         let lun = encode_lun(lun)?;
         let mut cdb16 = [0u8; 16];
         cdb16

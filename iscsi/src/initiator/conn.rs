@@ -44,7 +44,11 @@ impl Conn {
 
     /// The next PDU and its data segment, within the timeout.
     pub(super) fn recv(&mut self) -> Result<(Pdu, Vec<u8>), InitiatorError> {
-        let deadline = Instant::now() + self.timeout;
+        let now = Instant::now();
+        // A timeout too large for the clock is as good as none.
+        let deadline = now
+            .checked_add(self.timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(1 << 32));
         let mut header = [0u8; BHS_LEN];
         self.read_exact(&mut header, deadline)?;
         let layout = self.framing.layout(&header)?;
