@@ -15,6 +15,7 @@
 
 pub mod chap;
 pub mod discovery;
+pub mod initiator;
 pub mod login;
 pub mod negotiate;
 pub mod pdu;
