@@ -52,7 +52,11 @@ impl DaemonProc {
         };
         let start = Instant::now();
         while cli_raw(&d.socket, &["lun", "list"]).0 != Some(0) {
-            assert!(start.elapsed() < LIMIT, "daemon did not start: {}", d.log_text());
+            assert!(
+                start.elapsed() < LIMIT,
+                "daemon did not start: {}",
+                d.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         d
@@ -176,14 +180,15 @@ luns = [{{ id = 0, lun = "lun0" }}]
 /// READ CAPACITY(16) through libiscsi: the LUN's size in bytes.
 fn capacity(portal: SocketAddr, lun: u32) -> u64 {
     let out = Command::new("iscsi-readcapacity16")
-        .arg("-s")
+        .args(["-s", "-i", "iqn.2026-11.org.oxtarget:friend"])
         .arg(format!("iscsi://{portal}/{TARGET}/{lun}"))
         .output()
         .expect("iscsi-readcapacity16");
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.strip_prefix("Total size:"))
-        .and_then(|v| v.trim().parse().ok())
+    // `-s` prints the size in bytes alone.
+    text.trim()
+        .parse()
+        .ok()
         .unwrap_or_else(|| panic!("no size in {text}{}", String::from_utf8_lossy(&out.stderr)))
 }
 
@@ -199,7 +204,9 @@ fn cli_changes_a_running_daemon_and_a_restart_finds_them() {
 
     // An initiator keeps writing and reading LUN 0 while we change things.
     let bench = Command::new("qemu-img")
-        .args(["bench", "-f", "raw", "-t", "none", "-w", "-c", "20000", "-d", "8", "-s", "4096"])
+        .args([
+            "bench", "-f", "raw", "-t", "none", "-w", "-c", "20000", "-d", "8", "-s", "4096",
+        ])
         .arg(format!("iscsi://{p}/{TARGET}/0"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -208,14 +215,41 @@ fn cli_changes_a_running_daemon_and_a_restart_finds_them() {
 
     let img = dir.path().join("disk1.img");
     let img_s = img.display().to_string();
-    cli(&socket, &["backend", "create", "disk1", "--type", "file", "--path", &img_s, "--size", "16M"]);
-    cli(&socket, &["lun", "create", "disk1", "--backend", "disk1", "--serial", "DISK1SERIAL"]);
+    cli(
+        &socket,
+        &[
+            "backend", "create", "disk1", "--type", "file", "--path", &img_s, "--size", "16M",
+        ],
+    );
+    cli(
+        &socket,
+        &[
+            "lun",
+            "create",
+            "disk1",
+            "--backend",
+            "disk1",
+            "--serial",
+            "DISK1SERIAL",
+        ],
+    );
     cli(&socket, &["iscsi", "lun", "map", TARGET, "1", "disk1"]);
     assert_eq!(capacity(p, 1), 16 << 20);
     cli(&socket, &["lun", "resize", "disk1", "24M"]);
     assert_eq!(capacity(p, 1), 24 << 20);
-    cli(&socket, &["iscsi", "acl", "add", TARGET, "iqn.2026-11.org.oxtarget:friend"]);
-    cli(&socket, &["iscsi", "acl", "add", TARGET, "iqn.1993-08.org.qemu:init"]);
+    cli(
+        &socket,
+        &[
+            "iscsi",
+            "acl",
+            "add",
+            TARGET,
+            "iqn.2026-11.org.oxtarget:friend",
+        ],
+    );
+    for w in ["iqn.2026-11.org.oxtarget:w7", "iqn.2026-11.org.oxtarget:w8"] {
+        cli(&socket, &["iscsi", "acl", "add", TARGET, w]);
+    }
 
     let out = bench.wait_with_output().expect("bench");
     assert!(
@@ -225,7 +259,10 @@ fn cli_changes_a_running_daemon_and_a_restart_finds_them() {
         String::from_utf8_lossy(&out.stderr)
     );
     let stats = cli_json(&socket, &["lun", "stats", "lun0"]);
-    assert!(stats[0]["write_ops"].as_u64().unwrap_or(0) >= 20000, "{stats}");
+    assert!(
+        stats[0]["write_ops"].as_u64().unwrap_or(0) >= 20000,
+        "{stats}"
+    );
 
     // Refusals change nothing and exit 1; a missing daemon exits 3.
     let (code, _, err) = cli_raw(&socket, &["lun", "delete", "disk1"]);
@@ -233,6 +270,25 @@ fn cli_changes_a_running_daemon_and_a_restart_finds_them() {
     assert!(err.contains("mapped"), "{err}");
     let (code, _, _) = cli_raw(&dir.path().join("nothing.sock"), &["lun", "list"]);
     assert_eq!(code, Some(3));
+
+    // A persistent reservation with APTPL on the file LUN: REGISTER (key
+    // 0xabc, APTPL) then RESERVE Write Exclusive.
+    let mut pr = test_initiator::connect(p, TARGET, 7).expect("login");
+    let key = 0xabc_u64;
+    let mut params = vec![0u8; 24];
+    params[8..16].copy_from_slice(&key.to_be_bytes());
+    params[20] = 1; // APTPL
+    let (st, sense, _) = pr
+        .command(1, &prout(0x00, 0, 24), &params, 0)
+        .expect("register");
+    assert_eq!(st, 0, "REGISTER: {sense:02x?}");
+    let mut params = vec![0u8; 24];
+    params[0..8].copy_from_slice(&key.to_be_bytes());
+    let (st, sense, _) = pr
+        .command(1, &prout(0x01, 1, 24), &params, 0)
+        .expect("reserve");
+    assert_eq!(st, 0, "RESERVE: {sense:02x?}");
+    drop(pr);
 
     let before = cli_json(&socket, &["lun", "list"]);
     cli(&socket, &["config", "save"]);
@@ -245,9 +301,51 @@ fn cli_changes_a_running_daemon_and_a_restart_finds_them() {
     assert_eq!(after, before, "LUNs (identity, size) after restart");
     let t = cli_json(&socket, &["iscsi", "target", "list"]);
     assert_eq!(t[0]["luns"].as_array().map(Vec::len), Some(2), "{t}");
-    assert_eq!(t[0]["acl"].as_array().map(Vec::len), Some(2), "{t}");
+    assert_eq!(t[0]["acl"].as_array().map(Vec::len), Some(3), "{t}");
+    assert!(
+        test_initiator::connect(p, TARGET, 99).is_err(),
+        "an initiator outside the restored ACL logged in"
+    );
     assert_eq!(capacity(p, 1), 24 << 20);
+    // The reservation came back from the state directory.
+    let mut s = test_initiator::connect(p, TARGET, 8).expect("login");
+    let (st, _, keys) = s.command(1, &prin(0x00), &[], 64).expect("READ KEYS");
+    assert_eq!(st, 0);
+    assert_eq!(&keys[4..8], &8u32.to_be_bytes(), "one key: {keys:02x?}");
+    assert_eq!(&keys[8..16], &0xabc_u64.to_be_bytes());
+    let (st, _, res) = s
+        .command(1, &prin(0x01), &[], 64)
+        .expect("READ RESERVATION");
+    assert_eq!(st, 0);
+    assert_eq!(
+        &res[4..8],
+        &16u32.to_be_bytes(),
+        "a reservation: {res:02x?}"
+    );
+    assert_eq!(&res[8..16], &0xabc_u64.to_be_bytes());
+    assert_eq!(res[21] & 0x0f, 1, "type Write Exclusive");
+    // A write from an initiator without a registration conflicts.
+    let (st, _, _) = s
+        .command(
+            1,
+            &[0x8a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0],
+            &[0u8; 512],
+            0,
+        )
+        .expect("write");
+    assert_eq!(st, 0x18, "RESERVATION CONFLICT");
     d.terminate();
+}
+
+/// PERSISTENT RESERVE OUT with a service action, type and list length.
+fn prout(sa: u8, kind: u8, len: u32) -> [u8; 10] {
+    let l = len.to_be_bytes();
+    [0x5f, sa, kind, 0, 0, l[0], l[1], l[2], l[3], 0]
+}
+
+/// PERSISTENT RESERVE IN with a service action, 64-byte allocation.
+fn prin(sa: u8) -> [u8; 10] {
+    [0x5e, sa, 0, 0, 0, 0, 0, 0, 64, 0]
 }
 
 /// Stops the daemon with SIGTERM while a writer has many writes in flight,
@@ -259,7 +357,12 @@ fn acknowledged_writes_survive_sigterm() {
     let mut d = DaemonProc::start(&config, &socket, &dir.path().join("log1"));
     let img = dir.path().join("data.img");
     let img_s = img.display().to_string();
-    cli(&socket, &["backend", "create", "data", "--type", "file", "--path", &img_s, "--size", "64M"]);
+    cli(
+        &socket,
+        &[
+            "backend", "create", "data", "--type", "file", "--path", &img_s, "--size", "64M",
+        ],
+    );
     cli(&socket, &["lun", "create", "data", "--backend", "data"]);
     cli(&socket, &["iscsi", "lun", "map", TARGET, "1", "data"]);
     cli(&socket, &["config", "save"]);
@@ -271,7 +374,7 @@ fn acknowledged_writes_survive_sigterm() {
         .map(|w| {
             let (acked, stop) = (acked.clone(), stop.clone());
             std::thread::spawn(move || {
-                let Ok(mut s) = test_initiator::connect(p, TARGET, w) else {
+                let Ok(mut s) = test_initiator::connect(p, TARGET, w + 1) else {
                     return;
                 };
                 // Bounded: at most 4000 writes each, or until the daemon goes.
@@ -301,14 +404,21 @@ fn acknowledged_writes_survive_sigterm() {
     }
     assert!(status.success(), "{status:?}");
     let acked = acked.lock().expect("lock").clone();
-    assert!(acked.len() >= 100, "only {} writes were acknowledged", acked.len());
+    assert!(
+        acked.len() >= 100,
+        "only {} writes were acknowledged",
+        acked.len()
+    );
 
     let mut d = DaemonProc::start(&config, &socket, &dir.path().join("log2"));
     let p = portal(&socket);
     let mut s = test_initiator::connect(p, TARGET, 9).expect("login after restart");
     for lba in &acked {
         let back = s.read(1, *lba, 8).expect("read back");
-        assert!(back == pattern(*lba), "acknowledged write at LBA {lba} lost");
+        assert!(
+            back == pattern(*lba),
+            "acknowledged write at LBA {lba} lost"
+        );
     }
     d.terminate();
 }
@@ -320,22 +430,45 @@ fn pattern(lba: u64) -> Vec<u8> {
         .collect()
 }
 
-/// A thin layer over the iSCSI crate's test initiator.
+/// A thin layer over the iSCSI crate's test initiator: one session per call
+/// of `connect`, 512-byte blocks, unit attentions cleared at login.
 mod test_initiator {
     use std::net::SocketAddr;
+    use std::time::Duration;
 
-    pub struct Session;
+    use iscsi::initiator::{Initiator, InitiatorConfig, InitiatorError};
 
-    pub fn connect(_p: SocketAddr, _target: &str, _isid: u64) -> Result<Session, String> {
-        Err("not yet".into())
+    pub struct Session(Initiator);
+
+    pub fn connect(p: SocketAddr, target: &str, isid: u64) -> Result<Session, InitiatorError> {
+        let mut cfg = InitiatorConfig::new(&format!("iqn.2026-11.org.oxtarget:w{isid}"), target);
+        cfg.isid[5] = isid as u8;
+        cfg.timeout = Duration::from_secs(20);
+        let mut s = Initiator::connect(p, cfg)?;
+        s.clear_unit_attentions(0)?;
+        s.clear_unit_attentions(1)?;
+        Ok(Session(s))
     }
 
     impl Session {
-        pub fn write(&mut self, _lun: u64, _lba: u64, _data: &[u8]) -> Result<(), String> {
-            Err("not yet".into())
+        pub fn write(&mut self, lun: u64, lba: u64, data: &[u8]) -> Result<(), InitiatorError> {
+            self.0.write16(lun, lba, data, 512)?.good().map(|_| ())
         }
-        pub fn read(&mut self, _lun: u64, _lba: u64, _blocks: u32) -> Result<Vec<u8>, String> {
-            Err("not yet".into())
+
+        pub fn read(&mut self, lun: u64, lba: u64, blocks: u32) -> Result<Vec<u8>, InitiatorError> {
+            Ok(self.0.read16(lun, lba, blocks, 512)?.good()?.data)
+        }
+
+        /// Any command; its status, sense and data.
+        pub fn command(
+            &mut self,
+            lun: u64,
+            cdb: &[u8],
+            out: &[u8],
+            in_len: usize,
+        ) -> Result<(u8, Vec<u8>, Vec<u8>), InitiatorError> {
+            let r = self.0.command(lun, cdb, out, in_len)?;
+            Ok((r.status, r.sense, r.data))
         }
     }
 }
