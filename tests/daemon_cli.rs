@@ -66,18 +66,11 @@ impl DaemonProc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn pid(&self) -> i32 {
-        self.child
-            .as_ref()
-            .and_then(|c| i32::try_from(c.id()).ok())
-            .expect("pid")
-    }
-
     /// SIGTERM, and the exit status once it has exited.
     fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
         // SAFETY: kill takes no pointers; the pid is our own child's.
-        unsafe { libc::kill(self.pid_of(&child), libc::SIGTERM) };
+        unsafe { libc::kill(pid_of(&child), libc::SIGTERM) };
         let start = Instant::now();
         loop {
             if let Some(s) = child.try_wait().expect("wait") {
@@ -91,10 +84,10 @@ impl DaemonProc {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
 
-    fn pid_of(&self, c: &Child) -> i32 {
-        i32::try_from(c.id()).expect("pid")
-    }
+fn pid_of(c: &Child) -> i32 {
+    i32::try_from(c.id()).expect("pid")
 }
 
 impl Drop for DaemonProc {
