@@ -465,3 +465,64 @@ mod test_initiator {
         }
     }
 }
+
+/// The README's promise: `oxtarget serve` with no config serves a RAM LUN on
+/// iSCSI at 127.0.0.1:3260 and on a vhost-user socket. Needs root (the
+/// sockets live in /run/oxtarget) and a free port 3260; skipped otherwise.
+#[test]
+fn serve_without_config_has_a_working_default() {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    if unsafe { libc::geteuid() } != 0 || !have("iscsi-inq") {
+        eprintln!("not root or no libiscsi: skipped");
+        return;
+    }
+    if std::net::TcpListener::bind("127.0.0.1:3260").is_err()
+        || Path::new("/run/oxtarget/rpc.sock").exists()
+    {
+        eprintln!("port 3260 or /run/oxtarget/rpc.sock in use: skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("log");
+    let out = std::fs::File::create(&log).expect("log");
+    let child = Command::new(BIN)
+        .arg("serve")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("log"))
+        .stderr(out)
+        .spawn()
+        .expect("serve");
+    let mut d = DaemonProc {
+        child: Some(child),
+        socket: PathBuf::from("/run/oxtarget/rpc.sock"),
+        log,
+    };
+    let start = Instant::now();
+    while cli_raw(&d.socket, &["lun", "list"]).0 != Some(0) {
+        assert!(start.elapsed() < LIMIT, "no daemon: {}", d.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = d.log_text();
+    assert!(
+        text.contains("iscsi://127.0.0.1:3260/iqn.2026-11.org.oxtarget:default/0"),
+        "{text}"
+    );
+    assert!(text.contains("vhost-user-scsi-pci"), "{text}");
+    assert!(Path::new("/run/oxtarget/vhost0.sock").exists());
+    let out = Command::new("iscsi-inq")
+        .arg("iscsi://127.0.0.1:3260/iqn.2026-11.org.oxtarget:default/0")
+        .output()
+        .expect("iscsi-inq");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let luns = cli_json(&d.socket, &["lun", "list"]);
+    assert_eq!(luns[0]["size"], serde_json::json!(1u64 << 30));
+    assert!(d.terminate().success());
+    assert!(
+        !Path::new("/run/oxtarget/rpc.sock").exists(),
+        "socket left behind"
+    );
+}
