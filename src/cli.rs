@@ -477,7 +477,16 @@ fn request(g: Group) -> Result<(String, Value, Show), CliError> {
                 SessionCmd::List { target } => (
                     "iscsi_session_list",
                     obj(vec![("target", s(&target))]),
-                    Table(&["target", "initiator", "isid", "tsih", "peer"]),
+                    Table(&[
+                        "target",
+                        "initiator",
+                        "isid",
+                        "tsih",
+                        "peer",
+                        "commands",
+                        "errors",
+                        "bytes",
+                    ]),
                 ),
                 SessionCmd::Drop { target, tsih } => (
                     "iscsi_session_drop",

@@ -15,7 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -173,13 +173,27 @@ struct SessionKey {
     isid: Isid,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct SessionLoc {
     tsih: u16,
     worker: usize,
     conn: u32,
     peer: Option<SocketAddr>,
     since: std::time::SystemTime,
+    stats: Arc<SessionStats>,
+}
+
+/// What one session's commands did, counted as they complete.
+#[derive(Debug, Default)]
+pub struct SessionStats {
+    /// Commands completed (whatever their status).
+    pub commands: AtomicU64,
+    /// Commands that ended in a status other than GOOD.
+    pub errors: AtomicU64,
+    /// Commands aborted (task management, reinstatement).
+    pub aborted: AtomicU64,
+    /// Data bytes moved either way.
+    pub bytes: AtomicU64,
 }
 
 /// A logged-in normal session, as [`Server::sessions_list`] reports it.
@@ -193,6 +207,10 @@ pub struct SessionInfo {
     pub peer: Option<SocketAddr>,
     /// Seconds since the Unix epoch when it logged in.
     pub since: u64,
+    pub commands: u64,
+    pub errors: u64,
+    pub aborted: u64,
+    pub bytes: u64,
 }
 
 /// A target as it is served: its portals as bound.
@@ -640,6 +658,10 @@ impl Server {
                     .since
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
+                commands: l.stats.commands.load(Ordering::Relaxed),
+                errors: l.stats.errors.load(Ordering::Relaxed),
+                aborted: l.stats.aborted.load(Ordering::Relaxed),
+                bytes: l.stats.bytes.load(Ordering::Relaxed),
             })
             .collect();
         v.sort_by(|a, b| (&a.target, a.tsih).cmp(&(&b.target, b.tsih)));
@@ -872,6 +894,24 @@ impl Acceptor {
     }
 }
 
+/// Counts a completed command in its session's statistics.
+fn count(stats: &SessionStats, c: &engine::Completed) {
+    stats.commands.fetch_add(1, Ordering::Relaxed);
+    match &c.response {
+        None => {
+            stats.aborted.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(r) => {
+            if r.status != engine::ScsiStatus::Good {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            stats
+                .bytes
+                .fetch_add(u64::from(r.transferred), Ordering::Relaxed);
+        }
+    }
+}
+
 /// One message on its way out: parts and how much of them is written.
 struct WireMsg {
     parts: Vec<Part>,
@@ -1028,6 +1068,7 @@ struct Conn {
     framing: Framing,
     dir: Arc<ConnDirectory>,
     key: Option<SessionKey>,
+    stats: Arc<SessionStats>,
     closing: bool,
     interest: EventSet,
 }
@@ -1182,6 +1223,7 @@ impl WorkerLoop {
                     local,
                 }),
                 key: None,
+                stats: Arc::default(),
                 closing: false,
                 interest,
             },
@@ -1342,6 +1384,7 @@ impl WorkerLoop {
                         conn: id,
                         peer: c.stream.peer_addr().ok(),
                         since: std::time::SystemTime::now(),
+                        stats: c.stats.clone(),
                     },
                 );
             if let (SessionBinding::Reinstate { .. }, Some(old)) = (o.binding, old) {
@@ -1376,8 +1419,14 @@ impl WorkerLoop {
                 let r = match self.conns.get_mut(&id) {
                     Some(Conn {
                         phase: Phase::Ffp(s),
+                        stats,
                         ..
-                    }) => s.complete(ev).map_err(ConnError::from),
+                    }) => {
+                        if let Event::Cmd(c) = &ev {
+                            count(stats, c);
+                        }
+                        s.complete(ev).map_err(ConnError::from)
+                    }
                     // Its connection is gone: the buffer is dropped here.
                     _ => Ok(()),
                 };

@@ -183,11 +183,13 @@ fn targets_come_and_go_while_serving() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("iscsi-perf");
-    eventually("a session", || {
-        server
-            .sessions_list()
-            .iter()
-            .any(|s| s.target == b && s.initiator == "iqn.2026-11.org.oxtarget:perf")
+    eventually("a session doing I/O", || {
+        server.sessions_list().iter().any(|s| {
+            s.target == b
+                && s.initiator == "iqn.2026-11.org.oxtarget:perf"
+                && s.commands > 100
+                && s.bytes > 0
+        })
     });
     server.remove_target(b).expect("remove b");
     eventually("the session to end", || server.sessions() == 0);

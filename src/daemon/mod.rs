@@ -696,6 +696,10 @@ impl Daemon {
                         "tsih": s.tsih,
                         "peer": s.peer.map(|p| p.to_string()),
                         "since": s.since,
+                        "commands": s.commands,
+                        "errors": s.errors,
+                        "aborted": s.aborted,
+                        "bytes": s.bytes,
                     })
                 })
                 .collect(),
