@@ -1392,6 +1392,13 @@ impl WorkerLoop {
                     inbox.post(Msg::Kill(old.conn, ConnError::Reinstated));
                 }
             }
+            tracing::info!(
+                peer = ?c.stream.peer_addr().ok(),
+                target = %key.target,
+                initiator = %key.initiator,
+                tsih = o.tsih,
+                "session logged in"
+            );
             c.key = Some(key);
         }
         c.phase = Phase::Ffp(Box::new(s));
@@ -1528,10 +1535,23 @@ impl WorkerLoop {
         Ok(())
     }
 
-    fn close(&mut self, id: u32, _why: &ConnError) {
+    fn close(&mut self, id: u32, why: &ConnError) {
         let Some(c) = self.conns.remove(&id) else {
             return;
         };
+        let peer = c.stream.peer_addr().ok();
+        match (why, &c.key) {
+            (ConnError::Closed, _) => {
+                tracing::debug!(?peer, "connection closed");
+            }
+            (_, Some(k)) => tracing::info!(
+                ?peer,
+                target = %k.target,
+                initiator = %k.initiator,
+                "session ended: {why}"
+            ),
+            (_, None) => tracing::info!(?peer, "connection dropped: {why}"),
+        }
         self.shared.conns.fetch_sub(1, Ordering::AcqRel);
         let _ = self.epoll.ctl(
             ControlOperation::Delete,
