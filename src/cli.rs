@@ -543,9 +543,9 @@ fn request(g: Group) -> Result<(String, Value, Show), CliError> {
             ),
         },
         Group::Config(c) => match c {
-            ConfigCmd::Show => ("config_get", json!({}), Show::Text),
+            ConfigCmd::Show => ("get_config", json!({}), Show::Text),
             ConfigCmd::Save { path } => (
-                "config_save",
+                "save_config",
                 obj(vec![("path", s(&path))]),
                 Done("configuration saved".into()),
             ),
@@ -675,7 +675,7 @@ pub fn run(socket: &Path, as_json: bool, g: Group) -> ExitCode {
         Show::Done(m) => println!("{m}"),
         Show::Text => match (&result, method.as_str()) {
             (Value::String(s), _) => print!("{s}"),
-            (v, "config_get") => match toml::Value::try_from(v).map(|t| toml::to_string(&t)) {
+            (v, "get_config") => match toml::Value::try_from(v).map(|t| toml::to_string(&t)) {
                 Ok(Ok(t)) => print!("{t}"),
                 _ => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
             },

@@ -26,7 +26,7 @@ fn harmless(v: &Value) -> bool {
             !(s == "file"
                 || s == "blockdev"
                 || s.starts_with("vhost")
-                || s.starts_with("config_save")
+                || s.starts_with("save_config")
                 || (s.contains(':') && !s.starts_with("127.0.0.1:0") && !s.starts_with("iqn.")))
         }
         Value::Array(a) => a.iter().all(harmless),

@@ -405,7 +405,7 @@ pub const METHODS: &[Method] = &[
         },
     },
     Method {
-        name: "config_get",
+        name: "get_config",
         help: "The running configuration, in the config file's structure (secrets included).",
         params: "",
         handler: |d, p| {
@@ -415,7 +415,7 @@ pub const METHODS: &[Method] = &[
         },
     },
     Method {
-        name: "config_save",
+        name: "save_config",
         help: "Writes the running configuration atomically to path, or to the file the daemon started from.",
         params: "path (optional)",
         handler: |d, p| Ok(d.save_config(params::<Save>(p)?.path.as_deref())?),
@@ -731,7 +731,7 @@ mod tests {
             json!({"name": "r0", "type": "ram", "size": "8M"}),
         );
         assert!(ok.get("result").is_some(), "{ok}");
-        let before = call(&d, "config_get", json!({}))["result"].clone();
+        let before = call(&d, "get_config", json!({}))["result"].clone();
         for (method, params, want) in [
             (
                 "backend_create",
@@ -806,7 +806,7 @@ mod tests {
                 json!({"target": "iqn.2026-11.org.x:none", "initiator": "iqn.2026-11.org.x:i"}),
                 -32001,
             ),
-            ("config_save", json!({}), INVALID_PARAMS),
+            ("save_config", json!({}), INVALID_PARAMS),
         ] {
             let r = call(&d, method, params.clone());
             assert_eq!(code(&r), want, "{method} {params}: {r}");
@@ -814,7 +814,7 @@ mod tests {
                 .as_str()
                 .is_some_and(|m| !m.is_empty()));
         }
-        assert_eq!(call(&d, "config_get", json!({}))["result"], before);
+        assert_eq!(call(&d, "get_config", json!({}))["result"], before);
         d.stop();
     }
 
@@ -924,13 +924,13 @@ mod tests {
             "the test should leave something behind"
         );
         // Every LUN's backend exists.
-        let cfg = call(&d, "config_get", json!({}))["result"].clone();
+        let cfg = call(&d, "get_config", json!({}))["result"].clone();
         for l in cfg["lun"].as_array().into_iter().flatten() {
             let b = l["backend"].as_str().unwrap_or_default().to_string();
             assert!(backends.contains(&b), "LUN {l} on a deleted backend");
         }
         let path = dir.path().join("saved.toml");
-        let r = call(&d, "config_save", json!({"path": path}));
+        let r = call(&d, "save_config", json!({"path": path}));
         assert!(r.get("result").is_some(), "{r}");
         let back = config::load(&path).expect("saved config loads");
         let mut saved_backends: Vec<String> =
@@ -946,7 +946,7 @@ mod tests {
         assert_eq!(names(&again, "backend_list"), backends);
         assert_eq!(names(&again, "lun_list"), luns);
         assert_eq!(
-            call(&again, "config_get", json!({}))["result"]["lun"],
+            call(&again, "get_config", json!({}))["result"]["lun"],
             cfg["lun"]
         );
         again.stop();
