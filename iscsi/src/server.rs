@@ -93,6 +93,9 @@ pub struct ServerConfig {
     pub max_cmd_data: u32,
     /// Connections at once; more are closed as they are accepted.
     pub max_connections: usize,
+    /// Normal sessions at once; a login for one more (that reinstates none)
+    /// is refused with "out of resources".
+    pub max_sessions: usize,
     /// Command buffers one session holds at most (beyond: TASK SET FULL).
     pub max_session_data: usize,
 }
@@ -111,6 +114,7 @@ impl Default for ServerConfig {
             max_queued_output: 32 << 20,
             max_cmd_data: 64 << 20,
             max_connections: 1024,
+            max_sessions: 512,
             max_session_data: 256 << 20,
         }
     }
@@ -169,6 +173,7 @@ struct SessionLoc {
     tsih: u16,
     worker: usize,
     conn: u32,
+    cid: u16,
 }
 
 /// State every thread sees.
@@ -299,13 +304,53 @@ impl TargetDirectory for ConnDirectory {
 
     fn session_exists(
         &self,
-        _target_name: Option<&str>,
-        _initiator_name: &str,
-        _isid: Isid,
-        _tsih: u16,
+        target_name: Option<&str>,
+        initiator_name: &str,
+        isid: Isid,
+        tsih: u16,
     ) -> bool {
-        // One connection per session (MaxConnections=1): nothing to join.
-        false
+        self.session(target_name, initiator_name, isid)
+            .is_some_and(|l| l.tsih == tsih)
+    }
+
+    fn session_connections(
+        &self,
+        target_name: Option<&str>,
+        initiator_name: &str,
+        isid: Isid,
+        tsih: u16,
+    ) -> Vec<u16> {
+        // One connection per session: a login with its CID reinstates it.
+        self.session(target_name, initiator_name, isid)
+            .filter(|l| l.tsih == tsih)
+            .map(|l| vec![l.cid])
+            .unwrap_or_default()
+    }
+
+    fn session_slot_free(&self) -> bool {
+        let n = self
+            .shared
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        n < self.shared.cfg.max_sessions
+    }
+}
+
+impl ConnDirectory {
+    fn session(&self, target: Option<&str>, initiator: &str, isid: Isid) -> Option<SessionLoc> {
+        let key = SessionKey {
+            target: target?.to_string(),
+            initiator: initiator.to_string(),
+            isid,
+        };
+        self.shared
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .copied()
     }
 }
 
@@ -1057,9 +1102,18 @@ impl WorkerLoop {
                         tsih: o.tsih,
                         worker: index,
                         conn: id,
+                        cid: o.cid,
                     },
                 );
-            if let (SessionBinding::Reinstate { .. }, Some(old)) = (o.binding, old) {
+            // Session reinstatement closes the old session; connection
+            // reinstatement (the same TSIH and CID) its old connection. Either
+            // way the old connection's commands are aborted (nexus loss).
+            let replaces = matches!(
+                o.binding,
+                SessionBinding::Reinstate { .. } | SessionBinding::AddConnection
+            );
+            if let (true, Some(old)) = (replaces, old.filter(|l| l.conn != id || l.worker != index))
+            {
                 if let Some(inbox) = self.shared.inboxes.get(old.worker) {
                     inbox.post(Msg::Kill(old.conn));
                 }
