@@ -32,7 +32,7 @@ use crate::login::{
     TargetLookup,
 };
 use crate::negotiate::{SessionType, TargetPolicy};
-use crate::pdu::{digest_bytes, pad4, Framing, Isid};
+use crate::pdu::{digest_bytes, pad4, Framing, FramingError, Isid};
 use crate::session::{BufPool, Discovery, FfpParams, Outgoing, Segment, Session, SessionSetup};
 
 mod rx;
@@ -1003,9 +1003,21 @@ impl WorkerLoop {
                     {
                         return Ok(());
                     }
-                    rx.finish_placed(dst)?;
-                    if let Phase::Ffp(s) = phase {
-                        s.receive_placed(&header, &mut self.worker, now)?;
+                    let digest = rx.finish_placed(dst);
+                    let Phase::Ffp(s) = phase else {
+                        digest?;
+                        rx.consume(now);
+                        continue;
+                    };
+                    {
+                        match digest {
+                            Ok(()) => s.receive_placed(&header, &mut self.worker, now)?,
+                            // RFC 7143 §7.8: answered, not fatal.
+                            Err(FramingError::DataDigest { .. }) => {
+                                s.data_digest_error(&header, now)?
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
                     }
                     rx.consume(now);
                     continue;
@@ -1020,7 +1032,20 @@ impl WorkerLoop {
                 closing,
                 ..
             } = c;
-            let frame = rx.frame()?;
+            let frame = match rx.frame() {
+                Ok(f) => f,
+                // RFC 7143 §7.8: a data digest error (the header is sound) is
+                // answered with a Reject, not fatal.
+                Err(FramingError::DataDigest { .. }) if matches!(phase, Phase::Ffp(_)) => {
+                    let header = *rx.header();
+                    if let Phase::Ffp(s) = phase {
+                        s.data_digest_error(&header, now)?;
+                    }
+                    rx.consume(now);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             let done = match phase {
                 Phase::Ffp(s) => {
                     s.receive(frame, &mut self.worker, now)?;
