@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use engine::{LunMap, Protocol, TargetPort};
 use iscsi::chap::{ChapCredentials, Secret};
 use iscsi::pdu::{
-    pad4, reject_reason, Bhs, DataOut, Framing, Isid, LoginRequest, LoginResponse, LoginStatus,
-    NopOut, Pdu, ScsiCommand, Stage, TaskAttribute, TextRequest, BHS_LEN, RESERVED_TAG,
+    reject_reason, DataOut, Framing, Isid, LoginRequest, LoginResponse, LoginStatus, NopOut, Pdu,
+    ScsiCommand, Stage, TaskAttribute, TextRequest, BHS_LEN, RESERVED_TAG,
 };
 use iscsi::server::{Server, ServerConfig, Target};
 use iscsi::text::Pairs;
@@ -97,6 +97,8 @@ struct Client {
     /// Answer the target's NOP-In pings while waiting for other PDUs.
     answer_pings: bool,
     pings_seen: u32,
+    /// Digests of the full feature phase, as negotiated.
+    framing: Framing,
 }
 
 fn isid(n: u8) -> Isid {
@@ -196,6 +198,10 @@ impl Client {
             login_keys: Vec::new(),
             answer_pings: true,
             pings_seen: 0,
+            framing: Framing {
+                max_recv_data_segment_len: 1 << 24,
+                ..Framing::default()
+            },
         }
     }
 
@@ -209,7 +215,7 @@ impl Client {
     }
 
     fn send(&mut self, header: [u8; BHS_LEN], data: &[u8]) {
-        let wire = Framing::default().encode(&header, &[], data);
+        let wire = self.framing.encode(&header, &[], data);
         self.send_raw(&wire);
     }
 
@@ -225,13 +231,17 @@ impl Client {
         if !read_full(&mut self.s, &mut header) {
             return None;
         }
-        let b = Bhs(header);
-        let dsl = b.data_segment_len() as usize;
-        let ahs = b.total_ahs_len();
-        let mut body = vec![0u8; ahs + dsl + pad4(dsl)];
+        let layout = self.framing.layout(&header).expect("layout");
+        let mut body = vec![0u8; layout.remaining()];
         assert!(read_full(&mut self.s, &mut body), "PDU body missing");
         let pdu = Pdu::parse(&header).expect("the target's PDUs parse");
-        let data = body[ahs..ahs + dsl].to_vec();
+        // Checks the target's digests.
+        let data = self
+            .framing
+            .split(&header, &body)
+            .expect("digests")
+            .data
+            .to_vec();
         self.track(&pdu);
         Some(Got { header, pdu, data })
     }
@@ -393,6 +403,8 @@ impl Client {
         };
         // Reject, Irrelevant: the default stands.
         let num = |k: &str, d: usize| get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
+        self.framing.header_digest = get("HeaderDigest").as_deref() == Some("CRC32C");
+        self.framing.data_digest = get("DataDigest").as_deref() == Some("CRC32C");
         let d = Negotiated::default();
         self.neg = Negotiated {
             initial_r2t: match get("InitialR2T").as_deref() {
@@ -1492,6 +1504,108 @@ fn max_recv_data_segment_length_is_honoured_both_ways() {
     let exact = pattern(mrdsl, 4);
     let g = c.nop(&exact);
     assert_eq!(g.data.len(), 512);
+}
+
+/// With CRC32C digests: every PDU of the target carries correct ones (the
+/// client checks them); a Data-Out, small or large (read in place), whose data
+/// digest is wrong is answered with Reject (data digest error) and its write
+/// ends with CHECK CONDITION, PROTOCOL SERVICE CRC ERROR, writing nothing; a
+/// NOP-Out with a bad data digest is rejected; the session goes on. A wrong
+/// header digest drops the connection (the header cannot be trusted).
+#[test]
+fn digest_errors() {
+    let (_srv, addr) = server(|_| {});
+    // Without header digests large Data-Outs are read in place.
+    for header_digest in ["None", "CRC32C"] {
+        digest_errors_with(addr, header_digest);
+    }
+}
+
+fn digest_errors_with(addr: SocketAddr, header_digest: &str) {
+    let digests = [
+        ("HeaderDigest", header_digest),
+        ("DataDigest", "CRC32C"),
+        ("InitialR2T", "Yes"),
+        ("ImmediateData", "No"),
+    ];
+    let mut c = Client::login(addr, 1, &digests);
+    assert_eq!(c.framing.header_digest, header_digest == "CRC32C");
+    assert!(c.framing.data_digest);
+    c.check_io(0, 1);
+    for (n, len) in [(1u32, 1024usize), (2, 65536)] {
+        let data = pattern(len, 0x30 + n as u8);
+        let blocks = (len / BS) as u16;
+        let (itt, h) =
+            c.command_header(&write10(1000 * n, blocks), len as u32, false, true, 0, true);
+        c.send(h, &[]);
+        let r = expect_r2t(&mut c);
+        let seg = len.min(c.neg.target_mrdsl) / 2;
+        let bad = Pdu::DataOut(DataOut {
+            final_: false,
+            data_segment_len: seg as u32,
+            itt,
+            ttt: r.ttt,
+            exp_stat_sn: c.exp_stat_sn,
+            ..DataOut::default()
+        })
+        .to_bytes()
+        .expect("encode");
+        let mut wire = c.framing.encode(&bad, &[], &data[..seg]);
+        let last = wire.len() - 1;
+        wire[last] ^= 0x5a;
+        c.send_raw(&wire);
+        let (reason, back) = reject_of(&c.recv());
+        assert_eq!(reason, reject_reason::DATA_DIGEST_ERROR, "{len}");
+        assert_eq!(back, bad.to_vec());
+        // The rest of the sequence, then the status.
+        c.data_out(itt, r.ttt, 1, seg, &data[seg..r.desired_len as usize], true);
+        let d = c.finish(itt, len as u32, &data);
+        assert_eq!(d.status, 2, "{len}");
+        assert_eq!(
+            (d.sense[2] & 0x0f, d.sense[12], d.sense[13]),
+            (0x0b, 0x47, 0x05)
+        );
+        assert!(
+            c.read(1000 * n, blocks).iter().all(|&b| b == 0),
+            "nothing written"
+        );
+    }
+    // A NOP-Out whose data digest is wrong.
+    let h = Pdu::NopOut(NopOut {
+        immediate: true,
+        data_segment_len: 100,
+        itt: 77,
+        ttt: RESERVED_TAG,
+        cmd_sn: c.cmd_sn,
+        exp_stat_sn: c.exp_stat_sn,
+        ..NopOut::default()
+    })
+    .to_bytes()
+    .expect("encode");
+    let mut wire = c.framing.encode(&h, &[], &[3u8; 100]);
+    let last = wire.len() - 1;
+    wire[last] ^= 1;
+    c.send_raw(&wire);
+    assert_eq!(reject_of(&c.recv()).0, reject_reason::DATA_DIGEST_ERROR);
+    c.check_io(0, 2);
+    if !c.framing.header_digest {
+        return;
+    }
+    // A wrong header digest: the connection goes.
+    let h = Pdu::NopOut(NopOut {
+        immediate: true,
+        itt: 78,
+        ttt: RESERVED_TAG,
+        cmd_sn: c.cmd_sn,
+        exp_stat_sn: c.exp_stat_sn,
+        ..NopOut::default()
+    })
+    .to_bytes()
+    .expect("encode");
+    let mut wire = c.framing.encode(&h, &[], &[]);
+    wire[BHS_LEN] ^= 1;
+    c.send_raw(&wire);
+    assert!(c.expect_closed().is_empty());
 }
 
 // ---------------------------------------------------------------------------
