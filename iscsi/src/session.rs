@@ -1675,6 +1675,20 @@ impl Session {
                     d.send_targets(&self.initiator_name, self.target_name.as_deref(), &value)
                 }
                 ("SendTargets", None) => Vec::new(),
+                // Declarations allowed in the full feature phase (RFC 7143
+                // §13.12, §13.7): the initiator's new receive limit holds for
+                // every PDU from here on; its alias wants no answer.
+                ("MaxRecvDataSegmentLength", _) => {
+                    use crate::negotiate::{parse_number, MAX_DATA_LEN, MIN_DATA_LEN};
+                    match parse_number(&value).and_then(|n| u32::try_from(n).ok()) {
+                        Some(n) if (MIN_DATA_LEN..=MAX_DATA_LEN).contains(&n) => {
+                            self.params.max_xmit_data_segment_length = n;
+                            Vec::new()
+                        }
+                        _ => vec![(key.to_string(), "Reject".to_string())],
+                    }
+                }
+                ("InitiatorAlias", _) => Vec::new(),
                 (k, _) => vec![(k.to_string(), "NotUnderstood".to_string())],
             };
             for (k, v) in pairs {

@@ -1504,6 +1504,17 @@ fn max_recv_data_segment_length_is_honoured_both_ways() {
     let exact = pattern(mrdsl, 4);
     let g = c.nop(&exact);
     assert_eq!(g.data.len(), 512);
+    // Declared again in the full feature phase, it holds from then on.
+    assert!(c.text(b"MaxRecvDataSegmentLength=2048\0").is_empty());
+    let d = c.run(&read10(0, 128), data.len() as u32, true, None);
+    assert!(d.data == data);
+    assert!(
+        d.data_in_lens.iter().all(|&n| n <= 2048),
+        "{:?}",
+        d.data_in_lens
+    );
+    assert_eq!(d.data_in_lens.len(), 32);
+    assert_eq!(c.nop(&exact).data.len(), 2048);
 }
 
 /// With CRC32C digests: every PDU of the target carries correct ones (the
@@ -1651,6 +1662,9 @@ fn login_keys_are_answered_by_their_result_functions() {
             ("X-org.oxtarget.private", "1"),
             ("Z-unheard-of", "x"),
             ("MadeUpKey", "7"),
+            ("SendTargets", "All"),
+            ("TargetAddress", "192.0.2.1:3260,1"),
+            ("RDMAExtensions", "Yes"),
         ],
     )
     .expect("login");
@@ -1677,6 +1691,11 @@ fn login_keys_are_answered_by_their_result_functions() {
         ("X-org.oxtarget.private", "NotUnderstood"),
         ("Z-unheard-of", "NotUnderstood"),
         ("MadeUpKey", "NotUnderstood"),
+        // A full feature phase request, not a login key.
+        ("SendTargets", "Irrelevant"),
+        ("TargetAddress", "Reject"),
+        // iSER on a TCP portal.
+        ("RDMAExtensions", "No"),
         ("TargetPortalGroupTag", "1"),
         ("TargetAlias", "oxtarget test"),
     ];
@@ -1740,6 +1759,12 @@ fn login_keys_are_answered_by_their_result_functions() {
     assert_eq!(c.neg.target_mrdsl, 262_144);
     c.check_io(0, 1);
 
+    // A security key outside the security stage fails the login.
+    let mut c = Client::connect(addr);
+    assert_eq!(
+        c.login_as(INITIATOR, common::IQN, &[("AuthMethod", "None")]),
+        Err(LoginStatus::INITIATOR_ERROR)
+    );
     // Identity errors fail the login with their status.
     let cases: [(&[(&str, &str)], LoginStatus); 4] = [
         (

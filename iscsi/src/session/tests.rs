@@ -1075,6 +1075,52 @@ fn snack_login_and_unknown_opcodes_are_rejected() {
     assert!(matches!(h.out()[0].0, Pdu::Reject(_)));
 }
 
+/// MaxRecvDataSegmentLength declared again in the full feature phase holds
+/// for the Data-In that follows; a value out of range is rejected; unknown
+/// keys are not understood.
+#[test]
+fn text_declarations_in_the_full_feature_phase() {
+    let mut h = H::new(params());
+    let text = |h: &mut H, body: &[u8]| -> Vec<u8> {
+        let itt = h.next_itt();
+        let sn = h.next_sn();
+        h.send(
+            Pdu::TextRequest(TextRequest {
+                immediate: false,
+                final_: true,
+                continue_: false,
+                data_segment_len: body.len() as u32,
+                lun: LUN0,
+                itt,
+                ttt: RESERVED_TAG,
+                cmd_sn: sn,
+                exp_stat_sn: 0,
+            }),
+            body,
+        );
+        match &h.out()[..] {
+            [(Pdu::TextResponse(r), d)] => {
+                assert!(r.final_);
+                d.clone()
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(text(&mut h, b"MaxRecvDataSegmentLength=512\0InitiatorAlias=x\0").is_empty());
+    assert_eq!(h.s.params().max_xmit_data_segment_length, 512);
+    assert_eq!(
+        text(&mut h, b"MaxRecvDataSegmentLength=100\0X-y=1\0"),
+        b"MaxRecvDataSegmentLength=Reject\0X-y=NotUnderstood\0".to_vec()
+    );
+    let (data, out) = h.read(0, 4);
+    assert_eq!(data.len(), 2048);
+    for (p, d) in &out {
+        if let Pdu::DataIn(_) = p {
+            assert!(d.len() <= 512);
+        }
+    }
+}
+
 #[test]
 fn send_targets_spans_several_text_responses() {
     let mut h = H::new(params());
