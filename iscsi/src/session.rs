@@ -18,9 +18,11 @@
 //! initiator's MaxRecvDataSegmentLength with status in the last PDU when there is
 //! no sense; SCSI Response with sense and residuals; NOP-Out/NOP-In and target
 //! pings; task management (writes aborted while receiving data first drain the
-//! R2Ts already sent); Logout; Text (SendTargets); Reject. One connection per
-//! session and ErrorRecoveryLevel 0: any recovery beyond a Reject is the
-//! initiator's session recovery.
+//! R2Ts already sent); Logout; Text (SendTargets, MaxRecvDataSegmentLength
+//! declared again); Reject; data digest errors (the PDU discarded with a
+//! Reject, a write it belonged to ended with PROTOCOL SERVICE CRC ERROR). One
+//! connection per session and ErrorRecoveryLevel 0: any recovery beyond a
+//! Reject is the initiator's session recovery.
 
 pub mod buf;
 
