@@ -1715,8 +1715,11 @@ fn login_keys_are_answered_by_their_result_functions() {
         a.contains_key("MaxRecvDataSegmentLength"),
         "the target declares its own"
     );
-    // The session runs with header digests now: the client does not speak
-    // them, so it only logs out of its way here.
+    // The session runs as negotiated: header digests on, ERL 0, the target's
+    // MaxOutstandingR2T, unsolicited data up to 4 KiB.
+    assert!(c.framing.header_digest && !c.framing.data_digest);
+    assert_eq!(c.neg.first_burst, 4096);
+    c.check_io(0, 1);
 
     // Malformed values: Reject, and the login goes on with the defaults.
     let mut c = Client::connect(addr);
