@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 use engine::{LunMap, Protocol, TargetPort};
 use iscsi::chap::{ChapCredentials, Secret};
 use iscsi::pdu::{
-    reject_reason, DataOut, Framing, Isid, LoginRequest, LoginResponse, LoginStatus, NopOut, Pdu,
-    ScsiCommand, Stage, TaskAttribute, TextRequest, BHS_LEN, RESERVED_TAG,
+    reject_reason, DataOut, Framing, Isid, LoginRequest, LoginResponse, LoginStatus, LogoutReason,
+    LogoutRequest, NopOut, Pdu, ScsiCommand, Stage, TaskAttribute, TextRequest, BHS_LEN,
+    RESERVED_TAG,
 };
 use iscsi::server::{Server, ServerConfig, Target};
 use iscsi::text::Pairs;
@@ -1070,6 +1071,52 @@ fn session_and_connection_reinstatement() {
     );
     again.check_io(200, 5);
     other.check_io(0, 6);
+}
+
+/// Logout: removing a connection for recovery is refused at ERL 0 and the
+/// session goes on; closing the session answers, closes the connection and
+/// frees the session, whose ISID then starts a new one.
+#[test]
+fn logout_closes_the_session() {
+    let (srv, addr) = server(|_| {});
+    let mut c = Client::login(addr, 1, &[]);
+    c.check_io(0, 1);
+    let logout = |c: &mut Client, reason: LogoutReason| -> u8 {
+        let itt = c.next_itt();
+        let p = Pdu::LogoutRequest(LogoutRequest {
+            immediate: true,
+            reason,
+            itt,
+            cid: c.cid,
+            cmd_sn: c.cmd_sn,
+            exp_stat_sn: c.exp_stat_sn,
+        });
+        c.send_pdu(p, &[]);
+        match c.recv().pdu {
+            Pdu::LogoutResponse(r) => {
+                assert_eq!(r.itt, itt);
+                r.response
+            }
+            other => panic!("expected a Logout Response, got {other:?}"),
+        }
+    };
+    assert_eq!(logout(&mut c, LogoutReason::RemoveConnectionForRecovery), 2);
+    c.check_io(16, 2);
+    assert_eq!(logout(&mut c, LogoutReason::CloseSession), 0);
+    assert!(c.expect_closed().is_empty());
+    // The target forgets the session once the connection is gone (it notices
+    // asynchronously: a bounded number of looks).
+    let mut gone = false;
+    for _ in 0..500 {
+        if srv.sessions() == 0 {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(gone, "the session outlives its logout");
+    let mut again = Client::login(addr, 1, &[]);
+    again.check_io(0, 3);
 }
 
 // ---------------------------------------------------------------------------
