@@ -23,8 +23,8 @@ use engine::{LunMap, Protocol, TargetPort};
 use iscsi::chap::{ChapCredentials, Secret};
 use iscsi::pdu::{
     reject_reason, DataOut, Framing, Isid, LoginRequest, LoginResponse, LoginStatus, LogoutReason,
-    LogoutRequest, NopOut, Pdu, ScsiCommand, Stage, TaskAttribute, TextRequest, BHS_LEN,
-    RESERVED_TAG,
+    LogoutRequest, NopOut, Pdu, ScsiCommand, Stage, TaskAttribute, TaskMgmtRequest, TextRequest,
+    BHS_LEN, RESERVED_TAG,
 };
 use iscsi::server::{Server, ServerConfig, Target};
 use iscsi::text::Pairs;
@@ -1117,6 +1117,64 @@ fn logout_closes_the_session() {
     assert!(gone, "the session outlives its logout");
     let mut again = Client::login(addr, 1, &[]);
     again.check_io(0, 3);
+}
+
+fn tmf(c: &mut Client, function: u8, referenced: u32, ref_cmd_sn: u32) -> u32 {
+    let itt = c.next_itt();
+    let p = Pdu::TaskMgmtRequest(TaskMgmtRequest {
+        immediate: true,
+        function,
+        lun: [0; 8],
+        itt,
+        referenced_task_tag: referenced,
+        cmd_sn: c.cmd_sn,
+        exp_stat_sn: c.exp_stat_sn,
+        ref_cmd_sn,
+        exp_data_sn: 0,
+    });
+    c.send_pdu(p, &[]);
+    itt
+}
+
+fn tmf_response(c: &mut Client, itt: u32) -> u8 {
+    match c.recv().pdu {
+        Pdu::TaskMgmtResponse(r) => {
+            assert_eq!(r.itt, itt);
+            r.response
+        }
+        other => panic!("expected a Task Management Response, got {other:?}"),
+    }
+}
+
+/// ABORT TASK of a write with an R2T outstanding is answered only once that
+/// R2T's data is in (RFC 7143 §4.2.3.3), the write neither answered nor
+/// written; a tag nobody knows does not exist; LOGICAL UNIT RESET completes.
+#[test]
+fn task_management_over_the_wire() {
+    let (_srv, addr) = server(|_| {});
+    let mut c = Client::login(addr, 1, &[("InitialR2T", "Yes"), ("ImmediateData", "No")]);
+    c.clear_ua();
+    let data = pattern(8 * BS, 0x41);
+    let cmd_sn = c.cmd_sn;
+    let (itt, h) = c.command_header(&write10(300, 8), data.len() as u32, false, true, 0, true);
+    c.send(h, &[]);
+    let r = expect_r2t(&mut c);
+    let t = tmf(&mut c, 1, itt, cmd_sn);
+    // Nothing until the outstanding R2T is answered.
+    c.nop(&[]);
+    c.sequence(itt, r.ttt, &data, 0, data.len());
+    assert_eq!(tmf_response(&mut c, t), 0, "function complete");
+    c.nop(&[]);
+    assert!(
+        c.read(300, 8).iter().all(|&b| b == 0),
+        "the aborted write wrote nothing"
+    );
+    let long_ago = c.cmd_sn.wrapping_sub(100);
+    let t = tmf(&mut c, 1, 0xdead, long_ago);
+    assert_eq!(tmf_response(&mut c, t), 1, "task does not exist");
+    let t = tmf(&mut c, 5, 0, 0);
+    assert_eq!(tmf_response(&mut c, t), 0, "LU reset complete");
+    c.check_io(300, 2);
 }
 
 // ---------------------------------------------------------------------------
