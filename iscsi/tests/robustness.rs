@@ -964,10 +964,12 @@ fn stalled_connections_are_dropped_while_another_session_works() {
     c.send_raw(&vec![7u8; n / 2]);
 
     // A connection that never sends a byte, and one whose login stops half way.
-    let mut d = Client::connect(addr);
+    // (Clocks read before connecting: the target may accept before
+    // `connect` returns here.)
     let td = Instant::now();
-    let mut e = Client::connect(addr);
+    let mut d = Client::connect(addr);
     let te = Instant::now();
+    let mut e = Client::connect(addr);
     let (r, _) = e
         .login_step(
             Stage::Security,
