@@ -1303,6 +1303,41 @@ fn cmd_sn_window_bounds_commands_in_flight() {
     c.check_io(64, 6);
 }
 
+/// A command's buffer is bounded by `max_cmd_data` (beyond: CHECK CONDITION,
+/// INVALID FIELD IN CDB) and a session's by `max_session_data` (beyond: TASK
+/// SET FULL until buffers are freed).
+#[test]
+fn command_buffers_are_bounded() {
+    let (_srv, addr) = server(|c| {
+        c.max_cmd_data = 1 << 20;
+        c.max_session_data = 2 << 20;
+    });
+    let mut c = Client::login(addr, 1, &[("InitialR2T", "Yes"), ("ImmediateData", "No")]);
+    c.clear_ua();
+    let d = c.run(&read10(0, 4096), 2 << 20, true, None);
+    assert_eq!(d.status, 2);
+    assert_eq!((d.sense[2] & 0x0f, d.sense[12], d.sense[13]), (5, 0x24, 0));
+    // Two writes of 1 MiB wait for their data: the session's 2 MiB are taken.
+    let data = pattern(1 << 20, 3);
+    let mut held = Vec::new();
+    for lba in [0u32, 2048] {
+        let (itt, h) = c.command_header(&write10(lba, 2048), 1 << 20, false, true, 0, true);
+        c.send(h, &[]);
+        held.push((itt, expect_r2t(&mut c)));
+    }
+    let d = c.run(&read10(0, 1), 512, true, None);
+    assert_eq!(d.status, 0x28, "TASK SET FULL");
+    // Finishing one frees its buffer.
+    let (itt, r) = held.remove(0);
+    c.sequence(itt, r.ttt, &data, 0, r.desired_len as usize);
+    let d = c.finish(itt, 1 << 20, &data);
+    assert_eq!(d.status, 0);
+    assert_eq!(c.read(0, 1), data[..512].to_vec());
+    let (itt, r) = held.remove(0);
+    c.sequence(itt, r.ttt, &data, 0, r.desired_len as usize);
+    assert_eq!(c.finish(itt, 1 << 20, &data).status, 0);
+}
+
 /// A peer that sends commands and never reads the answers: the target stops
 /// reading once `max_queued_output` bytes wait for it, so the peer's socket
 /// fills up instead of the target's memory. PDUs held ahead of a CmdSN gap
