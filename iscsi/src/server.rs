@@ -1009,15 +1009,13 @@ impl WorkerLoop {
                         rx.consume(now);
                         continue;
                     };
-                    {
-                        match digest {
-                            Ok(()) => s.receive_placed(&header, &mut self.worker, now)?,
-                            // RFC 7143 §7.8: answered, not fatal.
-                            Err(FramingError::DataDigest { .. }) => {
-                                s.data_digest_error(&header, now)?
-                            }
-                            Err(e) => return Err(e.into()),
+                    match digest {
+                        Ok(()) => s.receive_placed(&header, &mut self.worker, now)?,
+                        // RFC 7143 §7.8: answered, not fatal.
+                        Err(FramingError::DataDigest { .. }) => {
+                            s.data_digest_error(&header, now)?
                         }
+                        Err(e) => return Err(e.into()),
                     }
                     rx.consume(now);
                     continue;
