@@ -404,6 +404,9 @@ pub struct Session {
     last_rx: Instant,
     ping: Option<Ping>,
     text_in: Vec<u8>,
+    /// ITT and TTT of our acknowledgement of a request continued with C=1:
+    /// its next part names that TTT.
+    text_in_ttt: Option<(u32, u32)>,
     text_out: Option<TextContinuation>,
 }
 
@@ -453,6 +456,7 @@ impl Session {
             last_rx: now,
             ping: None,
             text_in: Vec::new(),
+            text_in_ttt: None,
             text_out: None,
         };
         s.update_window();
@@ -1632,8 +1636,16 @@ impl Session {
     // Text
 
     fn text(&mut self, t: &TextRequest, frame: &FrameRef<'_>) -> Result<(), SessionError> {
-        if t.ttt != RESERVED_TAG {
-            // The initiator asks for the rest of a long response.
+        let continued = self.text_in_ttt.take();
+        if t.ttt == RESERVED_TAG {
+            // A new request: whatever was under way is forgotten (RFC 7143
+            // §11.10.4).
+            self.text_out = None;
+            self.text_in.clear();
+        } else if continued != Some((t.itt, t.ttt)) {
+            // Not the next part of the initiator's text: it asks for the rest
+            // of a long response of ours.
+            self.text_in.clear();
             return match self.text_out.take() {
                 Some(c) if c.ttt == t.ttt && c.itt == t.itt && frame.data.is_empty() => {
                     self.text_send(t.itt, t.lun, c.rest)
@@ -1641,15 +1653,16 @@ impl Session {
                 _ => self.reject(reject_reason::PROTOCOL_ERROR, frame.header),
             };
         }
-        self.text_out = None;
         if self.text_in.len().saturating_add(frame.data.len()) > MAX_TEXT {
             self.text_in.clear();
             return self.reject(reject_reason::PROTOCOL_ERROR, frame.header);
         }
         self.text_in.extend_from_slice(frame.data);
         if t.continue_ {
-            // More request text follows: acknowledge with an empty response.
+            // More request text follows: acknowledge with an empty response
+            // whose TTT the next part carries.
             let ttt = self.new_ttt();
+            self.text_in_ttt = Some((t.itt, ttt));
             self.update_window();
             let r = TextResponse {
                 final_: false,

@@ -2263,6 +2263,34 @@ fn send_targets_lists_what_the_initiator_may_reach() {
         n.text(b"SendTargets=All\0"),
         vec![("SendTargets".to_string(), "Reject".to_string())]
     );
+    // The same request continued over two Text Requests (C=1, then the TTT
+    // of the target's acknowledgement).
+    let itt = n.next_itt();
+    let mut ttt = RESERVED_TAG;
+    let mut answer = Vec::new();
+    for (cont, body) in [(true, &b"SendTar"[..]), (false, &b"gets=\0"[..])] {
+        let p = Pdu::TextRequest(TextRequest {
+            immediate: false,
+            final_: !cont,
+            continue_: cont,
+            data_segment_len: body.len() as u32,
+            lun: [0; 8],
+            itt,
+            ttt,
+            cmd_sn: n.cmd_sn,
+            exp_stat_sn: n.exp_stat_sn,
+        });
+        n.cmd_sn = n.cmd_sn.wrapping_add(1);
+        n.send_pdu(p, body);
+        let g = n.recv();
+        let Pdu::TextResponse(r) = g.pdu else {
+            panic!("expected a Text Response, got {:?}", g.pdu)
+        };
+        assert_eq!(r.final_, !cont);
+        ttt = r.ttt;
+        answer = g.data;
+    }
+    assert_eq!(text_pairs(&answer), want_all[..1 + addrs.len()].to_vec());
     // Unknown text keys in the full feature phase.
     assert_eq!(
         n.text(b"X-org.oxtarget.what=1\0"),

@@ -1121,6 +1121,64 @@ fn text_declarations_in_the_full_feature_phase() {
     }
 }
 
+/// A request continued with C=1 is acknowledged with an empty response and
+/// a TTT; its next part carries that TTT; the whole text is answered once.
+/// A request with the reserved TTT starts afresh.
+#[test]
+fn continued_text_requests() {
+    let mut h = H::new(params());
+    let itt = h.next_itt();
+    let part = |h: &mut H, ttt: u32, cont: bool, body: &[u8]| -> (TextResponse, Vec<u8>) {
+        let sn = h.next_sn();
+        h.send(
+            Pdu::TextRequest(TextRequest {
+                immediate: false,
+                final_: !cont,
+                continue_: cont,
+                data_segment_len: body.len() as u32,
+                lun: LUN0,
+                itt,
+                ttt,
+                cmd_sn: sn,
+                exp_stat_sn: 0,
+            }),
+            body,
+        );
+        match &h.out()[..] {
+            [(Pdu::TextResponse(r), d)] => (r.clone(), d.clone()),
+            other => panic!("{other:?}"),
+        }
+    };
+    let (ack, d) = part(&mut h, RESERVED_TAG, true, b"X-a=1\0X-b");
+    assert!(!ack.final_ && d.is_empty());
+    assert_ne!(ack.ttt, RESERVED_TAG);
+    let (r, d) = part(&mut h, ack.ttt, false, b"=2\0");
+    assert!(r.final_);
+    assert_eq!(d, b"X-a=NotUnderstood\0X-b=NotUnderstood\0".to_vec());
+    // Half a text, then a new request: the half is forgotten.
+    let (ack, _) = part(&mut h, RESERVED_TAG, true, b"X-c=1\0");
+    assert_ne!(ack.ttt, RESERVED_TAG);
+    let (_, d) = part(&mut h, RESERVED_TAG, false, b"X-d=1\0");
+    assert_eq!(d, b"X-d=NotUnderstood\0".to_vec());
+    // A TTT nobody gave out.
+    let sn = h.next_sn();
+    h.send(
+        Pdu::TextRequest(TextRequest {
+            immediate: false,
+            final_: true,
+            continue_: false,
+            data_segment_len: 0,
+            lun: LUN0,
+            itt,
+            ttt: 0x4242,
+            cmd_sn: sn,
+            exp_stat_sn: 0,
+        }),
+        &[],
+    );
+    assert!(matches!(&h.out()[..], [(Pdu::Reject(_), _)]));
+}
+
 #[test]
 fn send_targets_spans_several_text_responses() {
     let mut h = H::new(params());
