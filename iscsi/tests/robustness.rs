@@ -841,6 +841,17 @@ fn malformed_pdus_are_rejected_or_dropped_while_another_session_works() {
     bad.send(h, &[]);
     assert_eq!(reject_of(&bad.recv()).0, reject_reason::PROTOCOL_ERROR);
     bad.check_io(64, 2);
+    // A second command with the tag of one still running: task in progress.
+    let (itt, h) = bad.command_header(&write10(64, 16), 8192, false, true, 0, true);
+    bad.send(h, &[]);
+    let r = expect_r2t(&mut bad);
+    let (_, mut h) = bad.command_header(&read10(0, 1), 512, true, false, 0, true);
+    h[16..20].copy_from_slice(&itt.to_be_bytes());
+    bad.send(h, &[]);
+    assert_eq!(reject_of(&bad.recv()).0, reject_reason::TASK_IN_PROGRESS);
+    let data = pattern(8192, 5);
+    bad.sequence(itt, r.ttt, &data, 0, 8192);
+    assert_eq!(bad.finish(itt, 8192, &data).status, 0);
 
     // A data segment beyond our MaxRecvDataSegmentLength: dropped.
     let mrdsl = bad.neg.target_mrdsl;
