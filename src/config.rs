@@ -84,6 +84,12 @@ pub struct RawIscsiSettings {
     /// Commands per session (the CmdSN window); default 128.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_depth: Option<Spanned<u32>>,
+    /// Sessions at once; default 512.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_sessions: Option<Spanned<usize>>,
+    /// Connections at once (logins in progress included); default 1024.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<Spanned<usize>>,
 }
 
 /// One LUN in a target's or controller's LUN map.
@@ -305,6 +311,8 @@ pub struct VhostScsiDef {
 pub struct IscsiSettings {
     pub workers: usize,
     pub queue_depth: u32,
+    pub max_sessions: usize,
+    pub max_connections: usize,
 }
 
 /// The checked configuration.
@@ -543,6 +551,8 @@ fn check_iscsi_settings(
     let mut s = IscsiSettings {
         workers: 2,
         queue_depth: 128,
+        max_sessions: 512,
+        max_connections: 1024,
     };
     let Some(raw) = raw else {
         return Ok(s);
@@ -558,6 +568,18 @@ fn check_iscsi_settings(
             return cx.err(q.span(), "iscsi.queue_depth must be 1 to 4096");
         }
         s.queue_depth = *q.get_ref();
+    }
+    if let Some(m) = &raw.max_sessions {
+        if !(1..=65535).contains(m.get_ref()) {
+            return cx.err(m.span(), "iscsi.max_sessions must be 1 to 65535");
+        }
+        s.max_sessions = *m.get_ref();
+    }
+    if let Some(m) = &raw.max_connections {
+        if !(1..=65536).contains(m.get_ref()) {
+            return cx.err(m.span(), "iscsi.max_connections must be 1 to 65536");
+        }
+        s.max_connections = *m.get_ref();
     }
     Ok(s)
 }

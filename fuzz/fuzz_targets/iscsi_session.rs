@@ -1,6 +1,7 @@
 //! Any sequence of PDUs through the full feature phase of a session on a real
 //! engine worker with a small RAM LUN: every PDU is answered, rejected or
-//! dropped; nothing panics, and the session's bookkeeping stays bounded.
+//! dropped, and any may arrive with a bad data digest; nothing panics, and the
+//! session's bookkeeping stays bounded.
 #![no_main]
 
 use std::sync::Arc;
@@ -83,6 +84,13 @@ fuzz_target!(|input: &[u8]| {
             header[24..28].copy_from_slice(&s.exp_cmd_sn().to_be_bytes());
         }
         // Data-Outs the session would place take the adapter's placement path.
+        // A length byte of 0xff stands for a data digest error.
+        if n == 0xff * 8 {
+            if s.data_digest_error(&header, t).is_err() {
+                return;
+            }
+            continue;
+        }
         let placed = match s.placement(&header) {
             Some(dst) if dst.len() == data.len() => {
                 dst.copy_from_slice(data);

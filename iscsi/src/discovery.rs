@@ -1,7 +1,7 @@
 //! SendTargets (RFC 7143 §13.3 and Appendix C): what a Text Request
 //! `SendTargets=...` is answered with. Discovery sessions ask for `All` or one
-//! target name; normal sessions may ask only about their own target (an empty
-//! value or its name). The caller passes the targets this initiator may see.
+//! target name; normal sessions for one target name or, with an empty value,
+//! their own target. The caller passes the targets this initiator may see.
 
 use crate::negotiate::{SessionType, REJECT};
 use crate::text::Pairs;
@@ -29,14 +29,15 @@ pub fn send_targets(
             return reject();
         }
         (SessionType::Discovery, name) => Box::new(move |t| t.name.eq_ignore_ascii_case(name)),
+        // RFC 7143 Appendix C: All only in discovery sessions; a target name
+        // in both kinds; nothing means the session's own target.
+        (SessionType::Normal, "All") => return reject(),
         (SessionType::Normal, v) => {
             let Some(cur) = current_target else {
                 return reject();
             };
-            if !(v.is_empty() || v.eq_ignore_ascii_case(cur)) {
-                return reject();
-            }
-            Box::new(move |t| t.name.eq_ignore_ascii_case(cur))
+            let name = if v.is_empty() { cur } else { v };
+            Box::new(move |t| t.name.eq_ignore_ascii_case(name))
         }
     };
     let mut out = Pairs::default();
@@ -114,8 +115,20 @@ mod tests {
         let cur = Some("iqn.2026-11.org.oxtarget:a");
         let p = send_targets("", SessionType::Normal, cur, &targets());
         assert_eq!(p.0.len(), 3);
+        let p = send_targets(
+            "iqn.2026-11.org.oxtarget:b",
+            SessionType::Normal,
+            cur,
+            &targets(),
+        );
+        assert_eq!(p.get("TargetName"), Some("iqn.2026-11.org.oxtarget:b"));
+        assert_eq!(p.0.len(), 2);
         assert_eq!(
             send_targets("All", SessionType::Normal, cur, &targets()).get("SendTargets"),
+            Some("Reject")
+        );
+        assert_eq!(
+            send_targets("", SessionType::Normal, None, &targets()).get("SendTargets"),
             Some("Reject")
         );
         assert_eq!(

@@ -87,6 +87,24 @@ pub trait TargetDirectory {
         isid: Isid,
         tsih: u16,
     ) -> bool;
+    /// The CIDs of the connections of that session, where the directory knows
+    /// them: a login with one of them reinstates that connection (RFC 7143
+    /// §6.3.4), one with another CID adds a connection, which MaxConnections
+    /// bounds.
+    fn session_connections(
+        &self,
+        _target_name: Option<&str>,
+        _initiator_name: &str,
+        _isid: Isid,
+        _tsih: u16,
+    ) -> Vec<u16> {
+        Vec::new()
+    }
+    /// Whether another session may start (a new login that reinstates no
+    /// session is refused with "out of resources" otherwise).
+    fn session_slot_free(&self) -> bool {
+        true
+    }
 }
 
 /// Settings of one login.
@@ -417,7 +435,7 @@ impl Login {
             Stage::Security => self.security(dir, req, &pairs, &mut out)?,
             _ => self.operational(req, &mut out),
         };
-        let text = out.encode();
+        let text = last_wins(out).encode();
         let max_chunk = usize::try_from(crate::pdu::MAX_DATA_SEGMENT_LEN).unwrap_or(usize::MAX);
         let chunk = self.cfg.response_segment_len.clamp(1, max_chunk);
         self.out_chunks = split_segments(&text, chunk).into();
@@ -490,16 +508,33 @@ impl Login {
                 Some(name)
             }
         };
-        if req.tsih != 0
-            && !dir.session_exists(target_name.as_deref(), &initiator, req.isid, req.tsih)
-        {
-            return Err(fail(
-                LoginStatus::SESSION_DOES_NOT_EXIST,
-                format!("no session with TSIH {}", req.tsih),
-            ));
-        }
-        if req.tsih == 0 && self.cfg.new_tsih == 0 {
-            return Err(fail(LoginStatus::OUT_OF_RESOURCES, "no TSIH available"));
+        let target = target_name.as_deref();
+        if req.tsih != 0 {
+            if !dir.session_exists(target, &initiator, req.isid, req.tsih) {
+                return Err(fail(
+                    LoginStatus::SESSION_DOES_NOT_EXIST,
+                    format!("no session with TSIH {}", req.tsih),
+                ));
+            }
+            let cids = dir.session_connections(target, &initiator, req.isid, req.tsih);
+            let max = usize::from(self.cfg.policy.max_connections.max(1));
+            if !cids.contains(&req.cid) && cids.len() >= max {
+                return Err(fail(
+                    LoginStatus::TOO_MANY_CONNECTIONS,
+                    format!("session {} has {} connection(s)", req.tsih, cids.len()),
+                ));
+            }
+        } else {
+            if self.cfg.new_tsih == 0 {
+                return Err(fail(LoginStatus::OUT_OF_RESOURCES, "no TSIH available"));
+            }
+            // A reinstatement replaces a session: it needs no new slot.
+            // Discovery sessions take none (connections bound them).
+            let normal = self.neg.session_type() == SessionType::Normal;
+            let reinstates = dir.existing_session(target, &initiator, req.isid).is_some();
+            if normal && !reinstates && !dir.session_slot_free() {
+                return Err(fail(LoginStatus::OUT_OF_RESOURCES, "too many sessions"));
+            }
         }
         if self.stage == Stage::Operational && self.auth == AuthPolicy::Chap {
             return Err(fail(
@@ -788,6 +823,22 @@ impl Login {
         };
         self.fail(&req, status, reason.to_string(), Pairs::default())
     }
+}
+
+/// One value per key in a response. The target's own declarations
+/// (TargetPortalGroupTag, TargetAlias, MaxRecvDataSegmentLength) come after the
+/// answers: where the initiator sent one of those keys itself, the declaration
+/// replaces the answer to it rather than follow it as a second, contradicting
+/// value.
+fn last_wins(p: Pairs) -> Pairs {
+    let mut out: Vec<(String, String)> = Vec::with_capacity(p.0.len());
+    for (k, v) in p.0 {
+        match out.iter_mut().find(|(ok, _)| *ok == k) {
+            Some(slot) => slot.1 = v,
+            None => out.push((k, v)),
+        }
+    }
+    Pairs(out)
 }
 
 #[cfg(test)]

@@ -422,6 +422,8 @@ impl Negotiator {
             "TargetAlias" | "TargetAddress" | "TargetPortalGroupTag" => Some(REJECT.into()),
             // A Text request of a discovery session's full feature phase, not login.
             "SendTargets" => Some(IRRELEVANT.into()),
+            // RFC 7143 §13.23: irrelevant when SessionType=Discovery.
+            "TaskReporting" if discovery => Some(IRRELEVANT.into()),
             "TaskReporting" => Some(if v.split(',').any(|x| x == "RFC3720") {
                 "RFC3720".into()
             } else {

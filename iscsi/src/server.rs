@@ -32,7 +32,7 @@ use crate::login::{
     TargetLookup,
 };
 use crate::negotiate::{SessionType, TargetPolicy};
-use crate::pdu::{digest_bytes, pad4, Framing, Isid};
+use crate::pdu::{digest_bytes, pad4, Framing, FramingError, Isid};
 use crate::session::{BufPool, Discovery, FfpParams, Outgoing, Segment, Session, SessionSetup};
 
 mod rx;
@@ -94,6 +94,9 @@ pub struct ServerConfig {
     pub max_cmd_data: u32,
     /// Connections at once; more are closed as they are accepted.
     pub max_connections: usize,
+    /// Normal sessions at once; a login for one more (that reinstates none)
+    /// is refused with "out of resources".
+    pub max_sessions: usize,
     /// Command buffers one session holds at most (beyond: TASK SET FULL).
     pub max_session_data: usize,
 }
@@ -112,6 +115,7 @@ impl Default for ServerConfig {
             max_queued_output: 32 << 20,
             max_cmd_data: 64 << 20,
             max_connections: 1024,
+            max_sessions: 512,
             max_session_data: 256 << 20,
         }
     }
@@ -178,6 +182,7 @@ struct SessionLoc {
     tsih: u16,
     worker: usize,
     conn: u32,
+    cid: u16,
     peer: Option<SocketAddr>,
     since: std::time::SystemTime,
     stats: Arc<SessionStats>,
@@ -322,7 +327,8 @@ impl Shared {
     }
 
     /// A listener for `addr`, bound now or shared with portals already on it
-    /// (port 0 always binds a new one). Returns the address as bound.
+    /// (portals asking for the same address, port 0 included, share one).
+    /// Returns the address as bound.
     fn acquire_listener(&self, addr: SocketAddr) -> Result<SocketAddr, ServerError> {
         let mut ls = self
             .listeners
@@ -331,7 +337,7 @@ impl Shared {
         if let Some(l) = ls
             .by_key
             .values_mut()
-            .find(|l| addr.port() != 0 && (l.wanted == addr || l.bound == addr))
+            .find(|l| l.wanted == addr || (addr.port() != 0 && l.bound == addr))
         {
             l.users += 1;
             return Ok(l.bound);
@@ -492,13 +498,53 @@ impl TargetDirectory for ConnDirectory {
 
     fn session_exists(
         &self,
-        _target_name: Option<&str>,
-        _initiator_name: &str,
-        _isid: Isid,
-        _tsih: u16,
+        target_name: Option<&str>,
+        initiator_name: &str,
+        isid: Isid,
+        tsih: u16,
     ) -> bool {
-        // One connection per session (MaxConnections=1): nothing to join.
-        false
+        self.session(target_name, initiator_name, isid)
+            .is_some_and(|l| l.tsih == tsih)
+    }
+
+    fn session_connections(
+        &self,
+        target_name: Option<&str>,
+        initiator_name: &str,
+        isid: Isid,
+        tsih: u16,
+    ) -> Vec<u16> {
+        // One connection per session: a login with its CID reinstates it.
+        self.session(target_name, initiator_name, isid)
+            .filter(|l| l.tsih == tsih)
+            .map(|l| vec![l.cid])
+            .unwrap_or_default()
+    }
+
+    fn session_slot_free(&self) -> bool {
+        let n = self
+            .shared
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        n < self.shared.cfg.max_sessions
+    }
+}
+
+impl ConnDirectory {
+    fn session(&self, target: Option<&str>, initiator: &str, isid: Isid) -> Option<SessionLoc> {
+        let key = SessionKey {
+            target: target?.to_string(),
+            initiator: initiator.to_string(),
+            isid,
+        };
+        self.shared
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .cloned()
     }
 }
 
@@ -1282,9 +1328,19 @@ impl WorkerLoop {
                     {
                         return Ok(());
                     }
-                    rx.finish_placed(dst)?;
-                    if let Phase::Ffp(s) = phase {
-                        s.receive_placed(&header, &mut self.worker, now)?;
+                    let digest = rx.finish_placed(dst);
+                    let Phase::Ffp(s) = phase else {
+                        digest?;
+                        rx.consume(now);
+                        continue;
+                    };
+                    match digest {
+                        Ok(()) => s.receive_placed(&header, &mut self.worker, now)?,
+                        // RFC 7143 §7.8: answered, not fatal.
+                        Err(FramingError::DataDigest { .. }) => {
+                            s.data_digest_error(&header, now)?
+                        }
+                        Err(e) => return Err(e.into()),
                     }
                     rx.consume(now);
                     continue;
@@ -1299,7 +1355,20 @@ impl WorkerLoop {
                 closing,
                 ..
             } = c;
-            let frame = rx.frame()?;
+            let frame = match rx.frame() {
+                Ok(f) => f,
+                // RFC 7143 §7.8: a data digest error (the header is sound) is
+                // answered with a Reject, not fatal.
+                Err(FramingError::DataDigest { .. }) if matches!(phase, Phase::Ffp(_)) => {
+                    let header = *rx.header();
+                    if let Phase::Ffp(s) = phase {
+                        s.data_digest_error(&header, now)?;
+                    }
+                    rx.consume(now);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             let done = match phase {
                 Phase::Ffp(s) => {
                     s.receive(frame, &mut self.worker, now)?;
@@ -1382,12 +1451,21 @@ impl WorkerLoop {
                         tsih: o.tsih,
                         worker: index,
                         conn: id,
+                        cid: o.cid,
                         peer: c.stream.peer_addr().ok(),
                         since: std::time::SystemTime::now(),
                         stats: c.stats.clone(),
                     },
                 );
-            if let (SessionBinding::Reinstate { .. }, Some(old)) = (o.binding, old) {
+            // Session reinstatement closes the old session; connection
+            // reinstatement (the same TSIH and CID) its old connection. Either
+            // way the old connection's commands are aborted (nexus loss).
+            let replaces = matches!(
+                o.binding,
+                SessionBinding::Reinstate { .. } | SessionBinding::AddConnection
+            );
+            if let (true, Some(old)) = (replaces, old.filter(|l| l.conn != id || l.worker != index))
+            {
                 if let Some(inbox) = self.shared.inboxes.get(old.worker) {
                     inbox.post(Msg::Kill(old.conn, ConnError::Reinstated));
                 }

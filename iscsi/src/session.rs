@@ -18,9 +18,11 @@
 //! initiator's MaxRecvDataSegmentLength with status in the last PDU when there is
 //! no sense; SCSI Response with sense and residuals; NOP-Out/NOP-In and target
 //! pings; task management (writes aborted while receiving data first drain the
-//! R2Ts already sent); Logout; Text (SendTargets); Reject. One connection per
-//! session and ErrorRecoveryLevel 0: any recovery beyond a Reject is the
-//! initiator's session recovery.
+//! R2Ts already sent); Logout; Text (SendTargets, MaxRecvDataSegmentLength
+//! declared again); Reject; data digest errors (the PDU discarded with a
+//! Reject, a write it belonged to ended with PROTOCOL SERVICE CRC ERROR). One
+//! connection per session and ErrorRecoveryLevel 0: any recovery beyond a
+//! Reject is the initiator's session recovery.
 
 pub mod buf;
 
@@ -55,6 +57,8 @@ pub const MAX_TMFS: usize = 16;
 pub const MAX_HELD_BYTES: usize = 1 << 20;
 /// Text requests and responses are bounded to this many bytes.
 pub const MAX_TEXT: usize = 64 * 1024;
+/// PROTOCOL SERVICE CRC ERROR (SAM-5): a write's data failed its digest.
+const PROTOCOL_SERVICE_CRC_ERROR: engine::sense::Asc = engine::sense::Asc(0x47, 0x05);
 
 /// The negotiated values and local limits the full feature phase works with.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -300,6 +304,9 @@ struct Task {
     /// Aborted by the task management function with this ITT while receiving
     /// data: it takes the data of the R2Ts already sent, then ends.
     aborted_by: Option<u32>,
+    /// A Data-Out of this write failed its data digest: it takes the rest of
+    /// its outstanding sequences, then ends with CHECK CONDITION.
+    crc_error: bool,
 }
 
 /// A task management function waiting for aborted writes to drain their
@@ -397,6 +404,9 @@ pub struct Session {
     last_rx: Instant,
     ping: Option<Ping>,
     text_in: Vec<u8>,
+    /// ITT and TTT of our acknowledgement of a request continued with C=1:
+    /// its next part names that TTT.
+    text_in_ttt: Option<(u32, u32)>,
     text_out: Option<TextContinuation>,
 }
 
@@ -446,6 +456,7 @@ impl Session {
             last_rx: now,
             ping: None,
             text_in: Vec::new(),
+            text_in_ttt: None,
             text_out: None,
         };
         s.update_window();
@@ -824,6 +835,7 @@ impl Session {
                 state,
                 r2ts_sent: 0,
                 aborted_by: None,
+                crc_error: false,
             },
         );
         self.by_token.insert(token, c.itt);
@@ -951,6 +963,9 @@ impl Session {
         let TaskState::Receiving(w) = &task.state else {
             return None;
         };
+        if task.crc_error {
+            return None;
+        }
         let (end, _) = data_out_check(w, task.edtl, &d, d.data_segment_len)?;
         let start = usize::try_from(w.received).ok()?;
         let end = usize::try_from(end).ok()?;
@@ -989,6 +1004,9 @@ impl Session {
             // A task we no longer know (terminated, or never seen): dropped.
             return Ok(());
         };
+        if task.crc_error {
+            return self.crc_data_out(d, len);
+        }
         let edtl = task.edtl;
         let TaskState::Receiving(w) = &mut task.state else {
             return self.reject(reject_reason::PROTOCOL_ERROR, header);
@@ -1026,6 +1044,77 @@ impl Session {
             self.after_data(d.itt, engine)?;
         }
         Ok(())
+    }
+
+    /// A PDU whose data segment failed its digest (its header is sound): RFC
+    /// 7143 §7.8 has it discarded and answered with a Reject (data digest
+    /// error). A discarded Data-Out leaves its write short: the write takes
+    /// the rest of its outstanding sequences without placing them and then
+    /// ends with CHECK CONDITION, PROTOCOL SERVICE CRC ERROR (choice b of
+    /// §7.8 — ErrorRecoveryLevel 0 has no recovery R2T). A discarded command
+    /// keeps its CmdSN expected, for the initiator to send again.
+    pub fn data_digest_error(
+        &mut self,
+        header: &[u8; BHS_LEN],
+        now: Instant,
+    ) -> Result<(), SessionError> {
+        self.last_rx = now;
+        self.reject(reject_reason::DATA_DIGEST_ERROR, header)?;
+        let Ok(Pdu::DataOut(d)) = Pdu::parse(header) else {
+            return Ok(());
+        };
+        let receiving = self.tasks.get_mut(&d.itt).and_then(|t| match t.state {
+            TaskState::Receiving(_) => Some(t),
+            TaskState::Running => None,
+        });
+        let Some(task) = receiving else {
+            return Ok(());
+        };
+        task.crc_error = true;
+        let r = self.crc_data_out(&d, d.data_segment_len);
+        self.flush_tmfs()?;
+        r
+    }
+
+    /// A Data-Out of a write whose data already failed a digest: only where
+    /// its sequences end matters.
+    fn crc_data_out(&mut self, d: &DataOut, len: u32) -> Result<(), SessionError> {
+        let Some(task) = self.tasks.get_mut(&d.itt) else {
+            return Ok(());
+        };
+        let TaskState::Receiving(w) = &mut task.state else {
+            return Ok(());
+        };
+        let end = d.buffer_offset.saturating_add(len);
+        if d.ttt == RESERVED_TAG {
+            if w.unsolicited.is_some() && (d.final_ || end >= w.unsolicited_end) {
+                w.unsolicited = None;
+            }
+        } else if let Some(i) = w.r2ts.iter().position(|s| s.ttt == d.ttt) {
+            let seq_end = w.r2ts[i].offset.saturating_add(w.r2ts[i].len);
+            if d.final_ || end >= seq_end {
+                w.r2ts.remove(i);
+            }
+        }
+        if w.unsolicited.is_some() || !w.r2ts.is_empty() {
+            return Ok(());
+        }
+        let itt = d.itt;
+        let answer = task.aborted_by.is_none();
+        let exp_data_sn = task.r2ts_sent;
+        self.drop_task(itt);
+        if !answer {
+            return Ok(());
+        }
+        let s = Sense::new(SenseKey::AbortedCommand, PROTOCOL_SERVICE_CRC_ERROR);
+        let resp = engine::CmdResponse {
+            status: engine::ScsiStatus::CheckCondition,
+            sense: Some(s.encode(SenseFormat::Fixed)),
+            sense_data: Some(s),
+            transferred: 0,
+            residual: Residual::None,
+        };
+        self.respond(itt, &resp, Some(exp_data_sn))
     }
 
     /// Removes a task that never reached the engine (or must answer nothing).
@@ -1547,8 +1636,16 @@ impl Session {
     // Text
 
     fn text(&mut self, t: &TextRequest, frame: &FrameRef<'_>) -> Result<(), SessionError> {
-        if t.ttt != RESERVED_TAG {
-            // The initiator asks for the rest of a long response.
+        let continued = self.text_in_ttt.take();
+        if t.ttt == RESERVED_TAG {
+            // A new request: whatever was under way is forgotten (RFC 7143
+            // §11.10.4).
+            self.text_out = None;
+            self.text_in.clear();
+        } else if continued != Some((t.itt, t.ttt)) {
+            // Not the next part of the initiator's text: it asks for the rest
+            // of a long response of ours.
+            self.text_in.clear();
             return match self.text_out.take() {
                 Some(c) if c.ttt == t.ttt && c.itt == t.itt && frame.data.is_empty() => {
                     self.text_send(t.itt, t.lun, c.rest)
@@ -1556,15 +1653,16 @@ impl Session {
                 _ => self.reject(reject_reason::PROTOCOL_ERROR, frame.header),
             };
         }
-        self.text_out = None;
         if self.text_in.len().saturating_add(frame.data.len()) > MAX_TEXT {
             self.text_in.clear();
             return self.reject(reject_reason::PROTOCOL_ERROR, frame.header);
         }
         self.text_in.extend_from_slice(frame.data);
         if t.continue_ {
-            // More request text follows: acknowledge with an empty response.
+            // More request text follows: acknowledge with an empty response
+            // whose TTT the next part carries.
             let ttt = self.new_ttt();
+            self.text_in_ttt = Some((t.itt, ttt));
             self.update_window();
             let r = TextResponse {
                 final_: false,
@@ -1592,6 +1690,20 @@ impl Session {
                     d.send_targets(&self.initiator_name, self.target_name.as_deref(), &value)
                 }
                 ("SendTargets", None) => Vec::new(),
+                // Declarations allowed in the full feature phase (RFC 7143
+                // §13.12, §13.7): the initiator's new receive limit holds for
+                // every PDU from here on; its alias wants no answer.
+                ("MaxRecvDataSegmentLength", _) => {
+                    use crate::negotiate::{parse_number, MAX_DATA_LEN, MIN_DATA_LEN};
+                    match parse_number(&value).and_then(|n| u32::try_from(n).ok()) {
+                        Some(n) if (MIN_DATA_LEN..=MAX_DATA_LEN).contains(&n) => {
+                            self.params.max_xmit_data_segment_length = n;
+                            Vec::new()
+                        }
+                        _ => vec![(key.to_string(), "Reject".to_string())],
+                    }
+                }
+                ("InitiatorAlias", _) => Vec::new(),
                 (k, _) => vec![(k.to_string(), "NotUnderstood".to_string())],
             };
             for (k, v) in pairs {

@@ -62,8 +62,10 @@ pub fn max_value_len(key: &str) -> usize {
     }
 }
 
+/// Key characters of RFC 7143 §6.1, and '#' of the IANA-registered public
+/// extension keys (`X#NodeArchitecture`, §13.5.2 and §13.26).
 fn key_char_ok(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+' | b'@' | b'_')
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+' | b'@' | b'_' | b'#')
 }
 
 /// Key=value pairs in the order they came.
@@ -229,6 +231,9 @@ mod tests {
         assert_eq!(p.get("Y"), Some("1"));
         // A value may contain '='.
         assert_eq!(parse(b"A=b=c\0").unwrap().get("A"), Some("b=c"));
+        // Public extension keys carry a '#'.
+        let p = parse(b"X#NodeArchitecture=oxtarget-0.1\0").unwrap();
+        assert_eq!(p.get("X#NodeArchitecture"), Some("oxtarget-0.1"));
     }
 
     #[test]

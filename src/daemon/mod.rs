@@ -178,6 +178,8 @@ impl Daemon {
             ServerConfig {
                 workers: cfg.iscsi.workers,
                 queue_depth: cfg.iscsi.queue_depth,
+                max_sessions: cfg.iscsi.max_sessions,
+                max_connections: cfg.iscsi.max_connections,
                 ..ServerConfig::default()
             },
             registry.clone(),

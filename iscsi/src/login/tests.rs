@@ -20,6 +20,9 @@ struct Dir {
     creds: Option<ChapCredentials>,
     existing: Option<u16>,
     sessions: Vec<u16>,
+    /// CIDs of session 9's connections.
+    cids: Vec<u16>,
+    full: bool,
 }
 
 impl TargetDirectory for Dir {
@@ -61,6 +64,16 @@ impl TargetDirectory for Dir {
     fn session_exists(&self, _t: Option<&str>, _i: &str, _isid: Isid, tsih: u16) -> bool {
         self.sessions.contains(&tsih)
     }
+    fn session_connections(&self, _t: Option<&str>, _i: &str, _isid: Isid, tsih: u16) -> Vec<u16> {
+        if tsih == 9 {
+            self.cids.clone()
+        } else {
+            Vec::new()
+        }
+    }
+    fn session_slot_free(&self) -> bool {
+        !self.full
+    }
 }
 
 fn creds(mutual: bool) -> ChapCredentials {
@@ -81,6 +94,7 @@ struct Req {
     transit: Option<Stage>,
     cont: bool,
     tsih: u16,
+    cid: u16,
     version_min: u8,
 }
 
@@ -90,6 +104,7 @@ fn req(csg: Stage, transit: Option<Stage>) -> Req {
         transit,
         cont: false,
         tsih: 0,
+        cid: 0,
         version_min: 0,
     }
 }
@@ -113,7 +128,7 @@ fn header(r: &Req, data: &[u8]) -> [u8; BHS_LEN] {
         isid: ISID,
         tsih: r.tsih,
         itt: 0x1234,
-        cid: 0,
+        cid: r.cid,
         cmd_sn: 100,
         exp_stat_sn: 0,
     })
@@ -737,6 +752,86 @@ fn tsih_handling_and_reinstatement() {
         complete(ev).binding,
         SessionBinding::Reinstate { old_tsih: 4 }
     );
+}
+
+/// A login naming a session's TSIH with one of its CIDs reinstates that
+/// connection; another CID beyond MaxConnections is one too many; a new
+/// session beyond the directory's slots is out of resources, a reinstatement
+/// or a discovery session is not.
+#[test]
+fn connection_reinstatement_and_session_limits() {
+    let mut kv = identity("Normal");
+    kv.extend(OPERATIONAL.iter().map(|(k, v)| (*k, v.to_string())));
+    let on = |d: &Dir, tsih: u16, cid: u16, kv: &[(&'static str, String)]| {
+        let mut l = Login::new(LoginConfig::default());
+        let r = Req {
+            tsih,
+            cid,
+            ..req(Stage::Operational, Some(Stage::FullFeature))
+        };
+        send(&mut l, d, r, &owned(kv)).2
+    };
+    let d = Dir {
+        sessions: vec![9],
+        cids: vec![1],
+        ..Dir::default()
+    };
+    let o = complete(on(&d, 9, 1, &kv));
+    assert_eq!(
+        (o.tsih, o.cid, o.binding),
+        (9, 1, SessionBinding::AddConnection)
+    );
+    assert_eq!(failed(on(&d, 9, 2, &kv)), S::TOO_MANY_CONNECTIONS);
+
+    let full = Dir {
+        full: true,
+        ..Dir::default()
+    };
+    assert_eq!(failed(on(&full, 0, 1, &kv)), S::OUT_OF_RESOURCES);
+    let reinstating = Dir {
+        full: true,
+        existing: Some(3),
+        ..Dir::default()
+    };
+    assert_eq!(
+        complete(on(&reinstating, 0, 1, &kv)).binding,
+        SessionBinding::Reinstate { old_tsih: 3 }
+    );
+    let discovery = Dir {
+        full: true,
+        discovery: Some(AuthPolicy::None),
+        ..Dir::default()
+    };
+    let kv = vec![
+        ("InitiatorName", INITIATOR.to_string()),
+        ("SessionType", "Discovery".to_string()),
+    ];
+    assert_eq!(
+        complete(on(&discovery, 0, 1, &kv)).params.session_type,
+        SessionType::Discovery
+    );
+}
+
+/// Keys the target declares itself, sent by the initiator: one value each
+/// in the response, the target's.
+#[test]
+fn declarations_are_not_answered_twice() {
+    let d = Dir::default();
+    let mut l = Login::new(LoginConfig::default());
+    let mut kv = identity("Normal");
+    kv.push(("TargetPortalGroupTag", "9".into()));
+    kv.push(("TargetAlias", "mine".into()));
+    kv.push(("MaxRecvDataSegmentLength", "100".into()));
+    let (_, p, _) = send(
+        &mut l,
+        &d,
+        req(Stage::Operational, Some(Stage::FullFeature)),
+        &owned(&kv),
+    );
+    // `send` parses the response, which refuses duplicate keys.
+    assert_eq!(p.get("TargetPortalGroupTag"), Some("1"));
+    assert_eq!(p.get("TargetAlias"), Some("disk zero"));
+    assert_eq!(p.get("MaxRecvDataSegmentLength"), Some("262144"));
 }
 
 #[test]

@@ -118,10 +118,11 @@ fn discovery_sessions_answer_operational_keys_irrelevant() {
     let r = first(
         &mut n,
         "InitialR2T=No InitiatorName=iqn.1994-05.com.redhat:x SessionType=Discovery \
-         MaxBurstLength=1024 ErrorRecoveryLevel=0 HeaderDigest=None MaxRecvDataSegmentLength=32768",
+         MaxBurstLength=1024 ErrorRecoveryLevel=0 HeaderDigest=None MaxRecvDataSegmentLength=32768          TaskReporting=RFC3720",
     );
     // SessionType applies to keys before it in the same text.
     assert_eq!(r.get("InitialR2T"), Some("Irrelevant"));
+    assert_eq!(r.get("TaskReporting"), Some("Irrelevant"));
     assert_eq!(r.get("MaxBurstLength"), Some("Irrelevant"));
     assert_eq!(r.get("ErrorRecoveryLevel"), Some("0"));
     assert_eq!(r.get("HeaderDigest"), Some("None"));

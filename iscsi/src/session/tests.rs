@@ -541,6 +541,76 @@ fn wrong_data_sn_is_rejected_and_ends_the_task() {
     }
 }
 
+/// RFC 7143 §7.8: a Data-Out whose data digest fails is discarded with a
+/// Reject (data digest error); its write takes the rest of its outstanding
+/// data and ends with CHECK CONDITION, ABORTED COMMAND / PROTOCOL SERVICE CRC
+/// ERROR, writing nothing. A command whose immediate data fails keeps its
+/// CmdSN: sent again, it runs.
+#[test]
+fn data_digest_errors_are_rejected_and_end_the_write() {
+    let mut h = H::new(params());
+    // A 4 KiB write: two R2Ts of 2 KiB (MaxBurstLength), each in 1 KiB PDUs.
+    let c = h.command(&write10(0, 8), 4096, false, true, true);
+    let itt = c.itt;
+    h.scsi(c, &[]);
+    let r = r2ts(&h.out());
+    assert_eq!(r.len(), 2);
+    let bad = Pdu::DataOut(DataOut {
+        final_: false,
+        data_segment_len: 1024,
+        lun: LUN0,
+        itt,
+        ttt: r[0].ttt,
+        exp_stat_sn: 0,
+        data_sn: 0,
+        buffer_offset: 0,
+    })
+    .to_bytes()
+    .expect("encode");
+    h.s.data_digest_error(&bad, h.now).expect("stays up");
+    let out = h.out();
+    match &out[..] {
+        [(Pdu::Reject(rj), d)] => {
+            assert_eq!(rj.reason, reject_reason::DATA_DIGEST_ERROR);
+            assert_eq!(d[..], bad[..]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The rest of both sequences is taken, unchecked; then the status.
+    h.data_out(itt, r[0].ttt, 1, 1024, &[1u8; 1024], true);
+    assert!(h.out().is_empty());
+    h.data_out(itt, r[1].ttt, 0, 2048, &[1u8; 1024], false);
+    h.data_out(itt, r[1].ttt, 1, 3072, &[1u8; 1024], true);
+    let (resp, sense) = response(&h.out()).expect("status");
+    assert_eq!(resp.status, 2);
+    assert_eq!(resp.exp_data_sn, 2, "two R2Ts");
+    // After the two-byte SenseLength.
+    assert_eq!((sense[4] & 0x0f, sense[14], sense[15]), (0x0b, 0x47, 0x05));
+    assert_eq!(h.s.tasks(), 0);
+    let (data, _) = h.read(0, 8);
+    assert!(data.iter().all(|&b| b == 0), "nothing written");
+
+    // A command with immediate data whose digest fails: discarded, its CmdSN
+    // still expected.
+    let exp = h.s.exp_cmd_sn();
+    let mut c = h.command(&write10(0, 1), 512, false, true, true);
+    c.data_segment_len = 512;
+    let header = Pdu::ScsiCommand(c.clone()).to_bytes().expect("encode");
+    h.s.data_digest_error(&header, h.now).expect("stays up");
+    assert_eq!(reject_of(&h.out()), reject_reason::DATA_DIGEST_ERROR);
+    assert_eq!(h.s.exp_cmd_sn(), exp);
+    h.scsi(c, &[9u8; 512]);
+    assert_eq!(response(&h.out()).expect("status").0.status, 0);
+    assert_eq!(h.read(0, 1).0, vec![9u8; 512]);
+}
+
+fn reject_of(out: &[(Pdu, Vec<u8>)]) -> u8 {
+    match out {
+        [(Pdu::Reject(r), _)] => r.reason,
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn data_out_with_wrong_ttt_offset_or_length_is_rejected() {
     type Bad = fn(&mut u32, &mut u32, &mut usize);
@@ -1003,6 +1073,110 @@ fn snack_login_and_unknown_opcodes_are_rejected() {
         data: Vec::new(),
     });
     assert!(matches!(h.out()[0].0, Pdu::Reject(_)));
+}
+
+/// MaxRecvDataSegmentLength declared again in the full feature phase holds
+/// for the Data-In that follows; a value out of range is rejected; unknown
+/// keys are not understood.
+#[test]
+fn text_declarations_in_the_full_feature_phase() {
+    let mut h = H::new(params());
+    let text = |h: &mut H, body: &[u8]| -> Vec<u8> {
+        let itt = h.next_itt();
+        let sn = h.next_sn();
+        h.send(
+            Pdu::TextRequest(TextRequest {
+                immediate: false,
+                final_: true,
+                continue_: false,
+                data_segment_len: body.len() as u32,
+                lun: LUN0,
+                itt,
+                ttt: RESERVED_TAG,
+                cmd_sn: sn,
+                exp_stat_sn: 0,
+            }),
+            body,
+        );
+        match &h.out()[..] {
+            [(Pdu::TextResponse(r), d)] => {
+                assert!(r.final_);
+                d.clone()
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(text(&mut h, b"MaxRecvDataSegmentLength=512\0InitiatorAlias=x\0").is_empty());
+    assert_eq!(h.s.params().max_xmit_data_segment_length, 512);
+    assert_eq!(
+        text(&mut h, b"MaxRecvDataSegmentLength=100\0X-y=1\0"),
+        b"MaxRecvDataSegmentLength=Reject\0X-y=NotUnderstood\0".to_vec()
+    );
+    let (data, out) = h.read(0, 4);
+    assert_eq!(data.len(), 2048);
+    for (p, d) in &out {
+        if let Pdu::DataIn(_) = p {
+            assert!(d.len() <= 512);
+        }
+    }
+}
+
+/// A request continued with C=1 is acknowledged with an empty response and
+/// a TTT; its next part carries that TTT; the whole text is answered once.
+/// A request with the reserved TTT starts afresh.
+#[test]
+fn continued_text_requests() {
+    let mut h = H::new(params());
+    let itt = h.next_itt();
+    let part = |h: &mut H, ttt: u32, cont: bool, body: &[u8]| -> (TextResponse, Vec<u8>) {
+        let sn = h.next_sn();
+        h.send(
+            Pdu::TextRequest(TextRequest {
+                immediate: false,
+                final_: !cont,
+                continue_: cont,
+                data_segment_len: body.len() as u32,
+                lun: LUN0,
+                itt,
+                ttt,
+                cmd_sn: sn,
+                exp_stat_sn: 0,
+            }),
+            body,
+        );
+        match &h.out()[..] {
+            [(Pdu::TextResponse(r), d)] => (r.clone(), d.clone()),
+            other => panic!("{other:?}"),
+        }
+    };
+    let (ack, d) = part(&mut h, RESERVED_TAG, true, b"X-a=1\0X-b");
+    assert!(!ack.final_ && d.is_empty());
+    assert_ne!(ack.ttt, RESERVED_TAG);
+    let (r, d) = part(&mut h, ack.ttt, false, b"=2\0");
+    assert!(r.final_);
+    assert_eq!(d, b"X-a=NotUnderstood\0X-b=NotUnderstood\0".to_vec());
+    // Half a text, then a new request: the half is forgotten.
+    let (ack, _) = part(&mut h, RESERVED_TAG, true, b"X-c=1\0");
+    assert_ne!(ack.ttt, RESERVED_TAG);
+    let (_, d) = part(&mut h, RESERVED_TAG, false, b"X-d=1\0");
+    assert_eq!(d, b"X-d=NotUnderstood\0".to_vec());
+    // A TTT nobody gave out.
+    let sn = h.next_sn();
+    h.send(
+        Pdu::TextRequest(TextRequest {
+            immediate: false,
+            final_: true,
+            continue_: false,
+            data_segment_len: 0,
+            lun: LUN0,
+            itt,
+            ttt: 0x4242,
+            cmd_sn: sn,
+            exp_stat_sn: 0,
+        }),
+        &[],
+    );
+    assert!(matches!(&h.out()[..], [(Pdu::Reject(_), _)]));
 }
 
 #[test]
