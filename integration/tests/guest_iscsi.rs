@@ -2,21 +2,26 @@
 //! iscsid and iscsiadm) against oxtarget's iSCSI server.
 //!
 //! The server runs in this process on 127.0.0.1 (an ephemeral port) with one
-//! target: a 64 MiB thin file LUN opened with O_DIRECT, an ACL that admits the
-//! guest's initiator name, and CHAP required (the target also holds a secret
-//! of its own, for mutual CHAP). The guest reaches it through QEMU's user
-//! network with `restrict=on`: the guest's 10.0.2.100:3260 is a `guestfwd`
-//! whose command, `busybox nc`, relays each guest connection to the server,
-//! so every packet stays inside QEMU and the host's loopback.
+//! target: a 64 MiB thin file LUN opened with O_DIRECT and a 32 MiB RAM LUN,
+//! an ACL that admits the guest's initiator name, and CHAP required (the
+//! target also holds a secret of its own, for mutual CHAP). The guest reaches
+//! it through QEMU's user network with `restrict=on`: the guest's
+//! 10.0.2.100:3260 is a `guestfwd` whose command, `busybox nc`, relays each
+//! guest connection to the server, so every packet stays inside QEMU and the
+//! host's loopback.
 //!
 //! In the guest: SendTargets discovery; a login with one-way CHAP and CRC32C
-//! header and data digests; a direct write of a pattern and of 4 MiB of random
-//! data, read back; logout; a wrong secret and no CHAP at all, both refused by
-//! the target; a login with mutual CHAP that reads the data back; a login that
-//! expects the wrong target secret, which the initiator refuses. On the host:
-//! the login statuses, the digests and CHAP settings of the live sessions
-//! (`iscsiadm -m session -P 3`), the bytes in the LUN's file, and that every
-//! session ended.
+//! header and data digests; both LUNs found; a direct write of a pattern and
+//! of 4 MiB of random data, read back; eight writers and then eight readers
+//! at once on the RAM LUN; logout; a wrong secret and no CHAP at all, both
+//! refused by the target; a login with mutual CHAP that idles past the
+//! kernel's ping timeout without a connection error, loses its network until
+//! the kernel fails the connection, recovers (iscsid logs in again with the
+//! same ISID: the target reinstates the session) and reads the data back; a
+//! login that expects the wrong target secret, which the initiator refuses.
+//! On the host: the login statuses, the digests and CHAP settings of the live
+//! sessions (`iscsiadm -m session -P 3`), the bytes in the LUN's file, and
+//! that every session ended.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -25,6 +30,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backends::ram::RamBackend;
 use backends::{FileBackend, FileOptions};
 use engine::{Lun, LunConfig, LunMap, LunRegistry, Protocol, TargetPort};
 use integration::error::INSTALL_HINT;
@@ -35,7 +41,10 @@ use iscsi::server::{Server, ServerConfig, Target};
 use md5::{Digest, Md5};
 
 const IQN: &str = "iqn.2026-11.org.oxtarget:guest-iscsi";
+/// LUN 0: a file.
 const DISK_SIZE: u64 = 64 << 20;
+/// LUN 1: RAM.
+const RAM_SIZE: u64 = 32 << 20;
 /// The pattern: one 64 KiB block at block SEEK_BLOCKS (5 MiB).
 const BLOCK: u64 = 64 << 10;
 const SEEK_BLOCKS: u64 = 80;
@@ -86,20 +95,26 @@ login() {
     return 0
 }
 sessions() { ls /sys/class/iscsi_session | wc -l; }
-# The disk of the (one) iSCSI session, once the kernel has scanned it.
-disk() {
+# The disks of the (one) iSCSI session in LUN order, once the kernel has
+# scanned $1 of them.
+disks() {
     i=0
     while [ $i -lt 200 ]; do
+        found=
+        n=0
         for b in /sys/class/iscsi_session/session*/device/target*/*/block/*; do
-            if [ -e "$b" ] && [ -b "/dev/${b##*/}" ]; then
-                echo "/dev/${b##*/}"
-                return 0
-            fi
+            [ -e "$b" ] && [ -b "/dev/${b##*/}" ] || continue
+            found="$found /dev/${b##*/}"
+            n=$((n + 1))
         done
+        if [ $n -ge $1 ]; then
+            echo $found
+            return 0
+        fi
         sleep 0.1
         i=$((i + 1))
     done
-    echo "no iSCSI disk appeared" >&2
+    echo "$n of $1 iSCSI disks appeared:$found" >&2
     return 1
 }
 
@@ -135,9 +150,12 @@ upd 'node.conn[0].iscsi.DataDigest' CRC32C
 
 # One-way CHAP, digests on: write, read back.
 login oneway
-dev=$(disk)
-name=${dev##*/}
-echo "disk $name $(cat /sys/block/$name/size)"
+all=$(disks 2)
+dev=${all%% *}
+dev1=${all##* }
+for d in $all; do
+    echo "disk ${d##*/} $(cat /sys/block/${d##*/}/size)"
+done
 adm -m session -P 3 | sed 's/^/oneway-p3 /'
 pat=$OXTARGET_IN/pattern
 dd if=$pat of=$dev bs=__BLOCK__ count=1 seek=__SEEK__ oflag=direct conv=notrunc 2>/dev/null
@@ -150,6 +168,27 @@ echo "pattern compare ok"
 dd if=$dev of=/tmp/bigback bs=1048576 count=__BIG_COUNT__ skip=__BIG_MIB__ iflag=direct 2>/dev/null
 cmp /tmp/big /tmp/bigback
 echo "big compare ok"
+# Eight writers at once on the RAM LUN, then eight readers: many commands
+# in flight on one connection, all with digests. (A bare `wait` would wait
+# for iscsid too: the jobs are waited for by pid.)
+pids=
+i=0
+while [ $i -lt 8 ]; do
+    dd if=/tmp/big of=$dev1 bs=65536 count=8 skip=$((i * 8)) seek=$((i * 8)) oflag=direct conv=notrunc 2>/dev/null &
+    pids="$pids $!"
+    i=$((i + 1))
+done
+for p in $pids; do wait $p; done
+pids=
+i=0
+while [ $i -lt 8 ]; do
+    dd if=$dev1 of=/tmp/par$i bs=65536 count=8 skip=$((i * 8)) iflag=direct 2>/dev/null &
+    pids="$pids $!"
+    i=$((i + 1))
+done
+for p in $pids; do wait $p; done
+cat /tmp/par0 /tmp/par1 /tmp/par2 /tmp/par3 /tmp/par4 /tmp/par5 /tmp/par6 /tmp/par7 | cmp /tmp/big -
+echo "parallel compare ok"
 node --logout >/dev/null
 echo "sessions-after-logout $(sessions)"
 
@@ -167,8 +206,30 @@ upd node.session.auth.password __ISECRET__
 upd node.session.auth.username_in __TUSER__
 upd node.session.auth.password_in __TSECRET__
 login mutual
-dev=$(disk)
+all=$(disks 2)
+dev=${all%% *}
 adm -m session -P 3 | sed 's/^/mutual-p3 /'
+sid=$(ls /sys/class/iscsi_session)
+state() { cat /sys/class/iscsi_session/$sid/state; }
+# Idle for longer than a ping interval and its timeout (iscsid.conf: a ping
+# after 5 s without traffic, 10 s to answer): the target answers the
+# kernel's pings, or the kernel logs a ping timeout and fails the connection.
+dmesg -c >/dev/null
+sleep 17
+echo "idle-conn-errors $(dmesg | grep -c -e 'conn error' -e 'ping timeout' -e 'recovery')"
+echo "idle-state $(state)"
+# A network outage: the kernel's pings go unanswered (10 s), it fails the
+# connection, and iscsid logs in again with the same ISID and TSIH 0 while
+# the target still holds the old connection (nothing reached it): the target
+# reinstates the session, and I/O goes on through the new connection.
+ip link set eth0 down
+i=0
+while [ "$(state)" = LOGGED_IN ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+echo "outage-state $(state)"
+ip link set eth0 up
+i=0
+while [ "$(state)" != LOGGED_IN ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+echo "recovered-state $(state)"
 dd if=$dev of=/tmp/back bs=__BLOCK__ count=1 skip=__SEEK__ iflag=direct 2>/dev/null
 echo "mutual-readback-md5 $(md5sum </tmp/back | cut -d' ' -f1)"
 echo "pattern-md5 $(md5sum <$pat | cut -d' ' -f1)"
@@ -181,7 +242,7 @@ login mutual-wrong
 echo "sessions-end $(sessions)"
 
 kill $iscsid_pid
-sed 's/^/iscsid: /' /tmp/iscsid.log >&2
+cat /tmp/iscsid.log >&2
 "#;
 
 fn script() -> String {
@@ -216,12 +277,26 @@ fn file_lun(dir: &Path) -> (Arc<Lun>, std::path::PathBuf) {
     (lun, image)
 }
 
-/// The server on 127.0.0.1 (ephemeral port) with one CHAP-protected target.
-fn start_server(lun: &Arc<Lun>) -> Server {
+/// A RAM LUN of RAM_SIZE bytes.
+fn ram_lun() -> Arc<Lun> {
+    let mut uuid = *b"oxtarget-iscsi-1";
+    uuid[6] = (uuid[6] & 0x0f) | 0x40;
+    Lun::new(
+        LunConfig::new("iscsi-lun1", uuid),
+        Arc::new(RamBackend::new(RAM_SIZE)),
+    )
+    .expect("lun")
+}
+
+/// The server on 127.0.0.1 (ephemeral port) with one CHAP-protected target
+/// holding `luns` as LUN 0, 1, ...
+fn start_server(luns: &[&Arc<Lun>]) -> Server {
     let registry = LunRegistry::new();
-    registry.add(lun.clone());
     let map = LunMap::new();
-    map.insert(0, lun.clone());
+    for (n, lun) in (0u64..).zip(luns) {
+        registry.add((*lun).clone());
+        map.insert(n, (*lun).clone());
+    }
     let target = Target {
         name: IQN.to_string(),
         alias: Some("oxtarget guest test".into()),
@@ -281,7 +356,8 @@ fn kernel_initiator_logs_in_with_chap_and_digests() {
     );
     let dir = tempfile::tempdir().expect("temporary directory");
     let (lun, image) = file_lun(dir.path());
-    let server = start_server(&lun);
+    let ram = ram_lun();
+    let server = start_server(&[&lun, &ram]);
     let addr = server.local_addrs()[0];
 
     let pattern = pattern();
@@ -326,12 +402,14 @@ fn kernel_initiator_logs_in_with_chap_and_digests() {
 
     // One-way CHAP with digests.
     assert_eq!(run.field("login-oneway"), Some("0"), "{}", run.results);
-    let sectors = (DISK_SIZE / 512).to_string();
-    let disk = run.field("disk").unwrap_or("");
-    assert!(
-        disk.ends_with(&format!(" {sectors}")),
-        "disk of {sectors} sectors: {disk:?}"
-    );
+    // Both LUNs, in LUN order, at their sizes.
+    let sizes: Vec<&str> = run
+        .lines()
+        .filter_map(|l| l.strip_prefix("disk "))
+        .filter_map(|l| l.split(' ').nth(1))
+        .collect();
+    let want = [(DISK_SIZE / 512).to_string(), (RAM_SIZE / 512).to_string()];
+    assert_eq!(sizes, want, "{}", run.results);
     for prefix in ["oneway-p3 ", "mutual-p3 "] {
         assert_eq!(
             session_value(&run, prefix, "HeaderDigest"),
@@ -366,6 +444,7 @@ fn kernel_initiator_logs_in_with_chap_and_digests() {
     );
     assert!(run.lines().any(|l| l == "pattern compare ok"));
     assert!(run.lines().any(|l| l == "big compare ok"));
+    assert!(run.lines().any(|l| l == "parallel compare ok"));
     assert_eq!(run.field("sessions-after-logout"), Some("0"));
 
     // Refused by the target: iscsiadm's status 24 is "login failed due to
@@ -385,6 +464,28 @@ fn kernel_initiator_logs_in_with_chap_and_digests() {
         "the mutual-CHAP session read the pattern back"
     );
     assert_eq!(run.field("sessions-after-mutual"), Some("0"));
+    // The kernel's pings while idle were answered.
+    assert_eq!(
+        run.field("idle-conn-errors"),
+        Some("0"),
+        "{}",
+        run.console()
+    );
+    assert_eq!(run.field("idle-state"), Some("LOGGED_IN"));
+    // The outage was noticed, and the session came back on a new connection
+    // (the read back above went through it).
+    assert_eq!(
+        run.field("outage-state"),
+        Some("FAILED"),
+        "{}",
+        run.console()
+    );
+    assert_eq!(
+        run.field("recovered-state"),
+        Some("LOGGED_IN"),
+        "{}",
+        run.console()
+    );
 
     // A target that cannot prove itself is refused by the initiator.
     let status = run.field("login-mutual-wrong").expect("login-mutual-wrong");
