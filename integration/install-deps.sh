@@ -9,8 +9,9 @@
 # - installs QEMU from bookworm-backports only (qemu-utils 10.0 from there may
 #   already be installed, and every QEMU package must come from one suite);
 # - installs busybox-static, cpio, zstd, xz-utils (the initramfs userland and
-#   the tools that unpack the kernel), libiscsi-bin, and open-iscsi (whose
-#   iscsid/iscsiadm the guest's initramfs carries; no service is started);
+#   the tools that unpack the kernel), libiscsi-bin, open-iscsi (whose
+#   iscsid/iscsiadm the guest's initramfs carries; no service is started)
+#   and sg3-utils (sg_reset, also for the guest);
 # - downloads the package that linux-image-amd64 depends on (without
 #   installing it) and unpacks it into the guest cache:
 #   $OXTARGET_GUEST_CACHE, default integration/cache/, as kernel/<release>/,
@@ -123,6 +124,8 @@ apt-get install -y -q --no-install-recommends libiscsi-bin
 # writes /etc/iscsi/initiatorname.iscsi on first install (the guest gets its
 # own name from the test).
 apt-get install -y -q --no-install-recommends open-iscsi
+# sg3-utils: sg_reset in the guest (LU and target reset through the kernel).
+apt-get install -y -q --no-install-recommends sg3-utils
 
 # --- guest kernel ----------------------------------------------------------
 

@@ -55,6 +55,11 @@ pub const ISCSIADM: &str = "/usr/sbin/iscsiadm";
 /// when the host has it; at the same paths in the guest.
 pub const OPEN_ISCSI_BINARIES: &[&str] = &[ISCSID, ISCSIADM];
 
+/// sg3-utils' `sg_reset`: has the kernel's SCSI error handler send a LOGICAL
+/// UNIT RESET or TARGET RESET through the LLD (an iSCSI TMF). In
+/// [`Initramfs::standard`] when the host has it.
+pub const SG_RESET: &str = "/usr/bin/sg_reset";
+
 /// The guest's iSCSI initiator name (`/etc/iscsi/initiatorname.iscsi`).
 pub const GUEST_INITIATOR_NAME: &str = "iqn.2026-11.org.oxtarget:guest";
 
@@ -145,7 +150,7 @@ impl Initramfs {
     /// virtio-blk disks, virtio-net, and the kernel's iSCSI initiator; and,
     /// when the host has them, open-iscsi's iscsid and iscsiadm with their
     /// libraries, [`GUEST_ISCSID_CONF_TEXT`] and the initiator name
-    /// [`GUEST_INITIATOR_NAME`]. Every guest test uses this one archive (one
+    /// [`GUEST_INITIATOR_NAME`], and [`SG_RESET`]. Every guest test uses this one archive (one
     /// build per run); the few megabytes of the iSCSI userland cost a guest
     /// that does not use them a fraction of a second.
     pub fn standard() -> Self {
@@ -161,6 +166,9 @@ impl Initramfs {
                     format!("InitiatorName={GUEST_INITIATOR_NAME}\n"),
                     0o644,
                 );
+        }
+        if Path::new(SG_RESET).is_file() {
+            me = me.binary(SG_RESET);
         }
         me
     }

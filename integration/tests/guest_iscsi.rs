@@ -13,7 +13,8 @@
 //! In the guest: SendTargets discovery; a login with one-way CHAP and CRC32C
 //! header and data digests; both LUNs found; a direct write of a pattern and
 //! of 4 MiB of random data, read back; eight writers and then eight readers
-//! at once on the RAM LUN; logout; a wrong secret and no CHAP at all, both
+//! at once on the RAM LUN; a LOGICAL UNIT RESET and a TARGET RESET from the
+//! kernel's error handler (sg_reset), the data read back after; logout; a wrong secret and no CHAP at all, both
 //! refused by the target; a login with mutual CHAP that idles past the
 //! kernel's ping timeout without a connection error, loses its network until
 //! the kernel fails the connection, recovers (iscsid logs in again with the
@@ -34,7 +35,9 @@ use backends::ram::RamBackend;
 use backends::{FileBackend, FileOptions};
 use engine::{Lun, LunConfig, LunMap, LunRegistry, Protocol, TargetPort};
 use integration::error::INSTALL_HINT;
-use integration::initramfs::{host_has_open_iscsi, GUEST_INITIATOR_NAME, OPEN_ISCSI_BINARIES};
+use integration::initramfs::{
+    host_has_open_iscsi, GUEST_INITIATOR_NAME, OPEN_ISCSI_BINARIES, SG_RESET,
+};
 use integration::{GuestConfig, GuestEnv, GuestRun, Initramfs};
 use iscsi::chap::{ChapCredentials, Secret};
 use iscsi::server::{Server, ServerConfig, Target};
@@ -189,6 +192,22 @@ done
 for p in $pids; do wait $p; done
 cat /tmp/par0 /tmp/par1 /tmp/par2 /tmp/par3 /tmp/par4 /tmp/par5 /tmp/par6 /tmp/par7 | cmp /tmp/big -
 echo "parallel compare ok"
+# The kernel's error handler resets the RAM LUN, then the target, through
+# iscsi_tcp: a LOGICAL UNIT RESET and a TARGET WARM RESET task management
+# function. With -N a failed LU reset does not escalate and sg_reset fails;
+# a failed target reset falls back to a session reset (a new login), which
+# the kernel logs as a connection error.
+dmesg -c >/dev/null
+set +e
+timeout 60 sg_reset -N -d $dev1
+echo "lu-reset $?"
+timeout 60 sg_reset -N -t $dev1
+echo "target-reset $?"
+set -e
+echo "reset-conn-errors $(dmesg | grep -c -e 'conn error' -e 'recovery')"
+dd if=$dev1 of=/tmp/afterreset bs=65536 count=64 iflag=direct 2>/dev/null
+cmp /tmp/big /tmp/afterreset
+echo "read after resets ok"
 node --logout >/dev/null
 echo "sessions-after-logout $(sessions)"
 
@@ -354,6 +373,10 @@ fn kernel_initiator_logs_in_with_chap_and_digests() {
         "open-iscsi ({}) not found on the host: {INSTALL_HINT}",
         OPEN_ISCSI_BINARIES.join(", ")
     );
+    assert!(
+        Path::new(SG_RESET).is_file(),
+        "{SG_RESET} (sg3-utils) not found on the host: {INSTALL_HINT}"
+    );
     let dir = tempfile::tempdir().expect("temporary directory");
     let (lun, image) = file_lun(dir.path());
     let ram = ram_lun();
@@ -445,6 +468,15 @@ fn kernel_initiator_logs_in_with_chap_and_digests() {
     assert!(run.lines().any(|l| l == "pattern compare ok"));
     assert!(run.lines().any(|l| l == "big compare ok"));
     assert!(run.lines().any(|l| l == "parallel compare ok"));
+    assert_eq!(run.field("lu-reset"), Some("0"), "{}", run.console());
+    assert_eq!(run.field("target-reset"), Some("0"), "{}", run.console());
+    assert_eq!(
+        run.field("reset-conn-errors"),
+        Some("0"),
+        "the target reset was not a session reset: {}",
+        run.console()
+    );
+    assert!(run.lines().any(|l| l == "read after resets ok"));
     assert_eq!(run.field("sessions-after-logout"), Some("0"));
 
     // Refused by the target: iscsiadm's status 24 is "login failed due to
