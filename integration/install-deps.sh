@@ -9,7 +9,9 @@
 # - installs QEMU from bookworm-backports only (qemu-utils 10.0 from there may
 #   already be installed, and every QEMU package must come from one suite);
 # - installs busybox-static, cpio, zstd, xz-utils (the initramfs userland and
-#   the tools that unpack the kernel);
+#   the tools that unpack the kernel), libiscsi-bin, open-iscsi (whose
+#   iscsid/iscsiadm the guest's initramfs carries; no service is started)
+#   and sg3-utils (sg_reset, also for the guest);
 # - downloads the package that linux-image-amd64 depends on (without
 #   installing it) and unpacks it into the guest cache:
 #   $OXTARGET_GUEST_CACHE, default integration/cache/, as kernel/<release>/,
@@ -115,6 +117,15 @@ apt-get install -y -q --no-install-recommends -t bookworm-backports \
     qemu-system-x86 qemu-system-common qemu-system-data qemu-block-extra qemu-utils
 # libiscsi's initiators and conformance suite (iscsi-inq, iscsi-ls, iscsi-test-cu).
 apt-get install -y -q --no-install-recommends libiscsi-bin
+# open-iscsi: iscsid and iscsiadm (with their libraries) go into the guest
+# initramfs, for the kernel initiator's test. Nothing runs on the host: its
+# postinst starts services only under systemd (/run/systemd/system) and
+# registers the init scripts disabled, so it is quiet in a container. It also
+# writes /etc/iscsi/initiatorname.iscsi on first install (the guest gets its
+# own name from the test).
+apt-get install -y -q --no-install-recommends open-iscsi
+# sg3-utils: sg_reset in the guest (LU and target reset through the kernel).
+apt-get install -y -q --no-install-recommends sg3-utils
 
 # --- guest kernel ----------------------------------------------------------
 

@@ -26,8 +26,80 @@ use crate::GuestEnv;
 pub const BASE_MODULES: &[&str] = &["qemu_fw_cfg"];
 
 /// Modules of [`Initramfs::standard`]: virtio over PCI, virtio-scsi with the
-/// SCSI disk and generic drivers, virtio-blk.
-pub const STANDARD_MODULES: &[&str] = &["virtio_pci", "virtio_scsi", "sd_mod", "sg", "virtio_blk"];
+/// SCSI disk and generic drivers, virtio-blk, virtio-net (for a guest that
+/// reaches a target on the host through QEMU's user network), and the
+/// kernel's iSCSI initiator over TCP with CRC32C for digests (`crc32c` is a
+/// softdep by alias, which the load order does not resolve: the provider is
+/// named).
+pub const STANDARD_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_scsi",
+    "sd_mod",
+    "sg",
+    "virtio_blk",
+    "virtio_net",
+    "crc32c_generic",
+    "scsi_transport_iscsi",
+    "libiscsi",
+    "libiscsi_tcp",
+    "iscsi_tcp",
+];
+
+/// open-iscsi's daemon, from the host's open-iscsi package (install-deps.sh).
+pub const ISCSID: &str = "/usr/sbin/iscsid";
+
+/// open-iscsi's admin tool, from the same package.
+pub const ISCSIADM: &str = "/usr/sbin/iscsiadm";
+
+/// What [`Initramfs::standard`] carries of open-iscsi, with the libraries,
+/// when the host has it; at the same paths in the guest.
+pub const OPEN_ISCSI_BINARIES: &[&str] = &[ISCSID, ISCSIADM];
+
+/// sg3-utils' `sg_reset`: has the kernel's SCSI error handler send a LOGICAL
+/// UNIT RESET or TARGET RESET through the LLD (an iSCSI TMF). In
+/// [`Initramfs::standard`] when the host has it.
+pub const SG_RESET: &str = "/usr/bin/sg_reset";
+
+/// The guest's iSCSI initiator name (`/etc/iscsi/initiatorname.iscsi`).
+pub const GUEST_INITIATOR_NAME: &str = "iqn.2026-11.org.oxtarget:guest";
+
+/// Where the guest's iscsid.conf lives.
+pub const GUEST_ISCSID_CONF: &str = "/etc/iscsi/iscsid.conf";
+
+/// The guest's iscsid.conf: node defaults that keep a failing login short
+/// (one attempt, short timeouts) so a test that expects a refusal ends
+/// quickly, and the target's unsolicited-data defaults. A test changes a
+/// node's settings with `iscsiadm -m node ... -o update`.
+pub const GUEST_ISCSID_CONF_TEXT: &str = "\
+# Written by oxtarget's guest harness (integration/src/initramfs.rs).
+node.startup = manual
+node.session.initial_login_retry_max = 1
+node.conn[0].timeo.login_timeout = 10
+node.conn[0].timeo.logout_timeout = 10
+node.conn[0].timeo.noop_out_interval = 5
+node.conn[0].timeo.noop_out_timeout = 10
+node.session.timeo.replacement_timeout = 20
+node.session.err_timeo.abort_timeout = 15
+node.session.err_timeo.lu_reset_timeout = 20
+node.session.err_timeo.tgt_reset_timeout = 20
+node.session.err_timeo.host_reset_timeout = 30
+node.session.cmds_max = 128
+node.session.queue_depth = 32
+node.session.iscsi.InitialR2T = No
+node.session.iscsi.ImmediateData = Yes
+node.session.iscsi.FirstBurstLength = 262144
+node.session.iscsi.MaxBurstLength = 16776192
+node.conn[0].iscsi.MaxRecvDataSegmentLength = 262144
+node.conn[0].iscsi.MaxXmitDataSegmentLength = 0
+discovery.sendtargets.iscsi.MaxRecvDataSegmentLength = 32768
+node.session.nr_sessions = 1
+node.session.scan = auto
+";
+
+/// Whether the host has open-iscsi's binaries ([`OPEN_ISCSI_BINARIES`]).
+pub fn host_has_open_iscsi() -> bool {
+    OPEN_ISCSI_BINARIES.iter().all(|p| Path::new(p).is_file())
+}
 
 /// The guest port (second serial port) the script's stdout goes to.
 pub const RESULTS_TTY: &str = "/dev/ttyS1";
@@ -75,9 +147,30 @@ impl Initramfs {
     }
 
     /// [`STANDARD_MODULES`]: what a guest needs for QEMU's virtio-scsi and
-    /// virtio-blk disks. Tests that need no more share this one archive.
+    /// virtio-blk disks, virtio-net, and the kernel's iSCSI initiator; and,
+    /// when the host has them, open-iscsi's iscsid and iscsiadm with their
+    /// libraries, [`GUEST_ISCSID_CONF_TEXT`] and the initiator name
+    /// [`GUEST_INITIATOR_NAME`], and [`SG_RESET`]. Every guest test uses
+    /// this one archive (one build per run); the iSCSI userland's 14 MiB
+    /// cost no measurable boot time under TCG.
     pub fn standard() -> Self {
-        Self::new().modules(STANDARD_MODULES)
+        let mut me = Self::new().modules(STANDARD_MODULES);
+        if host_has_open_iscsi() {
+            for binary in OPEN_ISCSI_BINARIES {
+                me = me.binary(binary);
+            }
+            me = me
+                .bytes(GUEST_ISCSID_CONF, GUEST_ISCSID_CONF_TEXT, 0o644)
+                .bytes(
+                    "/etc/iscsi/initiatorname.iscsi",
+                    format!("InitiatorName={GUEST_INITIATOR_NAME}\n"),
+                    0o644,
+                );
+        }
+        if Path::new(SG_RESET).is_file() {
+            me = me.binary(SG_RESET);
+        }
+        me
     }
 
     /// Adds kernel modules by name (`-` or `_`); their dependencies follow.
@@ -200,6 +293,23 @@ impl Initramfs {
                 mode: 0o600,
                 major: 5,
                 minor: 1,
+            },
+        )?;
+
+        // A root user: tools that look their caller up by uid (iscsid refuses
+        // an iscsiadm whose uid has no name) find one.
+        tree.insert(
+            "/etc/passwd",
+            Node::File {
+                mode: 0o644,
+                data: b"root:x:0:0:root:/root:/bin/sh\n".to_vec(),
+            },
+        )?;
+        tree.insert(
+            "/etc/group",
+            Node::File {
+                mode: 0o644,
+                data: b"root:x:0:\n".to_vec(),
             },
         )?;
 
@@ -465,6 +575,7 @@ mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
+mkdir -p /run/lock
 results={results}
 stty -F $results raw -echo
 failed=

@@ -5,26 +5,34 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use integration::initramfs::{BASE_MODULES, STANDARD_MODULES};
+use integration::error::INSTALL_HINT;
+use integration::initramfs::{
+    host_has_open_iscsi, BASE_MODULES, GUEST_INITIATOR_NAME, ISCSIADM, OPEN_ISCSI_BINARIES,
+    STANDARD_MODULES,
+};
 use integration::{Error, GuestConfig, GuestEnv, Initramfs};
 
-/// A small dynamically linked host binary that install-deps.sh installs.
-const HOST_BINARY: &str = "/usr/bin/zstd";
-
+/// The standard archive (the one every guest test shares) carries host
+/// binaries with the libraries ldd lists (open-iscsi's), generated files, and
+/// the standard modules; a script's failure is reported with its output and
+/// the console.
 #[test]
 fn host_binary_runs_and_a_failing_script_is_reported() {
     let Some(env) = GuestEnv::require() else {
         return;
     };
+    assert!(
+        host_has_open_iscsi(),
+        "open-iscsi ({}) not found on the host: {INSTALL_HINT}",
+        OPEN_ISCSI_BINARIES.join(", ")
+    );
     let initramfs = Initramfs::standard()
-        .binary(HOST_BINARY)
-        .bytes("/etc/oxtarget/greeting", "hello from the host\n", 0o644)
         .build(env)
         .unwrap_or_else(|e| panic!("building the initramfs: {e}"));
     let script = r#"
 echo "modules $(cut -d' ' -f1 /proc/modules | sort | tr '\n' ' ')"
-echo "greeting $(cat /etc/oxtarget/greeting)"
-echo "zstd $(echo oxtarget | zstd -q | zstd -dq)"
+echo "name $(cat /etc/iscsi/initiatorname.iscsi)"
+echo "iscsiadm $(iscsiadm --version)"
 echo "this goes to the console" >&2
 exit 3
 "#;
@@ -34,11 +42,17 @@ exit 3
     assert!(run.qemu_status.success(), "QEMU: {}", run.qemu_status);
     assert_eq!(run.script_status, Some(3));
     assert!(run.insmod_failures.is_empty(), "{:?}", run.insmod_failures);
-    assert_eq!(run.field("greeting"), Some("hello from the host"));
+    let name = format!("InitiatorName={GUEST_INITIATOR_NAME}");
+    assert_eq!(run.field("name"), Some(name.as_str()));
+    let host_version = std::process::Command::new(ISCSIADM)
+        .arg("--version")
+        .output()
+        .expect("the host's iscsiadm runs");
+    let host_version = String::from_utf8_lossy(&host_version.stdout);
     assert_eq!(
-        run.field("zstd"),
-        Some("oxtarget"),
-        "zstd and its libraries run in the guest"
+        run.field("iscsiadm"),
+        Some(host_version.trim()),
+        "iscsiadm and its libraries run in the guest"
     );
 
     let loaded: Vec<&str> = run.field("modules").unwrap_or("").split(' ').collect();
@@ -61,7 +75,7 @@ exit 3
     let text = err.to_string();
     assert!(text.contains("the script exited with status 3"), "{text}");
     assert!(
-        text.contains("greeting hello from the host"),
+        text.contains(&format!("name {name}")),
         "results quoted: {text}"
     );
     assert!(
