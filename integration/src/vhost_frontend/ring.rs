@@ -451,7 +451,7 @@ mod tests {
     /// with) reads the rings this driver writes, and the notifications agree.
     #[test]
     fn virtio_queue_device_side_agrees_with_the_driver() {
-        use virtio_queue::{Queue, QueueOwnedT, QueueT};
+        use virtio_queue::{Queue, QueueT};
         let m = mem();
         let l = RingLayout::new(0x1000, 16).unwrap();
         let mut q = SplitQueue::new(&m, l, true).unwrap();
