@@ -26,6 +26,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --workspace --locked
 
+step "vhost-user-scsi benchmark smoke (drives the device from the host; asserts no ratio)"
+integration/bench/vhost-vs-device-scsi.sh --smoke
+
 if [ "$FUZZ_SECONDS" != 0 ]; then
     step "fuzz smoke (${FUZZ_SECONDS}s per target)"
     if ! cargo fuzz --version >/dev/null 2>&1; then

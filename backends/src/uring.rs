@@ -319,8 +319,14 @@ impl IoChannel for UringChannel {
         if let Some(c) = self.dispatch(idx, state) {
             self.ready.push(c);
             let _ = self.notify.write(1);
-        } else {
+        } else if self.live == 1 {
+            // Nothing else in flight (queue depth 1): no batch to gather.
             self.flush();
+        } else if self.ring.submission().len() == 1 {
+            // The first entry of a batch: the kernel gets it at the next `reap`
+            // (the owning thread's poll, which this wakes) together with every entry
+            // queued until then — one io_uring_enter per batch, not per operation.
+            let _ = self.notify.write(1);
         }
         Ok(())
     }
@@ -346,7 +352,13 @@ impl IoChannel for UringChannel {
     }
 
     fn reap(&mut self, out: &mut Vec<Completion>) {
+        // What completes inside this submit (page-cache hits) is drained just below:
+        // no eventfd wake-up for it, which would only bring the thread back to find
+        // nothing. Completions posted after re-enabling signal as usual; those
+        // posted before are seen by the drain, which runs after.
+        self.ring.completion().disable_eventfd();
         self.flush();
+        self.ring.completion().enable_eventfd();
         self.drain_cq(true);
         let n = self.ready.len();
         out.append(&mut self.ready);

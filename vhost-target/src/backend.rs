@@ -13,7 +13,7 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -75,6 +75,10 @@ pub fn virtio_features() -> u64 {
 struct InFlight {
     counts: Mutex<Vec<usize>>,
     changed: Condvar,
+    /// `stop_vring` calls waiting on `changed`; changed only with `counts` locked.
+    /// A condvar notify is a futex syscall even with nobody waiting: the vring
+    /// threads notify only when someone is.
+    waiters: AtomicUsize,
 }
 
 /// Descriptor chains taken from each queue of a controller, over all its
@@ -161,6 +165,7 @@ impl ScsiBackend {
             inflight: InFlight {
                 counts: Mutex::new(vec![0; total]),
                 changed: Condvar::new(),
+                waiters: AtomicUsize::new(0),
             },
             counters,
         }
@@ -315,7 +320,9 @@ impl ScsiBackend {
                 *c = queues.in_flight_on(q16);
             }
         }
-        self.inflight.changed.notify_all();
+        if self.inflight.waiters.load(Ordering::Relaxed) > 0 {
+            self.inflight.changed.notify_all();
+        }
     }
 }
 
@@ -369,11 +376,15 @@ impl VhostUserBackend for ScsiBackend {
             .counts
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        // Counted under the lock, so a vring thread that publishes after we start
+        // waiting sees us.
+        self.inflight.waiters.fetch_add(1, Ordering::Relaxed);
         let (_counts, timeout) = self
             .inflight
             .changed
             .wait_timeout_while(counts, DRAIN_TIMEOUT, |c| c.get(q).is_some_and(|&n| n > 0))
             .unwrap_or_else(|e| e.into_inner());
+        self.inflight.waiters.fetch_sub(1, Ordering::Relaxed);
         if timeout.timed_out() {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
