@@ -17,7 +17,7 @@
 # vhost-device-scsi's plain pread/pwrite).
 #
 # Configurations, each run for every workload in every repetition, interleaved:
-#   oxt-file-qN   oxtarget (examples/serve), LUN on the backing file, N request queues
+#   oxt-file-qN   oxtarget (examples/vhost_serve), LUN on the backing file, N request queues
 #   vds-file-q1   vhost-device-scsi on the same file (it has one request queue)
 #   oxt-null-qN   oxtarget on a null LUN (reads zeroes, drops writes): its own cost
 #   oxt-ram-qN    oxtarget on a RAM LUN
@@ -61,14 +61,14 @@ say() { printf '==> %s\n' "$*" >&2; }
 say "building vhost-loadgen and the serve example ($PROFILE)"
 if [ $PROFILE = release ]; then
     cargo build --release --locked -p oxtarget-integration --bin vhost-loadgen \
-        -p oxtarget-vhost-target --example serve
+        -p oxtarget-vhost-target --example vhost_serve
 else
     cargo build --locked -p oxtarget-integration --bin vhost-loadgen \
-        -p oxtarget-vhost-target --example serve
+        -p oxtarget-vhost-target --example vhost_serve
 fi
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 LOADGEN=$TARGET_DIR/$PROFILE/vhost-loadgen
-SERVE=$TARGET_DIR/$PROFILE/examples/serve
+SERVE=$TARGET_DIR/$PROFILE/examples/vhost_serve
 
 if [ ! -x "$VDS" ]; then
     if [ $SMOKE = 1 ]; then
