@@ -1,7 +1,7 @@
 //! Serves one vhost-user-scsi controller with one LUN until killed, for benchmarks
-//! and for attaching QEMU by hand (until `oxtarget serve` exists):
+//! and for attaching QEMU by hand without a config (`oxtarget serve` is the daemon):
 //!
-//! `cargo run --release -p oxtarget-vhost-target --example serve -- SOCKET BACKING
+//! `cargo run --release -p oxtarget-vhost-target --example vhost_serve -- SOCKET BACKING
 //! [QUEUES] [MIB]`
 //!
 //! BACKING is `ram` (sparse memory), `null` (reads zeroes, drops writes), or the
