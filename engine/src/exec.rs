@@ -105,6 +105,50 @@ pub enum Step {
     /// Finished: `Ok(n)` is the number of bytes the command wanted to transfer (the
     /// engine computes residuals from it and the buffer length), or the error.
     Done(Result<u32, CmdError>),
+    /// Waits for something outside the worker (a SANITIZE waiting for its
+    /// background operation): the job's next `step` (with `None`) comes after
+    /// `JobCtx::waker` is woken. A parked command holds its place in the task set
+    /// and its range; aborting it drops the job at once.
+    Park,
+}
+
+/// Wakes one parked job (see [`Step::Park`]) from any thread. A wake for a
+/// command that has finished, or has not parked, is ignored.
+#[derive(Clone, Debug)]
+pub struct JobWaker {
+    mailbox: Arc<crate::worker::Mailbox>,
+    slot: crate::worker::SlotRef,
+}
+
+impl JobWaker {
+    pub(crate) fn new(mailbox: Arc<crate::worker::Mailbox>, slot: crate::worker::SlotRef) -> Self {
+        JobWaker { mailbox, slot }
+    }
+
+    pub fn wake(&self) {
+        self.mailbox.post(crate::worker::Msg::Start(self.slot));
+    }
+}
+
+/// Where a job's [`JobWaker`] comes from, borrowed for one step (making the
+/// waker costs a reference count only for the jobs that park).
+#[derive(Clone, Copy, Debug)]
+pub struct WakerSource<'a> {
+    mailbox: &'a Arc<crate::worker::Mailbox>,
+    slot: crate::worker::SlotRef,
+}
+
+impl<'a> WakerSource<'a> {
+    pub(crate) fn new(
+        mailbox: &'a Arc<crate::worker::Mailbox>,
+        slot: crate::worker::SlotRef,
+    ) -> Self {
+        WakerSource { mailbox, slot }
+    }
+
+    pub fn waker(&self) -> JobWaker {
+        JobWaker::new(self.mailbox.clone(), self.slot)
+    }
 }
 
 /// What a job sees at each step.
@@ -117,6 +161,9 @@ pub struct JobCtx<'a> {
     /// engine only calls `step` when none is.
     pub scratch: &'a mut Scratch,
     pub registry: &'a Arc<LunRegistry>,
+    /// What wakes this job after it returns [`Step::Park`]; `None` where nothing
+    /// can (a job driven outside a worker).
+    pub waker: Option<WakerSource<'a>>,
 }
 
 /// A job's scratch buffer: bytes whose start is aligned to [`Scratch::ALIGN`], so

@@ -27,6 +27,12 @@ pub struct LunConfig {
     pub revision: String,
     /// Logical block length in bytes (512 or 4096 typically).
     pub block_size: u32,
+    /// Physical block length in bytes reported to initiators (READ CAPACITY(16)
+    /// LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT, VPD B0 OPTIMAL TRANSFER LENGTH
+    /// GRANULARITY), so that they align their I/O to it (4096 for a "512e" LUN
+    /// on 4 KiB storage): a power of two, at most 2^15 logical blocks; one
+    /// logical block when smaller than one. 512 by default: one logical block.
+    pub physical_block_size: u32,
     pub read_only: bool,
     /// Removable medium (RMB=1): START STOP UNIT load/eject, PREVENT ALLOW MEDIUM REMOVAL.
     pub removable: bool,
@@ -36,6 +42,10 @@ pub struct LunConfig {
     pub write_cache: bool,
     /// Where persistent reservations with APTPL are saved; `None`: APTPL refused.
     pub state_dir: Option<std::path::PathBuf>,
+    /// Bytes of medium per second a SANITIZE covers at most, so that sanitizing
+    /// this LUN leaves bandwidth of a shared backing store to others; `None`: as
+    /// fast as the backend goes.
+    pub sanitize_rate: Option<u64>,
 }
 
 impl LunConfig {
@@ -50,11 +60,13 @@ impl LunConfig {
             product: "oxtarget LUN".into(),
             revision: "0001".into(),
             block_size: 512,
+            physical_block_size: 512,
             read_only: false,
             removable: false,
             thin: true,
             write_cache: true,
             state_dir: None,
+            sanitize_rate: None,
         }
     }
 }
@@ -174,6 +186,15 @@ pub enum LunError {
         size: u64,
         block_size: u32,
     },
+    #[error(
+        "LUN {name}: physical block size {physical} is not a power of two of at most \
+         2^15 logical blocks of {block_size} bytes"
+    )]
+    PhysicalBlockSize {
+        name: String,
+        physical: u32,
+        block_size: u32,
+    },
     #[error("LUN {name}: backend is read-only but the LUN is not")]
     ReadOnlyBackend { name: String },
     #[error("LUN {name}: {source}")]
@@ -194,6 +215,14 @@ impl Lun {
         if !bs.is_power_of_two() || !(512..=65536).contains(&bs) {
             return Err(LunError::BlockSize {
                 name: config.name,
+                block_size: bs,
+            });
+        }
+        let pbs = config.physical_block_size;
+        if !pbs.is_power_of_two() || u64::from(pbs) > u64::from(bs) << 15 {
+            return Err(LunError::PhysicalBlockSize {
+                name: config.name,
+                physical: pbs,
                 block_size: bs,
             });
         }

@@ -196,18 +196,18 @@ fn start_stop_unit(ctx: &mut CmdCtx<'_>) -> ExecResult {
     }
     {
         let mut m = media(lun);
+        // A prevention locks the loading mechanism both ways (libiscsi's
+        // PreventAllow.Eject expects a load refused too, as MMC drives do).
+        if loej && !m.prevent.is_empty() {
+            return Err(Sense::illegal(asc::MEDIUM_REMOVAL_PREVENTED).into());
+        }
         match (start, loej) {
             (true, true) => {
                 m.ejected = false;
                 m.stopped = false;
             }
             (true, false) => m.stopped = false,
-            (false, true) => {
-                if !m.prevent.is_empty() {
-                    return Err(Sense::illegal(asc::MEDIUM_REMOVAL_PREVENTED).into());
-                }
-                m.ejected = true;
-            }
+            (false, true) => m.ejected = true,
             (false, false) => {
                 if !removable {
                     m.stopped = true;
@@ -680,6 +680,13 @@ mod tests {
         assert_good(&f.run(&TUR, DataDir::None, vec![]).0);
         assert_good(&f.run(&prevent(0), DataDir::None, vec![]).0);
         assert_good(&f.run(&ssu(false, true, 0), DataDir::None, vec![]).0);
+        // Ejected, then prevented: loading is refused as well, until allowed.
+        assert_good(&f.run(&prevent(1), DataDir::None, vec![]).0);
+        let (r, _) = f.run(&ssu(true, true, 0), DataDir::None, vec![]);
+        assert_check(&r, SenseKey::IllegalRequest, asc::MEDIUM_REMOVAL_PREVENTED);
+        assert_good(&f.run(&prevent(0), DataDir::None, vec![]).0);
+        assert_good(&f.run(&ssu(true, true, 0), DataDir::None, vec![]).0);
+        assert_good(&f.run(&TUR, DataDir::None, vec![]).0);
     }
 
     #[test]

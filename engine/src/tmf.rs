@@ -132,7 +132,7 @@ pub(crate) fn plan(req: &TmfRequest) -> Plan {
         // NormACA = 0: there is never an ACA condition to clear.
         (TmfFunction::ClearAca, Some(_)) => Plan::Answer(TmfResponse::FunctionRejected),
         (TmfFunction::LogicalUnitReset, Some(l)) => {
-            reset_lun(&l, nexus);
+            reset_lun(&l, None);
             Plan::Abort {
                 targets: vec![(l, Selector::All)],
                 response: done,
@@ -142,7 +142,7 @@ pub(crate) fn plan(req: &TmfRequest) -> Plan {
         (TmfFunction::TargetReset, _) => {
             let luns: Vec<Arc<Lun>> = nexus.luns.entries().into_iter().map(|(_, l)| l).collect();
             for l in &luns {
-                reset_lun(l, nexus);
+                reset_lun(l, Some(&nexus.key));
             }
             Plan::Abort {
                 targets: luns.into_iter().map(|l| (l, Selector::All)).collect(),
@@ -198,15 +198,20 @@ pub(crate) fn plan(req: &TmfRequest) -> Plan {
     }
 }
 
-/// LOGICAL UNIT RESET side effects (SAM-5 6.3.3): the SPC-2 reservation is
-/// released, state reset, and every other I_T nexus sees a unit attention.
-fn reset_lun(l: &Arc<Lun>, by: &Nexus) {
+/// Logical unit reset side effects (SAM-5 6.3.3): the SPC-2 reservation is
+/// released, state reset, and the I_T nexuses see a unit attention — all but
+/// `except`.
+///
+/// A LOGICAL UNIT RESET tells every I_T nexus, the one that asked included (SAM-5
+/// 6.3.3 e; libiscsi's MultipathIO.Reset expects it on the issuing path too).
+/// TARGET RESET, obsolete in SAM since SAM-4 and defined by iSCSI alone, tells
+/// every other nexus: the issuer knows, and libiscsi's Reserve6 tests go on
+/// using the issuing session after a warm reset without expecting one.
+fn reset_lun(l: &Arc<Lun>, except: Option<&crate::nexus::NexusKey>) {
     crate::pr::on_lun_reset(l);
     crate::spc::on_lun_reset(l);
     crate::xcopy::on_lun_reset(l);
-    // Every other I_T nexus: the one that asked knows (libiscsi Reserve6.LUNReset
-    // expects no unit attention there).
-    l.ua.establish_all(asc::BUS_DEVICE_RESET_FUNCTION_OCCURRED, Some(&by.key));
+    l.ua.establish_all(asc::BUS_DEVICE_RESET_FUNCTION_OCCURRED, except);
 }
 
 /// I_T nexus loss (or I_T NEXUS RESET) for `nexus` on `l` (SAM-5 6.3.4).

@@ -350,6 +350,26 @@ fn lun_reset_aborts_everything_and_warns_other_initiators() {
     let (cmds, tmfs) = drain(&mut f, 100);
     assert_eq!(cmds, vec![(held, None)]);
     assert_eq!(tmfs, vec![(5, TmfResponse::FunctionComplete)]);
+    // Every I_T nexus is told, the one that asked included.
+    for n in [&other, &f.nexus.clone()] {
+        let (r, _) = f.run_on(n, &[0, 0, 0, 0, 0, 0], DataDir::None, vec![]);
+        assert_check(
+            &r,
+            SenseKey::UnitAttention,
+            asc::BUS_DEVICE_RESET_FUNCTION_OCCURRED,
+        );
+        let (r, _) = f.run_on(n, &[0, 0, 0, 0, 0, 0], DataDir::None, vec![]);
+        assert_good(&r);
+    }
+}
+
+#[test]
+fn target_reset_warns_every_other_initiator() {
+    let (mut f, _ctl) = fixture();
+    let other = f.second_nexus("iqn.2026-11.org.oxtarget:other,i,0x2");
+    tmf(&mut f, TmfFunction::TargetReset, 6);
+    let (_, tmfs) = drain(&mut f, 50);
+    assert_eq!(tmfs, vec![(6, TmfResponse::FunctionComplete)]);
     let (r, _) = f.run_on(&other, &[0, 0, 0, 0, 0, 0], DataDir::None, vec![]);
     assert_check(
         &r,

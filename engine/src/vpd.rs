@@ -259,7 +259,9 @@ fn block_limits(lun: &Lun) -> Vec<u8> {
     if supports(0x89, None) {
         b[1] = MAX_CAW_BLOCKS;
     }
-    b[2..4].copy_from_slice(&1u16.to_be_bytes()); // OPTIMAL TRANSFER LENGTH GRANULARITY
+    // OPTIMAL TRANSFER LENGTH GRANULARITY: one physical block.
+    let granularity = 1u16 << crate::sbc::lbppb_exponent(lun);
+    b[2..4].copy_from_slice(&granularity.to_be_bytes());
     let max = max_transfer_blocks(lun);
     b[4..8].copy_from_slice(&max.to_be_bytes());
     let optimal = (caps.optimal_transfer / bs).min(max);

@@ -15,7 +15,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::bounce::{self, AlignedBuf, Bounce};
 use crate::cmd::{CmdResponse, Completed, DataDir, Residual, ScsiCmd, TaskAttr};
-use crate::exec::{CmdCtx, Exec, IoBuf, Job, JobCtx, Step};
+use crate::exec::{CmdCtx, Exec, IoBuf, Job, JobCtx, Step, WakerSource};
 use crate::lun::{Lun, LunRegistry};
 use crate::nexus::Nexus;
 use crate::opcodes::{self, flags, OpInfo};
@@ -95,6 +95,8 @@ enum SlotState {
     Io(u64),
     /// Its next operation waits for room on a full channel (`Slot::deferred_io`).
     Deferred,
+    /// Its job waits for a wake-up from outside (`Step::Park`).
+    Parked,
 }
 
 struct Slot {
@@ -345,7 +347,10 @@ impl Worker {
     fn run_job(&mut self, r: SlotRef, mut last: Option<Result<usize, IoError>>) {
         loop {
             let registry = self.registry.clone();
-            let Some(slot) = self.slot_mut(r) else { return };
+            let slot = match self.slots.get_mut(r.index as usize) {
+                Some(Some(s)) if s.gen == r.gen => s,
+                _ => return,
+            };
             if slot.aborted {
                 self.finish(r, None);
                 return;
@@ -366,6 +371,7 @@ impl Worker {
                     data: slot.cmd.data.as_mut(),
                     scratch: &mut slot.scratch,
                     registry: &registry,
+                    waker: Some(WakerSource::new(&self.mailbox, r)),
                 };
                 job.step(&mut ctx, last.take())
             };
@@ -383,6 +389,10 @@ impl Worker {
                 Step::Done(Err(e)) => {
                     let resp = error_response(&slot.lun, e, &slot.cmd);
                     self.finish(r, Some(resp));
+                    return;
+                }
+                Step::Park => {
+                    slot.state = SlotState::Parked;
                     return;
                 }
                 Step::Io {
@@ -622,7 +632,7 @@ impl Worker {
                 let Some(slot) = self.slot_mut(r) else { return };
                 match slot.state {
                     SlotState::Queued if slot.job.is_none() => self.dispatch(r),
-                    SlotState::RangeWait => {
+                    SlotState::RangeWait | SlotState::Parked => {
                         slot.state = SlotState::Queued;
                         self.run_job(r, None);
                     }
@@ -640,9 +650,10 @@ impl Worker {
                             ch.cancel(r.user_data());
                         }
                     }
-                    SlotState::Queued | SlotState::RangeWait | SlotState::Deferred => {
-                        self.finish(r, None)
-                    }
+                    SlotState::Queued
+                    | SlotState::RangeWait
+                    | SlotState::Deferred
+                    | SlotState::Parked => self.finish(r, None),
                 }
             }
             Msg::TmfDrained(token) => self.tmf_drained(token),

@@ -1,8 +1,19 @@
 //! Serves RAM LUNs over iSCSI on 127.0.0.1 until killed, for running initiators
 //! (libiscsi's iscsi-test-cu, qemu-img) by hand:
 //! `cargo run -p oxtarget-iscsi --example serve -- PORT [LUNS] [MIB] [removable]
-//! [readonly] [r2t]` (`r2t`: InitialR2T=Yes, no immediate data, 64 KiB
-//! bursts, so that writes go through R2T and Data-Out).
+//! [readonly] [r2t] [sanitize-secs=N]` (`r2t`: InitialR2T=Yes, no immediate
+//! data, 64 KiB bursts, so that writes go through R2T and Data-Out).
+//!
+//! Two settings are made for libiscsi's conformance suite (`iscsi-test-cu`):
+//! - a SANITIZE is paced to take `sanitize-secs` (default 8, 0: unpaced) for
+//!   the whole LUN: a RAM LUN is sanitized in a blink otherwise, and
+//!   Sanitize.Reset looks for the sanitize still running four seconds after it
+//!   began;
+//! - a connection may stay silent for 90 s (a NOP-In ping after 30 s, dropped 60
+//!   s later) instead of 45: Sanitize.Reset sleeps 60 s between polls without
+//!   answering pings, and the new session its reconnect makes is a new I_T
+//!   nexus whose first command sees a unit attention, so that it would poll
+//!   for ever.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -16,6 +27,11 @@ fn main() {
     let removable = flags.iter().any(|f| f == "removable");
     let read_only = flags.iter().any(|f| f == "readonly");
     let r2t = flags.iter().any(|f| f == "r2t");
+    let sanitize_secs: u64 = flags
+        .iter()
+        .find_map(|f| f.strip_prefix("sanitize-secs="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let server = common::start_custom(
         addr,
@@ -24,8 +40,11 @@ fn main() {
         &|c| {
             c.removable = removable;
             c.read_only = read_only;
+            c.sanitize_rate = (sanitize_secs > 0).then(|| ((mib << 20) / sanitize_secs).max(1));
         },
         |c| {
+            c.ping_interval = std::time::Duration::from_secs(30);
+            c.ping_timeout = std::time::Duration::from_secs(60);
             if r2t {
                 c.policy.initial_r2t = true;
                 c.policy.immediate_data = false;

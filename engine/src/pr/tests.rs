@@ -911,10 +911,12 @@ fn reserve6_released_by_lun_reset_and_nexus_loss() {
     let n2 = f.second_nexus(N2);
     assert_eq!(status(&mut f, &n1, &RESERVE6), ScsiStatus::Good);
     tmf(&mut f, &n1, crate::tmf::TmfFunction::LogicalUnitReset);
-    assert_eq!(
-        take_ua(&mut f, &n2),
-        Some(asc::BUS_DEVICE_RESET_FUNCTION_OCCURRED)
-    );
+    for n in [&n1, &n2] {
+        assert_eq!(
+            take_ua(&mut f, n),
+            Some(asc::BUS_DEVICE_RESET_FUNCTION_OCCURRED)
+        );
+    }
     assert_eq!(status(&mut f, &n2, &RESERVE6), ScsiStatus::Good);
     assert_eq!(
         status(&mut f, &n1, &RESERVE6),

@@ -25,10 +25,12 @@ pub(super) fn read_capacity10(ctx: &mut CmdCtx<'_>) -> ExecResult {
     Ok(Exec::Data(d))
 }
 
-/// LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT. The LUN configuration has no
-/// physical block size yet: one logical block per physical block.
-fn lbppb_exponent(_lun: &Lun) -> u8 {
-    0
+/// LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT, from the configured physical
+/// block size (`Lun::new` bounds it to 2^15 logical blocks).
+pub(crate) fn lbppb_exponent(lun: &Lun) -> u8 {
+    let bs = lun.block_size().max(1);
+    let per = (lun.config.physical_block_size / bs).max(1);
+    u8::try_from(per.trailing_zeros()).unwrap_or(0).min(15)
 }
 
 /// READ CAPACITY(16) data (SBC-3 5.16.2), 32 bytes.
@@ -190,6 +192,56 @@ mod tests {
         c[9] = 1;
         let (r, _) = f.read_in(&c, 32);
         assert_check(&r, SenseKey::IllegalRequest, asc::INVALID_FIELD_IN_CDB);
+    }
+
+    #[test]
+    fn physical_block_size_is_reported_and_checked() {
+        let mut cfg = crate::lun::LunConfig::new("p", crate::testutil::uuid_for("p"));
+        cfg.physical_block_size = 4096;
+        let mut f = Fixture::with(
+            cfg,
+            std::sync::Arc::new(backends::ram::RamBackend::new(1 << 20)),
+        );
+        let (_, d) = f.read_in(&rc16(32), 32);
+        assert_eq!(
+            (d[13], d[14] & 0x3f, d[15]),
+            (3, 0, 0),
+            "8 blocks of 512, aligned at 0"
+        );
+        let (_, b0) = f.read_in(&[0x12, 1, 0xb0, 0, 64, 0], 64);
+        assert_eq!(
+            u16::from_be_bytes([b0[6], b0[7]]),
+            8,
+            "transfer granularity"
+        );
+        for (bs, pbs, exp) in [
+            (512, 512, 0u8),
+            (4096, 4096, 0),
+            (4096, 512, 0),
+            (512, 1 << 24, 15),
+        ] {
+            let mut cfg = crate::lun::LunConfig::new("p", crate::testutil::uuid_for("p"));
+            cfg.block_size = bs;
+            cfg.physical_block_size = pbs;
+            let lun = crate::lun::Lun::new(
+                cfg,
+                std::sync::Arc::new(backends::ram::RamBackend::new(1 << 20)),
+            )
+            .expect("lun");
+            assert_eq!(super::lbppb_exponent(&lun), exp, "{bs}/{pbs}");
+        }
+        for pbs in [0, 3000, 1 << 25] {
+            let mut cfg = crate::lun::LunConfig::new("p", crate::testutil::uuid_for("p"));
+            cfg.physical_block_size = pbs;
+            let r = crate::lun::Lun::new(
+                cfg,
+                std::sync::Arc::new(backends::ram::RamBackend::new(1 << 20)),
+            );
+            assert!(
+                matches!(r, Err(crate::lun::LunError::PhysicalBlockSize { .. })),
+                "{pbs}"
+            );
+        }
     }
 
     #[test]

@@ -5,27 +5,36 @@
 //! no row in the opcode table, so it is INVALID FIELD IN CDB (service action) and
 //! REPORT SUPPORTED OPERATION CODES does not list it.
 //!
+//! The command validates, claims the LUN, waits until no write is in flight on
+//! it (an exclusive range over every block) and then starts the operation in the
+//! background (`super::sanitize_op`): with IMMED set it returns GOOD at once,
+//! without it waits, parked, for the operation's end. Aborting the command, a
+//! reset or the loss of its I_T nexus ends the command, not the operation.
+//!
 //! While a sanitize runs the LUN answers NOT READY, SANITIZE IN PROGRESS (with the
 //! progress indication) to everything but INQUIRY, REPORT LUNS, REQUEST SENSE and
-//! LOG SENSE (`super::check_sanitize`). If it fails or is aborted after it started
-//! writing, the LUN stays in failure mode — medium access gets MEDIUM ERROR,
-//! SANITIZE COMMAND FAILED — until a SANITIZE completes or, when the failed one had
-//! AUSE set, EXIT FAILURE MODE. IMMED is accepted; status follows completion.
+//! LOG SENSE (`super::check_sanitize`). If it fails the LUN stays in failure mode
+//! — medium access gets MEDIUM ERROR, SANITIZE COMMAND FAILED — until a SANITIZE
+//! completes or, when the failed one had AUSE set, EXIT FAILURE MODE.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use backends::IoError;
 
 use super::plan::{Phase, Plan};
-use super::{SAN_FAILED, SAN_FAILED_AUSE, SAN_IDLE};
+use super::sanitize_op::{Operation, Outcome};
+use super::{SAN_FAILED, SAN_IDLE};
 use crate::exec::{CmdCtx, Exec, ExecResult, Job, JobCtx, LbaRange, Step};
 use crate::lun::Lun;
-use crate::sense::{asc, ScsiStatus, Sense, SenseKey};
+use crate::sense::{asc, CmdError, Sense, SenseKey};
 
 const OVERWRITE: u8 = 0x01;
 const BLOCK_ERASE: u8 = 0x02;
 const EXIT_FAILURE_MODE: u8 = 0x1f;
+
+/// A block erase deallocates in at most this many pieces (at least 1 MiB
+/// each), so that its progress indication moves and pacing has steps to pace.
+const ERASE_PIECES: u64 = 256;
 
 /// Parses the OVERWRITE parameter list into (passes, invert, one block of
 /// pattern).
@@ -47,6 +56,25 @@ fn overwrite_params(list: &[u8], bs: usize) -> Result<(u8, bool, Vec<u8>), Sense
     Ok((count, invert, block))
 }
 
+/// BLOCK ERASE of `total` bytes as deallocation (or zeroing) pieces of whole
+/// blocks.
+fn erase_phases(total: u64, bs: u64, discard: bool) -> Vec<Phase> {
+    let bs = bs.max(1);
+    let piece = total
+        .div_ceil(ERASE_PIECES)
+        .max(1 << 20)
+        .div_ceil(bs)
+        .saturating_mul(bs);
+    let mut phases = Vec::new();
+    let mut off = 0;
+    while off < total {
+        let len = piece.min(total - off);
+        phases.push(Phase::Zero { off, len, discard });
+        off += len;
+    }
+    phases
+}
+
 pub(super) fn sanitize(ctx: &mut CmdCtx<'_>) -> ExecResult {
     let cdb = ctx.cdb;
     // Byte 1 bit 6 and bytes 2 to 6 are reserved (SBC-4 5.30).
@@ -56,13 +84,14 @@ pub(super) fn sanitize(ctx: &mut CmdCtx<'_>) -> ExecResult {
     if let Some(i) = (2..=6).find(|&i| cdb[i] != 0) {
         return Err(Sense::invalid_cdb_field(i as u16, None).into());
     }
+    let immed = cdb[1] & 0x80 != 0;
     let sa = cdb[1] & 0x1f;
     let ause = cdb[1] & 0x20 != 0;
     let pll = usize::try_from(super::be16(cdb, 7)).unwrap_or(usize::MAX);
     let lun = ctx.lun;
     let bs = lun.block_size() as usize;
     let total = lun.num_blocks().saturating_mul(bs as u64);
-    let phases = match sa {
+    let mut phases = match sa {
         OVERWRITE => {
             if pll < 5 || pll > bs + 4 {
                 return Err(Sense::invalid_cdb_field(7, None).into());
@@ -73,7 +102,7 @@ pub(super) fn sanitize(ctx: &mut CmdCtx<'_>) -> ExecResult {
             }
             let (count, invert, block) = overwrite_params(&list, bs)?;
             let inverted: Vec<u8> = block.iter().map(|b| !b).collect();
-            let mut phases: Vec<Phase> = (0..count)
+            (0..count)
                 .map(|pass| Phase::Pattern {
                     off: 0,
                     len: total,
@@ -84,22 +113,13 @@ pub(super) fn sanitize(ctx: &mut CmdCtx<'_>) -> ExecResult {
                     },
                     fua: false,
                 })
-                .collect();
-            phases.push(Phase::Flush);
-            phases
+                .collect()
         }
         BLOCK_ERASE => {
             if pll != 0 {
                 return Err(Sense::invalid_cdb_field(7, None).into());
             }
-            vec![
-                Phase::Zero {
-                    off: 0,
-                    len: total,
-                    discard: lun.config.thin,
-                },
-                Phase::Flush,
-            ]
+            erase_phases(total, bs as u64, lun.config.thin)
         }
         EXIT_FAILURE_MODE => {
             if pll != 0 {
@@ -115,6 +135,7 @@ pub(super) fn sanitize(ctx: &mut CmdCtx<'_>) -> ExecResult {
         }
         _ => return Err(Sense::invalid_cdb_field(1, Some(4)).into()),
     };
+    phases.push(Phase::Flush);
     if !lun.sanitize.begin() {
         let s = super::sanitize_sense(lun).unwrap_or(Sense::new(
             SenseKey::NotReady,
@@ -122,85 +143,85 @@ pub(super) fn sanitize(ctx: &mut CmdCtx<'_>) -> ExecResult {
         ));
         return Err(s.into());
     }
-    let blocks = lun.num_blocks();
     let wanted = u32::try_from(pll).unwrap_or(u32::MAX);
-    let plan = Plan::new(lun, phases, wanted).with_range(0, blocks, true);
-    Ok(Exec::Job(Box::new(SanitizeJob {
-        plan,
-        lun: lun.clone(),
+    let outcome = Arc::new(Outcome::default());
+    let op = Operation {
+        plan: Plan::new(lun, phases, wanted),
+        lun: Arc::downgrade(lun),
+        nexus: ctx.nexus.clone(),
+        registry: ctx.registry.clone(),
         ause,
-        started: false,
-        finished: false,
+        rate: lun.config.sanitize_rate,
+        outcome: outcome.clone(),
+    };
+    Ok(Exec::Job(Box::new(SanitizeCmd {
+        lun: lun.clone(),
+        start: Some(op),
+        outcome,
+        immed,
+        wanted,
+        range: LbaRange {
+            lba: 0,
+            blocks: lun.num_blocks(),
+            exclusive: true,
+        },
     })))
 }
 
-/// A sanitize plan that keeps the LUN's sanitize state and progress.
-struct SanitizeJob {
-    plan: Plan,
+/// The SANITIZE command: starts the operation once no other write is in flight,
+/// then answers at once (IMMED) or when the operation ends.
+struct SanitizeCmd {
     lun: Arc<Lun>,
-    ause: bool,
-    started: bool,
-    finished: bool,
+    /// The operation, until it is started.
+    start: Option<Operation>,
+    outcome: Arc<Outcome>,
+    immed: bool,
+    wanted: u32,
+    range: LbaRange,
 }
 
-impl SanitizeJob {
-    fn failed_state(&self) -> u8 {
-        if self.ause {
-            SAN_FAILED_AUSE
-        } else {
-            SAN_FAILED
-        }
-    }
-}
-
-impl Job for SanitizeJob {
-    fn step(&mut self, ctx: &mut JobCtx<'_>, last: Option<Result<usize, IoError>>) -> Step {
-        let step = self.plan.step(ctx, last);
-        self.lun
-            .sanitize
-            .progress
-            .store(self.plan.progress(), Ordering::Relaxed);
-        match &step {
-            Step::Io { .. } => self.started = true,
-            Step::Done(Ok(_)) => {
-                self.finished = true;
+impl Job for SanitizeCmd {
+    fn step(&mut self, ctx: &mut JobCtx<'_>, _last: Option<Result<usize, IoError>>) -> Step {
+        if let Some(op) = self.start.take() {
+            if op.spawn().is_err() {
+                // Nothing was written: the LUN is as it was.
                 self.lun.sanitize.set(SAN_IDLE);
+                return Step::Done(Err(CmdError::from(Sense::new(
+                    SenseKey::HardwareError,
+                    asc::INTERNAL_TARGET_FAILURE,
+                ))));
             }
-            Step::Done(Err(_)) => {
-                self.finished = true;
-                self.lun.sanitize.set(self.failed_state());
+            if self.immed {
+                return Step::Done(Ok(self.wanted));
             }
         }
-        step
+        match self.outcome.poll(ctx.waker.map(|w| w.waker())) {
+            Some(r) => Step::Done(r.map(|()| self.wanted)),
+            None => Step::Park,
+        }
     }
 
     fn range(&self) -> Option<LbaRange> {
-        self.plan.range()
-    }
-
-    fn status(&self) -> ScsiStatus {
-        ScsiStatus::Good
+        Some(self.range)
     }
 }
 
-impl Drop for SanitizeJob {
-    /// Aborted (task management, nexus loss): a sanitize that never wrote leaves
-    /// the LUN as it was; one that did leaves it in failure mode.
+impl Drop for SanitizeCmd {
+    /// Aborted before the operation started (waiting for writes in flight): the
+    /// LUN is released as it was. Once started, the operation goes on alone.
     fn drop(&mut self) {
-        if !self.finished {
-            let s = if self.started {
-                self.failed_state()
-            } else {
-                SAN_IDLE
-            };
-            self.lun.sanitize.set(s);
+        if self.start.is_some() {
+            self.lun.sanitize.set(SAN_IDLE);
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
     use super::super::test_cdb::*;
+    use super::super::SAN_FAILED_AUSE;
     use super::*;
     use crate::cmd::DataDir;
     use crate::testutil::{assert_check, assert_good, Fixture};
@@ -328,28 +349,214 @@ mod tests {
         assert_good(&r);
     }
 
+    /// A LUN whose writes at block 0 are held until released.
+    fn held() -> (Fixture, backends::fault::FaultControl) {
+        use backends::fault::{FaultAction, FaultBackend, FaultRule, OpKind, OpMatch};
+        let fault = FaultBackend::new(std::sync::Arc::new(backends::ram::RamBackend::new(4 << 20)));
+        let ctl = fault.control();
+        ctl.add(FaultRule::new(
+            OpMatch::kind(OpKind::Write).overlapping(0, 512),
+            FaultAction::Hold,
+        ));
+        let cfg = crate::lun::LunConfig::new("held", crate::testutil::uuid_for("held"));
+        (Fixture::with(cfg, std::sync::Arc::new(fault)), ctl)
+    }
+
+    fn overwrite_list() -> Vec<u8> {
+        let mut p = vec![0x01, 0, 0, 4];
+        p.extend_from_slice(&[9, 8, 7, 6]);
+        p
+    }
+
+    /// Runs a task management function; its response, and the commands that
+    /// completed meanwhile (token, whether they had a status).
+    fn tmf(
+        f: &mut Fixture,
+        function: crate::tmf::TmfFunction,
+    ) -> (crate::tmf::TmfResponse, Vec<(u64, bool)>) {
+        f.worker.task_mgmt(crate::tmf::TmfRequest {
+            nexus: f.nexus.clone(),
+            lun: 0,
+            function,
+            token: 77,
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut ev = Vec::new();
+        let mut cmds = Vec::new();
+        loop {
+            f.worker.wait(20, &mut ev);
+            for e in ev.drain(..) {
+                match e {
+                    crate::worker::Event::Tmf {
+                        token: 77,
+                        response,
+                    } => return (response, cmds),
+                    crate::worker::Event::Cmd(c) => cmds.push((c.token, c.response.is_some())),
+                    crate::worker::Event::Tmf { .. } => {}
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "no TMF response");
+        }
+    }
+
+    /// Polls TEST UNIT READY until it is GOOD (bounded).
+    fn until_ready(f: &mut Fixture) {
+        for _ in 0..500 {
+            let (r, _) = f.run(&[0, 0, 0, 0, 0, 0], DataDir::None, vec![]);
+            if r.status == crate::sense::ScsiStatus::Good {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("the sanitize never ended");
+    }
+
     #[test]
-    fn an_aborted_sanitize_fails_only_once_it_has_written() {
-        let f = small();
-        for (started, ause, after) in [
-            (false, false, SAN_IDLE),
-            (true, false, SAN_FAILED),
-            (true, true, SAN_FAILED_AUSE),
-        ] {
-            assert!(f.lun.sanitize.begin());
-            let job = SanitizeJob {
-                plan: Plan::new(&f.lun, vec![Phase::Flush], 0),
-                lun: f.lun.clone(),
-                ause,
-                started,
-                finished: false,
-            };
-            drop(job);
+    fn immed_answers_at_once_and_the_lun_reports_progress() {
+        let (mut f, ctl) = held();
+        let mut cdb = san(OVERWRITE, 8);
+        cdb[1] |= 0x80;
+        let (r, _) = f.run(&cdb, DataDir::ToDevice, overwrite_list());
+        assert_good(&r);
+        assert!(ctl.wait_held(1, std::time::Duration::from_secs(5)));
+        let (r, _) = f.run(&[0, 0, 0, 0, 0, 0], DataDir::None, vec![]);
+        assert_check(
+            &r,
+            SenseKey::NotReady,
+            asc::LUN_NOT_READY_SANITIZE_IN_PROGRESS,
+        );
+        assert!(r.sense_data.and_then(|s| s.progress).is_some());
+        ctl.clear();
+        ctl.release();
+        until_ready(&mut f);
+        let (_, d) = f.read_in(&rw10(0x28, 0, 1), 512);
+        assert!(d.chunks(4).all(|c| c == [9, 8, 7, 6]));
+        assert_eq!(f.lun.sanitize.get(), SAN_IDLE);
+    }
+
+    #[test]
+    fn aborting_the_command_or_resetting_does_not_stop_the_sanitize() {
+        use crate::tmf::{TmfFunction, TmfResponse};
+        let (mut f, ctl) = held();
+        let cmd = f.cmd(&san(OVERWRITE, 8), DataDir::ToDevice, overwrite_list());
+        let (tag, token) = (cmd.tag, cmd.token);
+        let n = f.nexus.clone();
+        f.worker.submit(&n, cmd);
+        assert!(ctl.wait_held(1, std::time::Duration::from_secs(5)));
+        // The command is parked on the operation: ABORT TASK ends it at once.
+        assert_eq!(
+            tmf(&mut f, TmfFunction::AbortTask { tag }),
+            (TmfResponse::FunctionComplete, vec![(token, false)]),
+            "aborted, without a status"
+        );
+        assert_eq!(
+            tmf(&mut f, TmfFunction::LogicalUnitReset).0,
+            TmfResponse::FunctionComplete
+        );
+        f.worker.nexus_lost(&n);
+        let other = f.second_nexus("iqn.2026-11.org.oxtarget:other,i,0x2");
+        let (r, _) = f.run_on(&other, &[0, 0, 0, 0, 0, 0], DataDir::None, vec![]);
+        assert_check(
+            &r,
+            SenseKey::NotReady,
+            asc::LUN_NOT_READY_SANITIZE_IN_PROGRESS,
+        );
+        ctl.clear();
+        ctl.release();
+        f.nexus = other;
+        until_ready(&mut f);
+        assert_eq!(f.lun.sanitize.get(), SAN_IDLE);
+        let (_, d) = f.read_in(&rw10(0x28, 0, 1), 512);
+        assert!(d.chunks(4).all(|c| c == [9, 8, 7, 6]));
+    }
+
+    #[test]
+    fn aborted_while_waiting_for_writes_in_flight_leaves_the_lun_as_it_was() {
+        use crate::tmf::{TmfFunction, TmfResponse};
+        let (mut f, ctl) = held();
+        // A write to block 0, held in the backend: the sanitize waits for it.
+        let w = f.cmd(&rw10(0x2a, 0, 1), DataDir::ToDevice, vec![b'w'; 512]);
+        let wt = w.token;
+        let n = f.nexus.clone();
+        f.worker.submit(&n, w);
+        assert!(ctl.wait_held(1, std::time::Duration::from_secs(5)));
+        let cmd = f.cmd(&san(OVERWRITE, 8), DataDir::ToDevice, overwrite_list());
+        let (tag, token) = (cmd.tag, cmd.token);
+        f.worker.submit(&n, cmd);
+        assert_eq!(f.lun.sanitize.get(), super::super::SAN_RUNNING);
+        assert_eq!(
+            tmf(&mut f, TmfFunction::AbortTask { tag }),
+            (TmfResponse::FunctionComplete, vec![(token, false)])
+        );
+        assert_eq!(f.lun.sanitize.get(), SAN_IDLE, "never started");
+        ctl.clear();
+        ctl.release();
+        assert!(f
+            .wait_token(wt)
+            .response
+            .is_some_and(|r| r.status == crate::sense::ScsiStatus::Good));
+        let (_, d) = f.read_in(&rw10(0x28, 0, 1), 512);
+        assert_eq!(d, vec![b'w'; 512]);
+    }
+
+    #[test]
+    fn a_failed_write_leaves_failure_mode_as_ause_says() {
+        use backends::fault::{FaultAction, FaultBackend, FaultRule, OpKind, OpMatch};
+        for (ause, after) in [(false, SAN_FAILED), (true, SAN_FAILED_AUSE)] {
+            let fault =
+                FaultBackend::new(std::sync::Arc::new(backends::ram::RamBackend::new(1 << 20)));
+            let ctl = fault.control();
+            let cfg = crate::lun::LunConfig::new("bad", crate::testutil::uuid_for("bad"));
+            let mut f = Fixture::with(cfg, std::sync::Arc::new(fault));
+            ctl.add(FaultRule::new(
+                OpMatch::kind(OpKind::Write),
+                FaultAction::Fail {
+                    kind: backends::IoErrorKind::Write,
+                    errno: libc::EIO,
+                },
+            ));
+            let mut cdb = san(OVERWRITE, 8);
+            if ause {
+                cdb[1] |= 0x20;
+            }
+            let (r, _) = f.run(&cdb, DataDir::ToDevice, overwrite_list());
+            assert_check(&r, SenseKey::MediumError, asc::WRITE_ERROR);
             assert_eq!(f.lun.sanitize.get(), after);
         }
-        // A running sanitize cannot be claimed twice.
-        f.lun.sanitize.set(super::super::SAN_RUNNING);
-        assert!(!f.lun.sanitize.begin());
+    }
+
+    #[test]
+    fn a_paced_sanitize_takes_its_time() {
+        let mut cfg = crate::lun::LunConfig::new("paced", crate::testutil::uuid_for("paced"));
+        // 1 MiB at 4 MiB/s: a quarter of a second at least, never less.
+        cfg.sanitize_rate = Some(4 << 20);
+        let mut f = Fixture::with(
+            cfg,
+            std::sync::Arc::new(backends::ram::RamBackend::new(1 << 20)),
+        );
+        let t = std::time::Instant::now();
+        let (r, _) = f.run(&san(BLOCK_ERASE, 0), DataDir::None, vec![]);
+        assert_good(&r);
+        assert!(t.elapsed() >= std::time::Duration::from_millis(250));
+    }
+
+    #[test]
+    fn block_erase_is_cut_into_pieces_of_whole_blocks() {
+        let p = erase_phases(10 << 30, 4096, true);
+        assert_eq!(p.len(), ERASE_PIECES as usize);
+        let small = erase_phases((3 << 20) + 512, 512, false);
+        assert_eq!(small.len(), 4);
+        let mut next = 0;
+        for ph in &small {
+            let Phase::Zero { off, len, discard } = ph else {
+                panic!("{ph:?}")
+            };
+            assert_eq!((*off, *discard), (next, false));
+            assert_eq!(len % 512, 0);
+            next = off + len;
+        }
+        assert_eq!(next, (3 << 20) + 512);
+        assert!(erase_phases(0, 512, true).is_empty());
     }
 
     #[test]
