@@ -203,6 +203,10 @@ pub struct RawLun {
     pub revision: Option<Spanned<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub block_size: Option<Spanned<u32>>,
+    /// Physical block size reported (READ CAPACITY(16) LBPPBE, VPD B0);
+    /// default the logical block size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub physical_block_size: Option<Spanned<u32>>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub read_only: bool,
     #[serde(default, skip_serializing_if = "is_false")]
@@ -956,6 +960,20 @@ pub fn lun_def(cx: &Ctx<'_>, l: &RawLun, state_dir: Option<&Path>) -> Result<Lun
             );
         }
         c.block_size = v;
+    }
+    c.physical_block_size = c.block_size;
+    if let Some(pbs) = &l.physical_block_size {
+        let v = *pbs.get_ref();
+        if !v.is_power_of_two() || v < c.block_size || v / c.block_size > 1 << 15 {
+            return cx.err(
+                pbs.span(),
+                format!(
+                    "LUN {name:?}: physical_block_size {v} is not a power-of-two multiple of the block size {}",
+                    c.block_size
+                ),
+            );
+        }
+        c.physical_block_size = v;
     }
     c.read_only = l.read_only;
     c.removable = l.removable;
