@@ -160,6 +160,7 @@ impl BlockDevBackend {
             .unwrap_or_default();
         Ok(BlockDevBackend {
             target: Arc::new(Target {
+                nowait_reads: false,
                 fd,
                 kind: TargetKind::BlockDev,
                 read_only: opts.read_only,

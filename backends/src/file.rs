@@ -120,6 +120,7 @@ impl FileBackend {
             1
         };
         let target = Arc::new(Target {
+            nowait_reads: !opts.direct,
             fd: OwnedFd::from(file),
             kind: TargetKind::File,
             read_only: opts.read_only,

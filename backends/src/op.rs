@@ -44,6 +44,9 @@ pub(crate) struct Target {
     pub fd: OwnedFd,
     pub kind: TargetKind,
     pub read_only: bool,
+    /// Buffered (not `O_DIRECT`): a read may first try the page cache with
+    /// `preadv2(RWF_NOWAIT)` and complete at once.
+    pub nowait_reads: bool,
     /// Cached size in bytes; I/O beyond it fails with `OutOfRange`.
     pub size: AtomicU64,
 }
@@ -590,6 +593,7 @@ mod tests {
         let f = tempfile::tempfile().unwrap();
         f.set_len(size).unwrap();
         Target {
+            nowait_reads: false,
             fd: OwnedFd::from(f),
             kind: TargetKind::File,
             read_only: false,

@@ -358,6 +358,7 @@ mod tests {
         f.set_len(32 << 20).unwrap();
         let check = f.try_clone().unwrap();
         let t = Arc::new(Target {
+            nowait_reads: false,
             fd: OwnedFd::from(f),
             kind: TargetKind::File,
             read_only: false,
