@@ -10,6 +10,10 @@
 //! submitted the command. The thread-local is dropped when the library stops the
 //! thread at disconnect (our `exit_event`); dropping it reports the nexus loss and
 //! drains the I/O still in flight.
+//!
+//! The event queue is filled on thread 0 too: from the controller's
+//! [`EventChannel`] when its eventfd (registered in thread 0's epoll) says events
+//! were posted, and when the driver kicks the event queue with new buffers.
 
 use std::cell::RefCell;
 use std::io;
@@ -30,6 +34,7 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
+use crate::events::EventChannel;
 use crate::queues::{ScsiQueues, UsedEntry};
 use crate::request::GuestMem;
 
@@ -57,10 +62,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// its next kick).
 const MAX_CHAINS_PER_EVENT: usize = 4 * MAX_QUEUE_SIZE;
 
-/// The virtio features we offer. VIRTIO_SCSI_F_CHANGE is offered because QEMU's
-/// `param_change=on` (its default) acks it whether offered or not, and the library
-/// refuses acked bits that were not offered; parameter-change events are not sent
-/// yet, which the driver tolerates (they are hints).
+/// The virtio features we offer: HOTPLUG (LUNs attached and detached at run time
+/// are announced on the event queue) and CHANGE (capacity changes are). QEMU's
+/// `param_change=on` (its default) acks CHANGE whether offered or not, and the
+/// library refuses acked bits that were not offered, so it must be offered.
 pub fn virtio_features() -> u64 {
     (1 << VIRTIO_F_VERSION_1)
         | (1 << VIRTIO_RING_F_EVENT_IDX)
@@ -123,6 +128,7 @@ pub struct ScsiBackend {
     handlers: OnceLock<Vec<Weak<Handler>>>,
     inflight: InFlight,
     counters: Arc<QueueCounters>,
+    events: Arc<EventChannel>,
 }
 
 /// Per-thread state; dropped when the library ends the thread.
@@ -149,6 +155,7 @@ impl ScsiBackend {
         request_queues: usize,
         mem: GuestMemoryAtomic<GuestMem>,
         counters: Arc<QueueCounters>,
+        events: Arc<EventChannel>,
     ) -> Self {
         let total = request_queues + usize::from(FIRST_REQUEST_QUEUE);
         ScsiBackend {
@@ -163,15 +170,61 @@ impl ScsiBackend {
                 changed: Condvar::new(),
             },
             counters,
+            events,
         }
     }
 
     /// Gives the backend the library's epoll handlers (after `VhostUserDaemon::new`,
-    /// before the connection starts), so each thread can register its worker's fd.
-    pub fn set_handlers(&self, handlers: &[Arc<Handler>]) {
+    /// before the connection starts), so each thread can register its worker's fd,
+    /// and registers the event channel's eventfd with thread 0 (which owns the
+    /// event queue).
+    pub fn set_handlers(&self, handlers: &[Arc<Handler>]) -> io::Result<()> {
         let _ = self
             .handlers
             .set(handlers.iter().map(Arc::downgrade).collect());
+        let first = handlers
+            .first()
+            .ok_or_else(|| io::Error::other("no vring thread"))?;
+        first.register_listener(
+            self.events.wake_fd(),
+            EventSet::IN,
+            u64::from(self.events_event()),
+        )
+    }
+
+    /// The epoll data of the event channel's eventfd (thread 0 only).
+    fn events_event(&self) -> u16 {
+        u16::try_from(self.num_queues() + 2).unwrap_or(u16::MAX)
+    }
+
+    /// Fills the event queue's buffers with what the controller posted. Runs on
+    /// thread 0, whose local vring 1 is the event queue; a queue not started (or
+    /// stopped by GET_VRING_BASE) is left alone and filled when it starts.
+    fn deliver_events(&self, vrings: &[Vring], mem: &Arc<GuestMem>) {
+        let Some(vring) = vrings.get(usize::from(EVENT_QUEUE)) else {
+            return;
+        };
+        let mut events = self.events.lock();
+        if !events.has_pending() {
+            return;
+        }
+        let mut state = vring.get_mut();
+        if !state.is_enabled() || !state.get_queue().ready() || !state.get_queue().is_valid(&**mem)
+        {
+            return;
+        }
+        let used = events.fill(EVENT_QUEUE, state.get_queue_mut(), mem);
+        drop(events);
+        if used.is_empty() {
+            return;
+        }
+        self.counters.add(usize::from(EVENT_QUEUE), used.len());
+        for u in &used {
+            let _ = state.add_used(u.head, u.len);
+        }
+        if state.needs_notification().unwrap_or(true) {
+            let _ = state.signal_used_queue();
+        }
     }
 
     /// The epoll data of the worker's eventfd: above every queue and the library's
@@ -269,7 +322,7 @@ impl ScsiBackend {
                 self.drain_ring(vring, mem, in_flight, |c| queues.control(q, c, mem, used))
             }
             // Event buffers stay in the ring until there is an event to report
-            // (hotplug, later).
+            // (`deliver_events`).
             EVENT_QUEUE => (0, false),
             _ => self.drain_ring(vring, mem, in_flight, |c| queues.request(q, c, mem, used)),
         };
@@ -343,6 +396,11 @@ impl VhostUserBackend for ScsiBackend {
         self.event_idx.store(enabled, Ordering::Relaxed);
     }
 
+    fn acked_features(&self, features: u64) {
+        // A device start: events for an earlier driver instance are dropped.
+        self.events.lock().reset(features);
+    }
+
     fn update_memory(&self, _mem: GuestMemoryAtomic<GuestMem>) -> io::Result<()> {
         // The library swaps the new table into the `GuestMemoryAtomic` we share
         // with it; commands in flight keep the old mapping alive (GuestBuf).
@@ -390,6 +448,11 @@ impl VhostUserBackend for ScsiBackend {
         vrings: &[Vring],
         thread_id: usize,
     ) -> io::Result<()> {
+        if device_event == self.events_event() {
+            self.events.consume_wake();
+            self.deliver_events(vrings, &self.mem.memory().into_inner());
+            return Ok(());
+        }
         QUEUES.with(|cell| {
             let mut slot = cell.borrow_mut();
             if slot.is_none() {
@@ -404,6 +467,10 @@ impl VhostUserBackend for ScsiBackend {
             let first = Self::first_queue(thread_id);
             let queue_of = |local: usize| u16::try_from(first + local).unwrap_or(u16::MAX);
             let mut used = Vec::new();
+            if thread_id == 0 && device_event == EVENT_QUEUE {
+                // The driver posted event buffers: fill them with what waits.
+                self.deliver_events(vrings, &mem);
+            }
             if device_event != self.worker_event() {
                 let local = usize::from(device_event);
                 let Some(vring) = vrings.get(local) else {
