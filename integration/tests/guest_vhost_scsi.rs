@@ -6,6 +6,12 @@
 //! (the backend's block status), no bounce copies (guest memory went to the file
 //! as it was). A second guest then connects to the same socket (the controller
 //! accepts the next connection) and reads the pattern back.
+//!
+//! Run-time changes: while a guest runs, a LUN is attached (a new disk appears
+//! without a reboot, with its size, and takes I/O), resized (the guest's
+//! `/sys/block/sdX/size` follows) and detached (the disk goes away), each told to
+//! the guest on the virtio-scsi event queue. Guest and host step together through
+//! a marker the guest writes to sector 0 of LUN 0.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -14,10 +20,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backends::{ExtentState, FileBackend, FileOptions};
+use backends::{ExtentState, FileBackend, FileOptions, RamBackend};
 use engine::{Lun, LunConfig, LunMap, LunRegistry};
 use integration::{GuestConfig, GuestEnv, GuestRun, Initramfs};
-use vhost_target::{StopHandle, VhostScsiController};
+use vhost_target::{Posted, StopHandle, VhostScsiController};
 
 const DISK_SIZE: u64 = 64 << 20;
 /// The pattern: one dd block of this size at block SEEK_BLOCKS.
@@ -366,5 +372,178 @@ fn guest_uses_two_request_queues() {
         "both request queues were used: {chains:?}"
     );
     assert_eq!(lun.stats.bounce_copies.load(Ordering::Relaxed), 0);
+    served.stop();
+}
+
+/// The hot-plugged LUN: its number, its size, its size after the resize.
+const HOT_LUN: u64 = 5;
+const HOT_SIZE: u64 = 32 << 20;
+const HOT_RESIZED: u64 = 48 << 20;
+
+/// Guest side of the run-time changes. `mark N` writes "stepN" to sector 0 of
+/// sda (the host polls it); every wait polls /sys for at most 60 s.
+const HOTPLUG: &str = r#"
+set -e
+WAIT
+mark() {
+    printf '%-512s' "step$1" >/tmp/mark
+    dd if=/tmp/mark of=/dev/sda bs=512 count=1 oflag=direct conv=notrunc 2>/dev/null
+}
+# The block device of LUN $1 of target 0, if there is one.
+disk_of() {
+    for b in /sys/class/scsi_device/*:0:0:$1/device/block/*; do
+        if [ -e "$b" ]; then basename "$b"; fi
+    done
+    return 0
+}
+wait_for() {
+    i=0
+    while ! eval "$1" && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+    eval "$1"
+}
+echo "before $(ls /sys/block | tr '\n' ' ')"
+mark 1
+if wait_for '[ -n "$(disk_of HOT_LUN)" ] && [ -b /dev/$(disk_of HOT_LUN) ]'; then
+    hot=$(disk_of HOT_LUN)
+    echo "hot-name $hot"
+    echo "hot-sectors $(cat /sys/block/$hot/size)"
+    dd if=$OXTARGET_IN/pattern of=/dev/$hot bs=BLOCK count=1 seek=3 oflag=direct conv=notrunc 2>/dev/null
+    echo "pattern-md5 $(md5sum <$OXTARGET_IN/pattern | cut -d' ' -f1)"
+    echo "hot-md5 $(dd if=/dev/$hot bs=BLOCK count=1 skip=3 iflag=direct 2>/dev/null | md5sum | cut -d' ' -f1)"
+    mark 2
+    if wait_for '[ "$(cat /sys/block/$hot/size)" != "HOT_SECTORS" ]'; then
+        echo "resized-sectors $(cat /sys/block/$hot/size)"
+    else
+        echo "resize not seen"
+    fi
+    mark 3
+    if wait_for '[ ! -e /sys/block/$hot ] && [ -z "$(disk_of HOT_LUN)" ]'; then
+        echo "removed ok"
+    else
+        echo "still there: $(ls /sys/block | tr '\n' ' ')"
+    fi
+else
+    echo "hot disk not seen: $(ls /sys/block | tr '\n' ' ')"
+fi
+mark 4
+echo "after $(ls /sys/block | tr '\n' ' ')"
+"#;
+
+/// The step the guest marked on `ram` (sector 0), 0 if none.
+fn marked_step(ram: &RamBackend) -> u32 {
+    let mut b = [0u8; 8];
+    if ram.0.read_at(0, &mut b).is_err() || &b[..4] != b"step" {
+        return 0;
+    }
+    std::str::from_utf8(&b[4..5])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A LUN is attached, resized and detached while the guest runs; the guest sees
+/// each change through the event queue, without a reboot or a manual rescan.
+#[test]
+fn guest_sees_luns_attached_resized_and_detached_at_run_time() {
+    let Some(env) = GuestEnv::require() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let ram0 = Arc::new(RamBackend::new(DISK_SIZE));
+    let lun0 = Lun::new(LunConfig::new("hot-base", [0x31; 16]), ram0.clone()).expect("lun 0");
+    let hot_ram = Arc::new(RamBackend::new(HOT_SIZE));
+    let hot = Lun::new(LunConfig::new("hot-added", [0x32; 16]), hot_ram.clone()).expect("hot lun");
+    let sock = dir.path().join("vhost-hot.sock");
+    let served = Served::start("guest-vhost-hotplug", &sock, &lun0, 1);
+    let pattern = pattern();
+    let pattern_file = dir.path().join("pattern");
+    std::fs::write(&pattern_file, &pattern).expect("pattern file");
+    let initramfs = Initramfs::standard()
+        .build(env)
+        .unwrap_or_else(|e| panic!("building the initramfs: {e}"));
+
+    // The host side: act on each step the guest marks, bounded in time.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let host = {
+        let controller = served.controller.clone();
+        let done = done.clone();
+        let hot = hot.clone();
+        std::thread::spawn(move || {
+            let mut outcomes = Vec::new();
+            let mut step = 0;
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while step < 4 && !done.load(Ordering::SeqCst) && Instant::now() < deadline {
+                let marked = marked_step(&ram0);
+                if marked > step {
+                    step += 1;
+                    let outcome = match step {
+                        1 => format!("{:?}", controller.attach_lun(HOT_LUN, hot.clone())),
+                        2 => format!("{:?}", hot.resize(HOT_RESIZED)),
+                        3 => format!("{:?}", controller.detach_lun(HOT_LUN).map(|(_, p)| p)),
+                        _ => "done".to_string(),
+                    };
+                    outcomes.push(outcome);
+                    continue;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            outcomes
+        })
+    };
+    let body = HOTPLUG
+        .replace("HOT_LUN", &HOT_LUN.to_string())
+        .replace("HOT_SECTORS", &(HOT_SIZE / 512).to_string());
+    let run = boot(env, &initramfs, &body, &sock, &pattern_file);
+    done.store(true, Ordering::SeqCst);
+    let outcomes = host.join().expect("host thread");
+    eprintln!(
+        "host steps: {outcomes:?}; events: {:?}",
+        served.controller.event_stats()
+    );
+
+    assert_eq!(
+        outcomes.first().map(String::as_str),
+        Some(format!("{:?}", Ok::<_, ()>(Posted::Queued)).as_str()),
+        "attached, and the guest negotiated HOTPLUG"
+    );
+    let name = run
+        .field("hot-name")
+        .expect("the attached LUN appeared in the guest");
+    assert_ne!(name, "sda");
+    assert_eq!(
+        run.field("hot-sectors"),
+        Some((HOT_SIZE / 512).to_string().as_str()),
+        "its size"
+    );
+    // It took I/O: the pattern is in the hot LUN's store and read back the same.
+    let mut got = vec![0u8; pattern.len()];
+    hot_ram
+        .0
+        .read_at(3 * BLOCK, &mut got)
+        .expect("read the hot LUN");
+    assert!(
+        got == pattern,
+        "the guest's write reached the hot-added LUN"
+    );
+    let digest = run.field("hot-md5").expect("hot-md5");
+    assert_eq!(
+        Some(digest),
+        run.field("pattern-md5"),
+        "read back as written"
+    );
+    assert_eq!(
+        run.field("resized-sectors"),
+        Some((HOT_RESIZED / 512).to_string().as_str()),
+        "the guest re-read the capacity"
+    );
+    assert!(
+        run.lines().any(|l| l == "removed ok"),
+        "the detached LUN left the guest:\n{}",
+        run.results
+    );
+    assert!(served.controller.lun_map().get(HOT_LUN).is_none());
+    let stats = served.controller.event_stats();
+    assert!(stats.delivered >= 3, "{stats:?}");
+    assert_eq!(stats.lost, 0, "{stats:?}");
     served.stop();
 }
