@@ -280,10 +280,15 @@ impl ScsiBackend {
         let size = usize::from(state.get_queue().size()).min(MAX_QUEUE_SIZE);
         let limit = size.saturating_sub(in_flight).min(MAX_CHAINS_PER_EVENT);
         let mut taken = 0usize;
+        // Set when the ring said it held more: a pass that then finds nothing
+        // means the available index is impossible (virtio-queue refuses to pop
+        // from such a ring), and looking again would never end.
+        let mut recheck = false;
         loop {
             if event_idx {
                 let _ = state.get_queue_mut().disable_notification(&**mem);
             }
+            let before = taken;
             while taken < limit {
                 let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) else {
                     break;
@@ -296,11 +301,11 @@ impl ScsiBackend {
                 let _ = state.get_queue_mut().enable_notification(&**mem);
                 return (taken, true);
             }
-            if !event_idx {
+            if !event_idx || (recheck && taken == before) {
                 return (taken, false);
             }
             match state.get_queue_mut().enable_notification(&**mem) {
-                Ok(true) => continue,
+                Ok(true) => recheck = true,
                 _ => return (taken, false),
             }
         }

@@ -186,18 +186,22 @@ impl EventQueue {
     /// driver's next buffer kicks us) and the ring is looked at once more.
     pub fn fill(&mut self, queue: u16, vq: &mut Queue, mem: &Arc<GuestMem>) -> Vec<UsedEntry> {
         let mut used = Vec::new();
+        // As in the request queues: a pass that finds nothing after the ring said
+        // it held more means an impossible available index; stop there.
+        let mut recheck = false;
         loop {
+            let before = used.len();
             while self.has_pending() && used.len() < MAX_FILLS {
                 let Some(chain) = vq.pop_descriptor_chain(mem.clone()) else {
                     break;
                 };
                 used.push(self.deliver(queue, chain, mem));
             }
-            if !self.has_pending() || used.len() >= MAX_FILLS {
+            if !self.has_pending() || used.len() >= MAX_FILLS || (recheck && used.len() == before) {
                 return used;
             }
             match vq.enable_notification(&**mem) {
-                Ok(true) => continue,
+                Ok(true) => recheck = true,
                 _ => return used,
             }
         }
@@ -463,6 +467,22 @@ mod tests {
         assert_eq!(read_event(&mem, 3), ScsiEvent::lun_added(lun(5)));
         assert_eq!(q.stats().bad_buffers, 3);
         assert!(!q.has_pending());
+    }
+
+    #[test]
+    fn an_impossible_available_index_ends_the_fill() {
+        let mem = mem();
+        let mock = MockSplitQueue::new(&*mem, 16);
+        let mut vq: Queue = mock.create_queue().unwrap();
+        let mut q = EventQueue::default();
+        q.reset(ALL);
+        q.push(ScsiEvent::lun_added(lun(1)));
+        post_buffers(&mock, 0, 1);
+        // More entries than the ring holds: nothing can be popped, and the ring
+        // keeps saying it has more.
+        mock.avail().idx().store(40);
+        assert!(q.fill(EVQ, &mut vq, &mem).is_empty());
+        assert!(q.has_pending(), "the event waits for a usable ring");
     }
 
     #[test]

@@ -449,3 +449,57 @@ fn events_reach_the_event_queue_with_or_without_a_buffer_waiting() {
     }
     server.join().unwrap();
 }
+
+/// A driver that negotiated EVENT_IDX and then puts an impossible index in its
+/// available ring (more entries than the ring holds) gets that queue ignored; the
+/// thread that serves it goes on serving the others (here the control queue of
+/// the same thread) instead of looking at the broken ring forever.
+#[test]
+fn a_broken_available_index_does_not_hold_the_queue_thread() {
+    use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+    let (_dir, sock, controller, server) = start(Arc::new(RamBackend::new(1 << 20)), 1);
+    let g = Guest::new();
+    let conn = connect_with(&sock, &g, 3, 1 << VIRTIO_RING_F_EVENT_IDX);
+    let vq = g.queue(2);
+    post_read(&g, &vq, 0, 1);
+    conn.kicks[2].write(1).unwrap();
+    wait_used(&vq, 1);
+    // Sixteen more chains than a 16-entry ring can hold.
+    vq.avail().idx().store(1 + 2 * QSIZE);
+    conn.kicks[2].write(1).unwrap();
+
+    // The control queue is served by the same thread.
+    let cq = g.queue(0);
+    let (tmf_req, tmf_resp) = (0x30_0000u64, 0x30_1000u64);
+    let req = vhost_target::wire::CtrlReq::encode_tmf(
+        virtio_bindings::virtio_scsi::VIRTIO_SCSI_T_TMF_ABORT_TASK,
+        LunAddr::encode(0, 0),
+        99,
+    );
+    g.mem.write_slice(&req, GuestAddress(tmf_req)).unwrap();
+    g.mem.write_slice(&[0xee], GuestAddress(tmf_resp)).unwrap();
+    let descs = [
+        SplitDescriptor::new(tmf_req, req.len() as u32, VRING_DESC_F_NEXT as u16, 1),
+        SplitDescriptor::new(tmf_resp, 1, VRING_DESC_F_WRITE as u16, 0),
+    ];
+    let raw: Vec<RawDescriptor> = descs.iter().map(|d| RawDescriptor::from(*d)).collect();
+    cq.add_desc_chains(&raw, 0).unwrap();
+    conn.kicks[0].write(1).unwrap();
+    wait_used(&cq, 1);
+    let mut b = [0u8; 1];
+    g.mem.read_slice(&mut b, GuestAddress(tmf_resp)).unwrap();
+    assert_eq!(b[0], 0, "FUNCTION COMPLETE (no such task)");
+    assert_eq!(
+        vq.used().idx().load(),
+        1,
+        "nothing taken from the broken ring"
+    );
+    drop(conn);
+    controller.stop_handle().stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.is_finished() {
+        assert!(Instant::now() < deadline, "serve did not return");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.join().unwrap();
+}
