@@ -17,6 +17,7 @@
 
 use std::cell::RefCell;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::Duration;
@@ -33,6 +34,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::events::EventChannel;
 use crate::queues::{ScsiQueues, UsedEntry};
@@ -129,7 +131,14 @@ pub struct ScsiBackend {
     inflight: InFlight,
     counters: Arc<QueueCounters>,
     events: Arc<EventChannel>,
+    /// Wakes thread 0 to deliver events again when the event queue has no call
+    /// eventfd yet (see `deliver_events`).
+    event_retry: OnceLock<Mutex<TimerFd>>,
 }
+
+/// How soon events are tried again while the event queue waits for its call
+/// eventfd.
+const EVENT_RETRY: Duration = Duration::from_millis(10);
 
 /// Per-thread state; dropped when the library ends the thread.
 struct ThreadQueues {
@@ -171,6 +180,7 @@ impl ScsiBackend {
             },
             counters,
             events,
+            event_retry: OnceLock::new(),
         }
     }
 
@@ -189,12 +199,44 @@ impl ScsiBackend {
             self.events.wake_fd(),
             EventSet::IN,
             u64::from(self.events_event()),
-        )
+        )?;
+        let timer = TimerFd::new()?;
+        first.register_listener(
+            timer.as_raw_fd(),
+            EventSet::IN,
+            u64::from(self.retry_event()),
+        )?;
+        let _ = self.event_retry.set(Mutex::new(timer));
+        Ok(())
     }
 
     /// The epoll data of the event channel's eventfd (thread 0 only).
     fn events_event(&self) -> u16 {
         u16::try_from(self.num_queues() + 2).unwrap_or(u16::MAX)
+    }
+
+    /// The epoll data of the event retry timer (thread 0 only).
+    fn retry_event(&self) -> u16 {
+        u16::try_from(self.num_queues() + 3).unwrap_or(u16::MAX)
+    }
+
+    fn arm_event_retry(&self) {
+        if let Some(t) = self.event_retry.get() {
+            let _ = t
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .reset(EVENT_RETRY, None);
+        }
+    }
+
+    fn consume_event_retry(&self) {
+        if let Some(t) = self.event_retry.get() {
+            let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
+            // Expired (no longer armed): the read does not block.
+            if t.is_armed().is_ok_and(|armed| !armed) {
+                let _ = t.wait();
+            }
+        }
     }
 
     /// Fills the event queue's buffers with what the controller posted. Runs on
@@ -211,6 +253,14 @@ impl ScsiBackend {
         let mut state = vring.get_mut();
         if !state.is_enabled() || !state.get_queue().ready() || !state.get_queue().is_valid(&**mem)
         {
+            return;
+        }
+        if state.get_call().is_none() {
+            // A (re)start sends SET_VRING_KICK before SET_VRING_CALL, and QEMU
+            // starts the kick eventfd signalled: an event filled in between would
+            // never be signalled, and the driver, not looking, would never post
+            // another buffer. Wait for the call eventfd.
+            self.arm_event_retry();
             return;
         }
         let used = events.fill(EVENT_QUEUE, state.get_queue_mut(), mem);
@@ -402,7 +452,7 @@ impl VhostUserBackend for ScsiBackend {
     }
 
     fn acked_features(&self, features: u64) {
-        // A device start: events for an earlier driver instance are dropped.
+        // A device start (first, or a resume): events follow the new features.
         self.events.lock().reset(features);
     }
 
@@ -455,6 +505,11 @@ impl VhostUserBackend for ScsiBackend {
     ) -> io::Result<()> {
         if device_event == self.events_event() {
             self.events.consume_wake();
+            self.deliver_events(vrings, &self.mem.memory().into_inner());
+            return Ok(());
+        }
+        if device_event == self.retry_event() {
+            self.consume_event_retry();
             self.deliver_events(vrings, &self.mem.memory().into_inner());
             return Ok(());
         }

@@ -71,18 +71,31 @@ pub struct EventQueue {
 }
 
 impl EventQueue {
-    /// A driver acknowledged `features` (SET_FEATURES: a device start): what
-    /// waited for an earlier driver instance is dropped, as the new one scans the
-    /// target itself.
+    /// The frontend acknowledged `features` (SET_FEATURES, sent at every device
+    /// start: the driver's first, and each resume after a VM stop). What waits
+    /// stays, as far as the features still allow it: a VM paused while LUNs
+    /// changed learns of them when it runs again (the restarted event queue's
+    /// first kick delivers them). A new driver instance that gets an event about
+    /// what its own scan already found treats it as a no-op.
     pub fn reset(&mut self, features: u64) {
-        self.pending.clear();
-        self.missed = false;
         self.hotplug = features & (1 << vs::VIRTIO_SCSI_F_HOTPLUG) != 0;
         self.change = features & (1 << vs::VIRTIO_SCSI_F_CHANGE) != 0;
+        let (hotplug, change) = (self.hotplug, self.change);
+        self.pending.retain(|e| match e.event {
+            vs::VIRTIO_SCSI_T_TRANSPORT_RESET => hotplug,
+            vs::VIRTIO_SCSI_T_PARAM_CHANGE => change,
+            _ => false,
+        });
+        if !hotplug && !change {
+            self.missed = false;
+        }
     }
 
-    /// No driver any more (the connection ended): nothing is kept or accepted.
+    /// No driver any more (the connection ended): nothing is kept or accepted;
+    /// the next connection's driver scans the target itself.
     pub fn disconnect(&mut self) {
+        self.pending.clear();
+        self.missed = false;
         self.reset(0);
     }
 
@@ -419,20 +432,26 @@ mod tests {
             q.push(ScsiEvent::param_change(lun(1), 0x2a, 9)),
             Posted::Queued
         );
+        assert_eq!(q.push(ScsiEvent::lun_added(lun(2))), Posted::NotNegotiated);
+        // A device restart with the same features (a VM resumed) keeps what waits.
+        q.reset(1 << vs::VIRTIO_SCSI_F_CHANGE);
+        assert_eq!(q.pending(), 1, "kept across a restart");
         q.reset(1 << vs::VIRTIO_SCSI_F_HOTPLUG);
-        assert_eq!(q.pending(), 0, "a new driver instance starts empty");
+        assert_eq!(q.pending(), 0, "CHANGE no longer negotiated: dropped");
         assert_eq!(
             q.push(ScsiEvent::param_change(lun(1), 0x2a, 9)),
             Posted::NotNegotiated
         );
         assert_eq!(q.push(ScsiEvent::lun_removed(lun(1))), Posted::Queued);
+        q.reset(1 << vs::VIRTIO_SCSI_F_HOTPLUG);
+        assert_eq!(q.pending(), 1);
         q.disconnect();
         assert!(!q.has_pending());
         assert_eq!(
             q.push(ScsiEvent::lun_removed(lun(1))),
             Posted::NotNegotiated
         );
-        assert_eq!(q.stats().not_negotiated, 4);
+        assert_eq!(q.stats().not_negotiated, 5);
     }
 
     #[test]
