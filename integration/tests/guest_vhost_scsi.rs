@@ -547,3 +547,154 @@ fn guest_sees_luns_attached_resized_and_detached_at_run_time() {
     assert_eq!(stats.lost, 0, "{stats:?}");
     served.stop();
 }
+
+/// LUNs attached in one burst while the VM is paused.
+const BURST: u64 = 70;
+/// The first of them.
+const BURST_FIRST: u64 = 10;
+
+const BURST_SCRIPT: &str = r#"
+set -e
+WAIT
+printf '%-512s' step1 >/tmp/mark
+dd if=/tmp/mark of=/dev/sda bs=512 count=1 oflag=direct conv=notrunc 2>/dev/null
+# Every LUN of the burst must appear (at most 150 s of guest uptime from here).
+count() { ls -d /sys/class/scsi_disk/*:0:0:* 2>/dev/null | grep -vc ':0:0:0$' || true; }
+uptime_s() { cut -d. -f1 /proc/uptime; }
+end=$(($(uptime_s) + 150))
+while [ "$(count)" -lt BURST ] && [ "$(uptime_s)" -lt $end ]; do sleep 0.2; done
+echo "burst-disks $(count)"
+if [ "$(count)" -lt BURST ]; then
+    grep -i virtio /proc/interrupts >&2
+    ls /sys/class/scsi_device >&2
+    dmesg | tail -20 >&2
+fi
+"#;
+
+/// Sends one QMP command; returns the reply line (events in between skipped).
+fn qmp(stream: &mut std::os::unix::net::UnixStream, command: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    stream
+        .write_all(format!("{{\"execute\":\"{command}\"}}\n").as_bytes())
+        .expect("QMP write");
+    let mut reader = BufReader::new(stream.try_clone().expect("QMP clone"));
+    for _ in 0..64 {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        if line.contains("\"return\"") || line.contains("\"error\"") {
+            return line;
+        }
+    }
+    panic!("no QMP reply to {command}");
+}
+
+/// More LUNs than the event queue keeps are attached while the VM is stopped
+/// (QEMU stops the vhost queues with it): the events that fit wait, the rest
+/// are lost and the first event delivered after the resume says so
+/// (EVENTS_MISSED), on which Linux rescans the target. Every LUN appears.
+#[test]
+fn guest_finds_every_lun_of_a_burst_that_overflowed_the_event_queue() {
+    let Some(env) = GuestEnv::require() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let ram0 = Arc::new(RamBackend::new(DISK_SIZE));
+    let lun0 = Lun::new(LunConfig::new("burst-base", [0x41; 16]), ram0.clone()).expect("lun 0");
+    let sock = dir.path().join("vhost-burst.sock");
+    let qmp_sock = dir.path().join("qmp.sock");
+    let served = Served::start("guest-vhost-burst", &sock, &lun0, 1);
+    let initramfs = Initramfs::standard()
+        .build(env)
+        .unwrap_or_else(|e| panic!("building the initramfs: {e}"));
+
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let host = {
+        let controller = served.controller.clone();
+        let done = done.clone();
+        let qmp_sock = qmp_sock.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while marked_step(&ram0) < 1 {
+                if done.load(Ordering::SeqCst) || Instant::now() > deadline {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let mut q = std::os::unix::net::UnixStream::connect(&qmp_sock).expect("QMP socket");
+            q.set_read_timeout(Some(Duration::from_secs(60)))
+                .expect("QMP timeout");
+            let capabilities = qmp(&mut q, "qmp_capabilities");
+            let stop = qmp(&mut q, "stop");
+            let before = controller.event_stats();
+            let mut posted = Vec::new();
+            for n in BURST_FIRST..BURST_FIRST + BURST {
+                let mut uuid = [0x42u8; 16];
+                uuid[15] = n as u8;
+                let lun = Lun::new(
+                    LunConfig::new(&format!("burst{n}"), uuid),
+                    Arc::new(RamBackend::new(1 << 20)),
+                )
+                .expect("burst lun");
+                posted.push(controller.attach_lun(n, lun));
+            }
+            let stopped = controller.event_stats();
+            let cont = qmp(&mut q, "cont");
+            Some((capabilities, stop, cont, before, stopped, posted))
+        })
+    };
+    let config = GuestConfig::new(
+        &initramfs,
+        script(&BURST_SCRIPT.replace("BURST", &BURST.to_string())),
+    )
+    .arg("-chardev")
+    .arg(format!(
+        "socket,id=vhost0,path={}",
+        sock.display().to_string().replace(',', ",,")
+    ))
+    .arg("-device")
+    .arg("vhost-user-scsi-pci,chardev=vhost0,num_queues=1")
+    .arg("-qmp")
+    .arg(format!(
+        "unix:{},server=on,wait=off",
+        qmp_sock.display().to_string().replace(',', ",,")
+    ))
+    .timeout(Duration::from_secs(300));
+    let run = env.run(&config).and_then(|r| r.check());
+    done.store(true, Ordering::SeqCst);
+    let host = host.join().expect("host thread");
+    let run = run.unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("guest results:\n{}", run.results);
+    let (capabilities, stop, cont, before, stopped, posted) =
+        host.expect("the guest marked its step");
+    for reply in [&capabilities, &stop, &cont] {
+        assert!(reply.contains("\"return\""), "QMP: {reply}");
+    }
+    eprintln!(
+        "events before the burst {before:?}, while stopped {stopped:?}, at the end {:?}; queue stops {}, chains {:?}, last error {:?}",
+        served.controller.event_stats(),
+        served.controller.queue_stops(),
+        served.controller.queue_chains(),
+        served.controller.last_error()
+    );
+    let queued = posted.iter().filter(|p| **p == Ok(Posted::Queued)).count();
+    let lost = posted.iter().filter(|p| **p == Ok(Posted::Lost)).count();
+    assert_eq!(queued + lost, BURST as usize, "{posted:?}");
+    assert!(lost > 0, "the burst overflowed the event queue: {posted:?}");
+    assert_eq!(
+        stopped.delivered, before.delivered,
+        "nothing is delivered to a stopped VM"
+    );
+    assert_eq!(
+        run.field("burst-disks"),
+        Some(BURST.to_string().as_str()),
+        "every LUN of the burst appeared, the lost ones by the rescan"
+    );
+    let end = served.controller.event_stats();
+    assert!(
+        end.delivered > stopped.delivered,
+        "events went out after the resume: {end:?}"
+    );
+    served.stop();
+}
