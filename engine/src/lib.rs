@@ -30,7 +30,7 @@ pub mod xcopy;
 pub(crate) mod testutil;
 
 pub use cmd::{Cdb, CmdResponse, Completed, DataBuf, DataDir, Residual, ScsiCmd, TaskAttr, VecBuf};
-pub use lun::{Lun, LunConfig, LunRegistry};
+pub use lun::{CapacityListener, Lun, LunConfig, LunRegistry};
 pub use nexus::{LunMap, Nexus, NexusKey, Protocol, TargetPort};
 pub use sense::{CmdError, ScsiStatus, Sense, SenseKey};
 pub use tmf::{TmfFunction, TmfRequest, TmfResponse};

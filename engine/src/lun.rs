@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use backends::Backend;
 
@@ -93,6 +93,17 @@ pub struct Lun {
     pub(crate) copy: Mutex<crate::xcopy::CopyState>,
     /// SANITIZE in progress or failed (SBC-4 4.11).
     pub(crate) sanitize: crate::sbc::SanitizeState,
+    /// Told of capacity changes; held weakly so a transport that goes away
+    /// unsubscribes by dropping its listener.
+    capacity_listeners: Mutex<Vec<Weak<dyn CapacityListener>>>,
+}
+
+/// Learns that a LUN's capacity changed, after the unit attention is set: for a
+/// transport that can also tell its initiators out of band (virtio-scsi's
+/// parameter-change event). Called on the thread that changed the capacity; it
+/// must not block on I/O.
+pub trait CapacityListener: Send + Sync {
+    fn capacity_changed(&self, lun: &Lun);
 }
 
 /// Per-LUN statistics.
@@ -246,6 +257,7 @@ impl Lun {
             stats: LunStats::default(),
             copy: Mutex::new(crate::xcopy::CopyState::default()),
             sanitize: crate::sbc::SanitizeState::default(),
+            capacity_listeners: Mutex::new(Vec::new()),
         });
         // Persistent reservations saved with APTPL come back before any command.
         crate::pr::load_aptpl(&lun).map_err(|source| LunError::Reservations {
@@ -286,6 +298,33 @@ impl Lun {
     pub fn capacity_changed(&self) {
         self.ua
             .establish_all(crate::sense::asc::CAPACITY_DATA_HAS_CHANGED, None);
+        let listeners: Vec<Arc<dyn CapacityListener>> = {
+            let mut list = self
+                .capacity_listeners
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            list.retain(|w| w.strong_count() > 0);
+            list.iter().filter_map(Weak::upgrade).collect()
+        };
+        // Called without the lock: a listener may subscribe to other LUNs.
+        for l in listeners {
+            l.capacity_changed(self);
+        }
+    }
+
+    /// Subscribes `listener` to capacity changes. It is held weakly: dropping its
+    /// last `Arc` unsubscribes it. Subscribing the same listener twice adds it once.
+    pub fn subscribe_capacity<L: CapacityListener + 'static>(&self, listener: &Arc<L>) {
+        let listener: Arc<dyn CapacityListener> = listener.clone();
+        let weak = Arc::downgrade(&listener);
+        let mut list = self
+            .capacity_listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        list.retain(|w| w.strong_count() > 0);
+        if !list.iter().any(|w| Weak::ptr_eq(w, &weak)) {
+            list.push(weak);
+        }
     }
 
     /// The NAA-6 (IEEE registered extended) designator: 16 bytes derived from the
@@ -360,5 +399,58 @@ impl LunRegistry {
             .values()
             .cloned()
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backends::RamBackend;
+    use std::sync::atomic::AtomicUsize;
+
+    #[derive(Default)]
+    struct Count {
+        calls: AtomicUsize,
+        blocks: AtomicU64,
+    }
+
+    impl CapacityListener for Count {
+        fn capacity_changed(&self, lun: &Lun) {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.blocks.store(lun.num_blocks(), Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn resize_tells_listeners_once_each_until_dropped() {
+        let lun = Lun::new(
+            LunConfig::new("l", [3; 16]),
+            Arc::new(RamBackend::new(1 << 20)),
+        )
+        .unwrap();
+        let a = Arc::new(Count::default());
+        let b = Arc::new(Count::default());
+        lun.subscribe_capacity(&a);
+        lun.subscribe_capacity(&a);
+        lun.subscribe_capacity(&b);
+        lun.resize(2 << 20).unwrap();
+        assert_eq!(a.calls.load(Ordering::SeqCst), 1, "subscribed once");
+        assert_eq!(
+            a.blocks.load(Ordering::SeqCst),
+            (2 << 20) / 512,
+            "after the resize"
+        );
+        assert_eq!(b.calls.load(Ordering::SeqCst), 1);
+        // A refused resize tells no one.
+        assert!(lun.resize(1000).is_err());
+        assert_eq!(a.calls.load(Ordering::SeqCst), 1);
+        drop(b);
+        lun.resize(3 << 20).unwrap();
+        assert_eq!(a.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            lun.capacity_listeners.lock().unwrap().len(),
+            1,
+            "dropped listener pruned"
+        );
     }
 }

@@ -4,6 +4,9 @@
 //! and the engine on a small RAM LUN: every chain taken must come back as exactly
 //! one used entry, nothing may panic or hang, and nothing is written outside what
 //! the chain made device-writable (the response length never exceeds it).
+//! Mode 2 fills the same chains as event-queue buffers with pending events:
+//! each comes back holding a whole event or nothing, and events are neither
+//! lost nor duplicated.
 #![no_main]
 
 use std::cell::RefCell;
@@ -14,7 +17,9 @@ use backends::ram::RamBackend;
 use engine::{Lun, LunConfig, LunMap, LunRegistry, Nexus, Protocol, TargetPort};
 use libfuzzer_sys::fuzz_target;
 use vhost_target::controller::sas_transport_id;
+use vhost_target::events::EventQueue;
 use vhost_target::request::GuestMem;
+use vhost_target::wire::{LunAddr, ScsiEvent, EVENT_LEN};
 use vhost_target::{ScsiQueues, UsedEntry};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -98,6 +103,10 @@ fuzz_target!(|input: &[u8]| {
         q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
         q.set_used_ring_address(Some(USED as u32), Some(0));
         q.set_ready(true);
+        if mode & 3 == 2 {
+            fill_events(&mut q, &mem, mode >> 2);
+            return;
+        }
         let control = mode & 1 == 1;
         let queue = if control { 0 } else { 2 };
         let mut used: Vec<UsedEntry> = Vec::new();
@@ -129,3 +138,23 @@ fuzz_target!(|input: &[u8]| {
         }
     });
 });
+
+/// `events` % 8 pending events (some overflow the bound when it is large) filled
+/// into whatever the ring holds.
+fn fill_events(q: &mut Queue, mem: &Arc<GuestMem>, events: u8) {
+    let mut eq = EventQueue::default();
+    eq.reset(u64::MAX);
+    let n = usize::from(events % 8);
+    for i in 0..n {
+        let lun = LunAddr::encode_reported(0, i as u16).expect("small LUN");
+        eq.push(ScsiEvent::lun_added(lun));
+    }
+    let used = eq.fill(1, q, mem);
+    let delivered = used.iter().filter(|u| u.len != 0).count();
+    for u in &used {
+        assert_eq!(u.queue, 1);
+        assert!(u.len == 0 || u.len as usize == EVENT_LEN, "{u:?}");
+    }
+    assert_eq!(delivered + eq.pending(), n, "events lost or duplicated");
+    assert_eq!(eq.stats().delivered as usize, delivered);
+}

@@ -10,9 +10,14 @@
 //! submitted the command. The thread-local is dropped when the library stops the
 //! thread at disconnect (our `exit_event`); dropping it reports the nexus loss and
 //! drains the I/O still in flight.
+//!
+//! The event queue is filled on thread 0 too: from the controller's
+//! [`EventChannel`] when its eventfd (registered in thread 0's epoll) says events
+//! were posted, and when the driver kicks the event queue with new buffers.
 
 use std::cell::RefCell;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::Duration;
@@ -29,7 +34,9 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
+use vmm_sys_util::timerfd::TimerFd;
 
+use crate::events::EventChannel;
 use crate::queues::{ScsiQueues, UsedEntry};
 use crate::request::GuestMem;
 
@@ -57,10 +64,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// its next kick).
 const MAX_CHAINS_PER_EVENT: usize = 4 * MAX_QUEUE_SIZE;
 
-/// The virtio features we offer. VIRTIO_SCSI_F_CHANGE is offered because QEMU's
-/// `param_change=on` (its default) acks it whether offered or not, and the library
-/// refuses acked bits that were not offered; parameter-change events are not sent
-/// yet, which the driver tolerates (they are hints).
+/// The virtio features we offer: HOTPLUG (LUNs attached and detached at run time
+/// are announced on the event queue) and CHANGE (capacity changes are). QEMU's
+/// `param_change=on` (its default) acks CHANGE whether offered or not, and the
+/// library refuses acked bits that were not offered, so it must be offered.
 pub fn virtio_features() -> u64 {
     (1 << VIRTIO_F_VERSION_1)
         | (1 << VIRTIO_RING_F_EVENT_IDX)
@@ -127,7 +134,15 @@ pub struct ScsiBackend {
     handlers: OnceLock<Vec<Weak<Handler>>>,
     inflight: InFlight,
     counters: Arc<QueueCounters>,
+    events: Arc<EventChannel>,
+    /// Wakes thread 0 to deliver events again when the event queue has no call
+    /// eventfd yet (see `deliver_events`).
+    event_retry: OnceLock<Mutex<TimerFd>>,
 }
+
+/// How soon events are tried again while the event queue waits for its call
+/// eventfd.
+const EVENT_RETRY: Duration = Duration::from_millis(10);
 
 /// Per-thread state; dropped when the library ends the thread.
 struct ThreadQueues {
@@ -153,6 +168,7 @@ impl ScsiBackend {
         request_queues: usize,
         mem: GuestMemoryAtomic<GuestMem>,
         counters: Arc<QueueCounters>,
+        events: Arc<EventChannel>,
     ) -> Self {
         let total = request_queues + usize::from(FIRST_REQUEST_QUEUE);
         ScsiBackend {
@@ -168,15 +184,102 @@ impl ScsiBackend {
                 waiters: AtomicUsize::new(0),
             },
             counters,
+            events,
+            event_retry: OnceLock::new(),
         }
     }
 
     /// Gives the backend the library's epoll handlers (after `VhostUserDaemon::new`,
-    /// before the connection starts), so each thread can register its worker's fd.
-    pub fn set_handlers(&self, handlers: &[Arc<Handler>]) {
+    /// before the connection starts), so each thread can register its worker's fd,
+    /// and registers the event channel's eventfd with thread 0 (which owns the
+    /// event queue).
+    pub fn set_handlers(&self, handlers: &[Arc<Handler>]) -> io::Result<()> {
         let _ = self
             .handlers
             .set(handlers.iter().map(Arc::downgrade).collect());
+        let first = handlers
+            .first()
+            .ok_or_else(|| io::Error::other("no vring thread"))?;
+        first.register_listener(
+            self.events.wake_fd(),
+            EventSet::IN,
+            u64::from(self.events_event()),
+        )?;
+        let timer = TimerFd::new()?;
+        first.register_listener(
+            timer.as_raw_fd(),
+            EventSet::IN,
+            u64::from(self.retry_event()),
+        )?;
+        let _ = self.event_retry.set(Mutex::new(timer));
+        Ok(())
+    }
+
+    /// The epoll data of the event channel's eventfd (thread 0 only).
+    fn events_event(&self) -> u16 {
+        u16::try_from(self.num_queues() + 2).unwrap_or(u16::MAX)
+    }
+
+    /// The epoll data of the event retry timer (thread 0 only).
+    fn retry_event(&self) -> u16 {
+        u16::try_from(self.num_queues() + 3).unwrap_or(u16::MAX)
+    }
+
+    fn arm_event_retry(&self) {
+        if let Some(t) = self.event_retry.get() {
+            let _ = t
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .reset(EVENT_RETRY, None);
+        }
+    }
+
+    fn consume_event_retry(&self) {
+        if let Some(t) = self.event_retry.get() {
+            let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
+            // Expired (no longer armed): the read does not block.
+            if t.is_armed().is_ok_and(|armed| !armed) {
+                let _ = t.wait();
+            }
+        }
+    }
+
+    /// Fills the event queue's buffers with what the controller posted. Runs on
+    /// thread 0, whose local vring 1 is the event queue; a queue not started (or
+    /// stopped by GET_VRING_BASE) is left alone and filled when it starts.
+    fn deliver_events(&self, vrings: &[Vring], mem: &Arc<GuestMem>) {
+        let Some(vring) = vrings.get(usize::from(EVENT_QUEUE)) else {
+            return;
+        };
+        let mut events = self.events.lock();
+        if !events.has_pending() {
+            return;
+        }
+        let mut state = vring.get_mut();
+        if !state.is_enabled() || !state.get_queue().ready() || !state.get_queue().is_valid(&**mem)
+        {
+            return;
+        }
+        if state.get_call().is_none() {
+            // A (re)start sends SET_VRING_KICK before SET_VRING_CALL, and QEMU
+            // starts the kick eventfd signalled: an event filled in between would
+            // never be signalled, and the driver, not looking, would never post
+            // another buffer. Wait for the call eventfd.
+            self.arm_event_retry();
+            return;
+        }
+        let used = events.fill(EVENT_QUEUE, state.get_queue_mut(), mem);
+        drop(events);
+        if used.is_empty() {
+            return;
+        }
+        self.counters.add(usize::from(EVENT_QUEUE), used.len());
+        for u in &used {
+            let _ = state.add_used(u.head, u.len);
+        }
+        if state.needs_notification().unwrap_or(true) {
+            let _ = state.signal_used_queue();
+        }
     }
 
     /// The epoll data of the worker's eventfd: above every queue and the library's
@@ -232,10 +335,15 @@ impl ScsiBackend {
         let size = usize::from(state.get_queue().size()).min(MAX_QUEUE_SIZE);
         let limit = size.saturating_sub(in_flight).min(MAX_CHAINS_PER_EVENT);
         let mut taken = 0usize;
+        // Set when the ring said it held more: a pass that then finds nothing
+        // means the available index is impossible (virtio-queue refuses to pop
+        // from such a ring), and looking again would never end.
+        let mut recheck = false;
         loop {
             if event_idx {
                 let _ = state.get_queue_mut().disable_notification(&**mem);
             }
+            let before = taken;
             while taken < limit {
                 let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) else {
                     break;
@@ -248,11 +356,11 @@ impl ScsiBackend {
                 let _ = state.get_queue_mut().enable_notification(&**mem);
                 return (taken, true);
             }
-            if !event_idx {
+            if !event_idx || (recheck && taken == before) {
                 return (taken, false);
             }
             match state.get_queue_mut().enable_notification(&**mem) {
-                Ok(true) => continue,
+                Ok(true) => recheck = true,
                 _ => return (taken, false),
             }
         }
@@ -274,7 +382,7 @@ impl ScsiBackend {
                 self.drain_ring(vring, mem, in_flight, |c| queues.control(q, c, mem, used))
             }
             // Event buffers stay in the ring until there is an event to report
-            // (hotplug, later).
+            // (`deliver_events`).
             EVENT_QUEUE => (0, false),
             _ => self.drain_ring(vring, mem, in_flight, |c| queues.request(q, c, mem, used)),
         };
@@ -350,6 +458,11 @@ impl VhostUserBackend for ScsiBackend {
         self.event_idx.store(enabled, Ordering::Relaxed);
     }
 
+    fn acked_features(&self, features: u64) {
+        // A device start (first, or a resume): events follow the new features.
+        self.events.lock().reset(features);
+    }
+
     fn update_memory(&self, _mem: GuestMemoryAtomic<GuestMem>) -> io::Result<()> {
         // The library swaps the new table into the `GuestMemoryAtomic` we share
         // with it; commands in flight keep the old mapping alive (GuestBuf).
@@ -401,6 +514,16 @@ impl VhostUserBackend for ScsiBackend {
         vrings: &[Vring],
         thread_id: usize,
     ) -> io::Result<()> {
+        if device_event == self.events_event() {
+            self.events.consume_wake();
+            self.deliver_events(vrings, &self.mem.memory().into_inner());
+            return Ok(());
+        }
+        if device_event == self.retry_event() {
+            self.consume_event_retry();
+            self.deliver_events(vrings, &self.mem.memory().into_inner());
+            return Ok(());
+        }
         QUEUES.with(|cell| {
             let mut slot = cell.borrow_mut();
             if slot.is_none() {
@@ -415,6 +538,10 @@ impl VhostUserBackend for ScsiBackend {
             let first = Self::first_queue(thread_id);
             let queue_of = |local: usize| u16::try_from(first + local).unwrap_or(u16::MAX);
             let mut used = Vec::new();
+            if thread_id == 0 && device_event == EVENT_QUEUE {
+                // The driver posted event buffers: fill them with what waits.
+                self.deliver_events(vrings, &mem);
+            }
             if device_event != self.worker_event() {
                 let local = usize::from(device_event);
                 let Some(vring) = vrings.get(local) else {

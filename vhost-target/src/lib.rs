@@ -6,7 +6,8 @@
 //! straight into guest memory, so the backend reads and writes the guest's buffers
 //! with no copy. Completions come back on the same thread's engine worker and go to
 //! the used ring with the response; the control queue carries task management
-//! functions to the engine. vhost-user-blk comes later.
+//! functions to the engine; the event queue tells the driver of LUNs attached,
+//! detached or resized at run time ([`events`]). vhost-user-blk comes later.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -33,11 +34,13 @@
 
 pub mod backend;
 pub mod controller;
+pub mod events;
 pub mod queues;
 pub mod request;
 pub mod wire;
 
-pub use controller::{ControllerError, StopHandle, VhostScsiController};
+pub use controller::{ControllerError, LunMapError, StopHandle, VhostScsiController};
+pub use events::{EventStats, Posted};
 pub use queues::{ScsiQueues, UsedEntry};
 pub use request::{GuestBuf, GuestMem, RequestError};
 

@@ -1,6 +1,6 @@
 //! virtio-scsi wire formats (VIRTIO 1.2, 5.6.6): the request and response headers
 //! of the request queues, the control queue's TMF and asynchronous-notification
-//! requests, and the LUN field. Every field's offset is written once, here; all
+//! requests, the event queue's events, and the LUN field. Every field's offset is written once, here; all
 //! integers are little-endian (VERSION_1). Nothing here touches guest memory: bytes
 //! in, typed values out, and typed values to bytes.
 
@@ -80,6 +80,93 @@ impl LunAddr {
     pub fn encode(target: u8, lun: u16) -> [u8; 8] {
         let [hi, lo] = lun.to_be_bytes();
         [1, target, 0x40 | (hi & 0x3f), lo, 0, 0, 0, 0]
+    }
+
+    /// The LUN field of an event: the LUN encoded as REPORT LUNS encodes it
+    /// (peripheral below 256, flat space above), because Linux names a device by
+    /// the number it scanned (`scsilun_to_int` of the REPORT LUNS entry) and takes
+    /// an event's bytes 2-3 as that number: a removal must find the device the
+    /// scan made. Numbers above [`MAX_LUN`] cannot be addressed.
+    pub fn encode_reported(target: u8, lun: u16) -> Option<[u8; 8]> {
+        if lun > MAX_LUN {
+            return None;
+        }
+        let [hi, lo] = lun.to_be_bytes();
+        let b2 = if lun < 256 { 0 } else { 0x40 | hi };
+        Some([1, target, b2, lo, 0, 0, 0, 0])
+    }
+}
+
+/// The largest LUN number the LUN field can carry (flat space addressing).
+pub const MAX_LUN: u16 = 0x3fff;
+
+/// A `virtio_scsi_event` (VIRTIO 1.2 5.6.6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScsiEvent {
+    /// `VIRTIO_SCSI_T_*`, with `VIRTIO_SCSI_T_EVENTS_MISSED` or'ed in when events
+    /// were lost before this one.
+    pub event: u32,
+    pub lun: [u8; 8],
+    pub reason: u32,
+}
+
+impl ScsiEvent {
+    const EVENT: usize = 0;
+    const LUN: usize = 4;
+    const REASON: usize = 12;
+
+    /// A LUN appeared: the driver scans it (transport reset, reason RESCAN).
+    pub fn lun_added(lun: [u8; 8]) -> Self {
+        ScsiEvent {
+            event: vs::VIRTIO_SCSI_T_TRANSPORT_RESET,
+            lun,
+            reason: vs::VIRTIO_SCSI_EVT_RESET_RESCAN,
+        }
+    }
+
+    /// A LUN went away: the driver removes its device (reason REMOVED).
+    pub fn lun_removed(lun: [u8; 8]) -> Self {
+        ScsiEvent {
+            event: vs::VIRTIO_SCSI_T_TRANSPORT_RESET,
+            lun,
+            reason: vs::VIRTIO_SCSI_EVT_RESET_REMOVED,
+        }
+    }
+
+    /// A parameter of the LUN changed, named by the unit attention's ASC and ASCQ
+    /// (reason = ASC | ASCQ << 8).
+    pub fn param_change(lun: [u8; 8], asc: u8, ascq: u8) -> Self {
+        ScsiEvent {
+            event: vs::VIRTIO_SCSI_T_PARAM_CHANGE,
+            lun,
+            reason: u32::from(asc) | (u32::from(ascq) << 8),
+        }
+    }
+
+    /// No event, only the news that events were lost.
+    pub fn missed() -> Self {
+        ScsiEvent {
+            event: vs::VIRTIO_SCSI_T_NO_EVENT | vs::VIRTIO_SCSI_T_EVENTS_MISSED,
+            lun: [0; 8],
+            reason: 0,
+        }
+    }
+
+    pub fn encode(&self) -> [u8; EVENT_LEN] {
+        let mut b = [0u8; EVENT_LEN];
+        b[Self::EVENT..Self::EVENT + 4].copy_from_slice(&self.event.to_le_bytes());
+        b[Self::LUN..Self::LUN + 8].copy_from_slice(&self.lun);
+        b[Self::REASON..Self::REASON + 4].copy_from_slice(&self.reason.to_le_bytes());
+        b
+    }
+
+    /// Decodes an event (tests and host-side drivers).
+    pub fn decode(b: &[u8; EVENT_LEN]) -> Self {
+        ScsiEvent {
+            event: u32::from_le_bytes(array(b, Self::EVENT)),
+            lun: array(b, Self::LUN),
+            reason: u32::from_le_bytes(array(b, Self::REASON)),
+        }
     }
 }
 
@@ -451,5 +538,39 @@ mod tests {
             })
         );
         assert_eq!(encode_an_resp(0, VirtioResponse::Ok), [0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn event_layout() {
+        let lun = LunAddr::encode_reported(0, 3).unwrap();
+        assert_eq!(lun, [1, 0, 0, 3, 0, 0, 0, 0]);
+        assert_eq!(
+            LunAddr::encode_reported(0, 0x123),
+            Some([1, 0, 0x41, 0x23, 0, 0, 0, 0])
+        );
+        assert_eq!(LunAddr::encode_reported(0, MAX_LUN + 1), None);
+        // Both forms address the same LUN when the driver sends commands.
+        for n in [0u16, 3, 255, 256, 0x123, MAX_LUN] {
+            let b = LunAddr::encode_reported(0, n).unwrap();
+            assert_eq!(
+                LunAddr::decode(&b),
+                LunAddr::Lun {
+                    target: 0,
+                    lun: u64::from(n)
+                }
+            );
+        }
+        let e = ScsiEvent::param_change(lun, 0x2a, 0x09).encode();
+        assert_eq!(
+            e,
+            [3, 0, 0, 0, 1, 0, 0, 3, 0, 0, 0, 0, 0x2a, 0x09, 0, 0],
+            "PARAM_CHANGE, asc in the low byte, ascq above"
+        );
+        let a = ScsiEvent::lun_added(lun);
+        assert_eq!(ScsiEvent::decode(&a.encode()), a);
+        assert_eq!(&a.encode()[..4], &[1, 0, 0, 0]);
+        assert_eq!(&a.encode()[12..], &[1, 0, 0, 0]);
+        assert_eq!(&ScsiEvent::lun_removed(lun).encode()[12..], &[2, 0, 0, 0]);
+        assert_eq!(&ScsiEvent::missed().encode()[..4], &[0, 0, 0, 0x80]);
     }
 }

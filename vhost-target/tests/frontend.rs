@@ -1,7 +1,8 @@
 //! The controller driven from the host by a vhost-user frontend (the `vhost`
 //! crate's), in QEMU 7.2's message order, with guest memory in a shared file: a
 //! command while the queue runs, GET_VRING_BASE waiting for a command held in the
-//! backend (no used entry may appear after the reply), and a reconnect.
+//! backend (no used entry may appear after the reply), and a reconnect; events
+//! for LUNs attached, resized and detached while connected.
 
 use std::fs::File;
 use std::path::Path;
@@ -68,6 +69,11 @@ struct Conn {
 /// QEMU 7.2's order: features, protocol features, owner, memory, then per queue
 /// num, base, addr, kick, call; a synchronous round trip before the first kick.
 fn connect(sock: &Path, g: &Guest, queues: usize) -> Conn {
+    connect_with(sock, g, queues, 0)
+}
+
+/// The same, acknowledging the virtio-scsi feature bits `scsi_features` too.
+fn connect_with(sock: &Path, g: &Guest, queues: usize, scsi_features: u64) -> Conn {
     let mut fe = Frontend::connect(sock, queues as u64).expect("connect");
     let features = fe.get_features().expect("features");
     assert_ne!(features & PROTOCOL_FEATURES, 0);
@@ -78,7 +84,7 @@ fn connect(sock: &Path, g: &Guest, queues: usize) -> Conn {
         .expect("set protocol features");
     assert_eq!(fe.get_queue_num().expect("queue num"), queues as u64);
     fe.set_owner().expect("owner");
-    fe.set_features((1 << VIRTIO_F_VERSION_1) | PROTOCOL_FEATURES)
+    fe.set_features((1 << VIRTIO_F_VERSION_1) | PROTOCOL_FEATURES | scsi_features)
         .expect("set features");
     fe.set_mem_table(&[VhostUserMemoryRegionInfo {
         guest_phys_addr: 0,
@@ -333,6 +339,161 @@ fn abort_task_reaches_a_command_on_another_queue_thread() {
     let chains = controller.queue_chains();
     assert_eq!((chains[0], chains[3]), (1, 2), "{chains:?}");
     ctl.release();
+    drop(conn);
+    controller.stop_handle().stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.is_finished() {
+        assert!(Instant::now() < deadline, "serve did not return");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.join().unwrap();
+}
+
+/// Posts event buffer `i` (16 bytes, device-writable) on the event queue.
+fn post_event_buffer(vq: &MockSplitQueue<'_, GuestMemoryMmap<()>>, i: u16) {
+    let d = SplitDescriptor::new(event_buf(i), 16, VRING_DESC_F_WRITE as u16, 0);
+    vq.add_desc_chains(&[RawDescriptor::from(d)], i).unwrap();
+}
+
+fn event_buf(i: u16) -> u64 {
+    0x30_0000 + u64::from(i) * 0x100
+}
+
+fn event(g: &Guest, i: u16) -> vhost_target::wire::ScsiEvent {
+    let mut b = [0u8; 16];
+    g.mem
+        .read_slice(&mut b, GuestAddress(event_buf(i)))
+        .unwrap();
+    vhost_target::wire::ScsiEvent::decode(&b)
+}
+
+/// LUNs attached, resized and detached while a frontend is connected: each
+/// change is an event in the guest's next event buffer — delivered at once when
+/// a buffer waits, or when the driver posts one (its kick) if none did.
+#[test]
+fn events_reach_the_event_queue_with_or_without_a_buffer_waiting() {
+    use vhost_target::Posted;
+    use virtio_bindings::virtio_scsi as vs;
+    let (_dir, sock, controller, server) = start(Arc::new(RamBackend::new(1 << 20)), 1);
+    let g = Guest::new();
+    let conn = connect_with(
+        &sock,
+        &g,
+        3,
+        (1 << vs::VIRTIO_SCSI_F_HOTPLUG) | (1 << vs::VIRTIO_SCSI_F_CHANGE),
+    );
+    let evq = g.queue(1);
+    let lun3 = Lun::new(
+        LunConfig::new("fe3", [4u8; 16]),
+        Arc::new(RamBackend::new(1 << 20)),
+    )
+    .unwrap();
+
+    // No buffer yet: the event waits until the driver posts one and kicks.
+    assert_eq!(controller.attach_lun(3, lun3.clone()), Ok(Posted::Queued));
+    post_event_buffer(&evq, 0);
+    post_event_buffer(&evq, 1);
+    conn.kicks[1].write(1).unwrap();
+    wait_used(&evq, 1);
+    let e = event(&g, 0);
+    assert_eq!(
+        (e.event, e.lun, e.reason),
+        (
+            vs::VIRTIO_SCSI_T_TRANSPORT_RESET,
+            [1, 0, 0, 3, 0, 0, 0, 0],
+            vs::VIRTIO_SCSI_EVT_RESET_RESCAN
+        )
+    );
+    assert!(conn.calls[1].read().is_ok(), "the driver was signalled");
+
+    // A buffer waits: the resize's event is delivered with no kick.
+    lun3.resize(2 << 20).unwrap();
+    wait_used(&evq, 2);
+    let e = event(&g, 1);
+    assert_eq!(
+        (e.event, e.lun, e.reason),
+        (
+            vs::VIRTIO_SCSI_T_PARAM_CHANGE,
+            [1, 0, 0, 3, 0, 0, 0, 0],
+            0x092a
+        )
+    );
+
+    let (_, posted) = controller.detach_lun(3).unwrap();
+    assert_eq!(posted, Posted::Queued);
+    post_event_buffer(&evq, 2);
+    conn.kicks[1].write(1).unwrap();
+    wait_used(&evq, 3);
+    assert_eq!(event(&g, 2).reason, vs::VIRTIO_SCSI_EVT_RESET_REMOVED);
+    let stats = controller.event_stats();
+    assert_eq!((stats.queued, stats.delivered, stats.lost), (3, 3, 0));
+    assert_eq!(controller.queue_chains()[1], 3);
+    drop(conn);
+
+    // A driver without HOTPLUG is not told of new LUNs.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while controller.connections() < 1 {
+        assert!(Instant::now() < deadline, "the connection did not end");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let g2 = Guest::new();
+    let conn = connect(&sock, &g2, 3);
+    assert_eq!(controller.attach_lun(3, lun3), Ok(Posted::NotNegotiated));
+    drop(conn);
+
+    controller.stop_handle().stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.is_finished() {
+        assert!(Instant::now() < deadline, "serve did not return");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.join().unwrap();
+}
+
+/// A driver that negotiated EVENT_IDX and then puts an impossible index in its
+/// available ring (more entries than the ring holds) gets that queue ignored; the
+/// thread that serves it goes on serving the others (here the control queue of
+/// the same thread) instead of looking at the broken ring forever.
+#[test]
+fn a_broken_available_index_does_not_hold_the_queue_thread() {
+    use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+    let (_dir, sock, controller, server) = start(Arc::new(RamBackend::new(1 << 20)), 1);
+    let g = Guest::new();
+    let conn = connect_with(&sock, &g, 3, 1 << VIRTIO_RING_F_EVENT_IDX);
+    let vq = g.queue(2);
+    post_read(&g, &vq, 0, 1);
+    conn.kicks[2].write(1).unwrap();
+    wait_used(&vq, 1);
+    // Sixteen more chains than a 16-entry ring can hold.
+    vq.avail().idx().store(1 + 2 * QSIZE);
+    conn.kicks[2].write(1).unwrap();
+
+    // The control queue is served by the same thread.
+    let cq = g.queue(0);
+    let (tmf_req, tmf_resp) = (0x30_0000u64, 0x30_1000u64);
+    let req = vhost_target::wire::CtrlReq::encode_tmf(
+        virtio_bindings::virtio_scsi::VIRTIO_SCSI_T_TMF_ABORT_TASK,
+        LunAddr::encode(0, 0),
+        99,
+    );
+    g.mem.write_slice(&req, GuestAddress(tmf_req)).unwrap();
+    g.mem.write_slice(&[0xee], GuestAddress(tmf_resp)).unwrap();
+    let descs = [
+        SplitDescriptor::new(tmf_req, req.len() as u32, VRING_DESC_F_NEXT as u16, 1),
+        SplitDescriptor::new(tmf_resp, 1, VRING_DESC_F_WRITE as u16, 0),
+    ];
+    let raw: Vec<RawDescriptor> = descs.iter().map(|d| RawDescriptor::from(*d)).collect();
+    cq.add_desc_chains(&raw, 0).unwrap();
+    conn.kicks[0].write(1).unwrap();
+    wait_used(&cq, 1);
+    let mut b = [0u8; 1];
+    g.mem.read_slice(&mut b, GuestAddress(tmf_resp)).unwrap();
+    assert_eq!(b[0], 0, "FUNCTION COMPLETE (no such task)");
+    assert_eq!(
+        vq.used().idx().load(),
+        1,
+        "nothing taken from the broken ring"
+    );
     drop(conn);
     controller.stop_handle().stop();
     let deadline = Instant::now() + Duration::from_secs(10);
