@@ -85,9 +85,7 @@ unsafe fn read_cached(fd: i32, iovecs: &[libc::iovec], offset: u64) -> Cached {
         Ok(n) if n == total => Cached::All(n),
         Ok(_) => Cached::Miss,
         Err(_) => match io::Error::last_os_error().raw_os_error() {
-            Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ENOSYS) => {
-                Cached::Unsupported
-            }
+            Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ENOSYS) => Cached::Unsupported,
             _ => Cached::Miss,
         },
     }

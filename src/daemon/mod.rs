@@ -77,7 +77,6 @@ struct TargetObj {
 
 struct VhostObj {
     raw: RawVhostScsi,
-    luns: Arc<LunMap>,
     controller: Arc<VhostScsiController>,
     stop: StopHandle,
     thread: Option<JoinHandle<()>>,
@@ -407,7 +406,14 @@ impl Daemon {
             unmap_all(&mut o.raw.luns, &o.luns, name);
         }
         for o in st.vhost.values_mut() {
-            unmap_all(&mut o.raw.luns, &o.luns, name);
+            let controller = &o.controller;
+            o.raw.luns.retain(|m| {
+                if m.get_ref().lun != name {
+                    return true;
+                }
+                let _ = controller.detach_lun(m.get_ref().id);
+                false
+            });
         }
         st.luns.remove(name);
         self.registry.remove(name);
@@ -806,7 +812,6 @@ impl Daemon {
             def.name,
             VhostObj {
                 raw,
-                luns,
                 controller,
                 stop,
                 thread: Some(thread),
@@ -840,21 +845,19 @@ impl Daemon {
         if id > 255 {
             return Err(OpError::Invalid(format!("LUN number {id} is above 255")));
         }
-        map_change(
-            &mut o.raw.luns,
-            id,
-            lun,
-            &format!("vhost controller {name:?}"),
-        )?;
-        match l {
-            Some(l) => {
-                o.luns.insert(id, l);
-            }
-            None => {
-                o.luns.remove(id);
-            }
+        let mut raw = o.raw.luns.clone();
+        map_change(&mut raw, id, lun, &format!("vhost controller {name:?}"))?;
+        // Through the controller: a connected guest hears of it on its event
+        // queue (hotplug), and the LUN's capacity changes reach it.
+        let posted = match l {
+            Some(l) => o.controller.attach_lun(id, l),
+            None => o.controller.detach_lun(id).map(|(_, p)| p),
         }
-        Ok(vhost_json(&o.raw, &o.controller))
+        .map_err(|e| OpError::Invalid(e.to_string()))?;
+        o.raw.luns = raw;
+        let mut v = vhost_json(&o.raw, &o.controller);
+        v["event"] = json!(format!("{posted:?}"));
+        Ok(v)
     }
 
     pub fn list_vhost(&self) -> Value {
