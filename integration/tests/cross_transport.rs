@@ -6,14 +6,13 @@
 //!   equals the one libiscsi's `iscsi-inq` reads over iSCSI.
 //! - Data: what QEMU's iSCSI driver (`qemu-io`) wrote before the guest booted, the
 //!   guest reads; what the guest wrote, `qemu-img` reads over iSCSI byte for byte.
-//! - Reservations: an iSCSI initiator (a minimal one below, on the iscsi crate's
-//!   PDU codec: libiscsi's tools cannot send PERSISTENT RESERVE OUT and sg_persist
-//!   needs a kernel initiator) registers and takes a WRITE EXCLUSIVE reservation
+//! - Reservations: an iSCSI initiator (the iscsi crate's test initiator:
+//!   libiscsi's tools cannot send PERSISTENT RESERVE OUT and sg_persist needs a
+//!   kernel initiator) registers and takes a WRITE EXCLUSIVE reservation
 //!   while the guest runs; its write of a marker reaches the guest, and the
 //!   guest's own write fails with RESERVATION CONFLICT.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -146,17 +145,11 @@ fn lu_designators(page: &[u8]) -> Vec<(u8, Vec<u8>)> {
 /// A minimal iSCSI initiator over one TCP connection: login straight into the
 /// operational stage (no security), then SCSI commands whose data-out fits in
 /// immediate data. Enough to send PERSISTENT RESERVE OUT and a small WRITE.
+/// The iscsi crate's test initiator, with the shape these tests use.
 mod initiator {
     use super::*;
-    use iscsi::pdu::{pad4, Isid, LoginRequest, Pdu, ScsiCommand, Stage, TaskAttribute, BHS_LEN};
-    use iscsi::text::{self, Pairs};
 
-    pub struct Initiator {
-        stream: TcpStream,
-        itt: u32,
-        cmd_sn: u32,
-        exp_stat_sn: u32,
-    }
+    pub struct Initiator(iscsi::initiator::Initiator);
 
     /// A command's SCSI status and sense data.
     #[derive(Debug)]
@@ -167,146 +160,22 @@ mod initiator {
 
     impl Initiator {
         pub fn login(addr: SocketAddr, initiator: &str, target: &str) -> Self {
-            let stream =
-                TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect");
-            stream
-                .set_read_timeout(Some(Duration::from_secs(30)))
-                .expect("timeout");
-            let mut me = Initiator {
-                stream,
-                itt: 1,
-                cmd_sn: 1,
-                exp_stat_sn: 0,
-            };
-            let mut keys = Pairs::default();
-            for (k, v) in [
-                ("InitiatorName", initiator),
-                ("TargetName", target),
-                ("SessionType", "Normal"),
-                ("HeaderDigest", "None"),
-                ("DataDigest", "None"),
-                ("ImmediateData", "Yes"),
-            ] {
-                keys.push(k, v);
-            }
-            let mut data = keys.encode();
-            let mut agreed = Pairs::default();
-            for _round in 0..4 {
-                let req = Pdu::LoginRequest(LoginRequest {
-                    transit: Some(Stage::FullFeature),
-                    continue_: false,
-                    csg: Stage::Operational,
-                    version_max: 0,
-                    version_min: 0,
-                    data_segment_len: u32::try_from(data.len()).expect("login data"),
-                    isid: Isid([0x80, 0, 0x23, 0x45, 0, 1]),
-                    tsih: 0,
-                    itt: 0,
-                    cid: 0,
-                    cmd_sn: me.cmd_sn,
-                    exp_stat_sn: me.exp_stat_sn,
-                });
-                me.send(&req, &data);
-                let (pdu, resp_data) = me.recv();
-                let Pdu::LoginResponse(r) = pdu else {
-                    panic!("login answered with {pdu:?}");
-                };
-                assert!(r.status.is_success(), "login refused: {:?}", r.status);
-                me.exp_stat_sn = r.stat_sn.wrapping_add(1);
-                for (k, v) in text::parse(&resp_data).expect("login keys").iter() {
-                    agreed.push(k, v);
-                }
-                if r.transit == Some(Stage::FullFeature) {
-                    assert_ne!(
-                        agreed.get("ImmediateData"),
-                        Some("No"),
-                        "this initiator needs immediate data"
-                    );
-                    return me;
-                }
-                data = Vec::new();
-            }
-            panic!("the target did not move to full feature phase: {agreed:?}");
+            let mut cfg = iscsi::initiator::InitiatorConfig::new(initiator, target);
+            cfg.timeout = Duration::from_secs(30);
+            Initiator(iscsi::initiator::Initiator::connect(addr, cfg).expect("login"))
         }
 
-        fn send(&mut self, pdu: &Pdu, data: &[u8]) {
-            let mut buf = pdu.to_bytes().expect("encode").to_vec();
-            buf.extend_from_slice(data);
-            buf.resize(BHS_LEN + data.len() + pad4(data.len()), 0);
-            self.stream.write_all(&buf).expect("send");
-        }
-
-        fn recv(&mut self) -> (Pdu, Vec<u8>) {
-            let mut h = [0u8; BHS_LEN];
-            self.stream.read_exact(&mut h).expect("receive a header");
-            let ahs = usize::from(h[4]) * 4;
-            let len = usize::try_from(u32::from_be_bytes([0, h[5], h[6], h[7]])).expect("len");
-            let mut rest = vec![0u8; ahs + len + pad4(len)];
-            self.stream.read_exact(&mut rest).expect("receive data");
-            let pdu = Pdu::parse(&h).expect("parse a PDU");
-            (pdu, rest[ahs..ahs + len].to_vec())
-        }
-
-        /// Runs `cdb` on LUN 0 with `out` as immediate data-out (or none), reading
-        /// up to `in_len` bytes of data-in.
+        /// Any command on LUN 0: its status and sense, and the data read.
         pub fn command(&mut self, cdb: &[u8], out: &[u8], in_len: u32) -> (Status, Vec<u8>) {
-            let mut c = [0u8; 16];
-            c[..cdb.len()].copy_from_slice(cdb);
-            self.itt += 1;
-            let itt = self.itt;
-            let len = u32::try_from(out.len()).expect("data-out");
-            let pdu = Pdu::ScsiCommand(ScsiCommand {
-                immediate: false,
-                final_: true,
-                read: in_len > 0,
-                write: !out.is_empty(),
-                attr: TaskAttribute::Simple,
-                total_ahs_words: 0,
-                data_segment_len: len,
-                lun: [0; 8],
-                itt,
-                expected_data_len: if out.is_empty() { in_len } else { len },
-                cmd_sn: self.cmd_sn,
-                exp_stat_sn: self.exp_stat_sn,
-                cdb: c,
-            });
-            self.cmd_sn = self.cmd_sn.wrapping_add(1);
-            self.send(&pdu, out);
-            let mut data = Vec::new();
-            loop {
-                let (pdu, seg) = self.recv();
-                match pdu {
-                    Pdu::DataIn(d) if d.itt == itt => {
-                        data.extend_from_slice(&seg);
-                        if let Some(status) = d.status {
-                            self.exp_stat_sn = d.stat_sn.wrapping_add(1);
-                            return (
-                                Status {
-                                    status,
-                                    sense: Vec::new(),
-                                },
-                                data,
-                            );
-                        }
-                    }
-                    Pdu::ScsiResponse(r) if r.itt == itt => {
-                        self.exp_stat_sn = r.stat_sn.wrapping_add(1);
-                        // The sense data segment: a 2-byte length, then the sense.
-                        let sense = seg.get(2..).map(<[u8]>::to_vec).unwrap_or_default();
-                        return (
-                            Status {
-                                status: r.status,
-                                sense,
-                            },
-                            data,
-                        );
-                    }
-                    // NOP-In pings and asynchronous messages: not ours to answer
-                    // in a test this short.
-                    Pdu::NopIn(_) | Pdu::AsyncMessage(_) => {}
-                    other => panic!("unexpected PDU {other:?}"),
-                }
-            }
+            let len = usize::try_from(in_len).expect("length");
+            let r = self.0.command(0, cdb, out, len).expect("command");
+            (
+                Status {
+                    status: r.status,
+                    sense: r.sense,
+                },
+                r.data,
+            )
         }
     }
 
@@ -668,7 +537,7 @@ fn iscsi_inq_naa(out: &[u8]) -> Option<Vec<u8>> {
     Some(rest[..end].to_vec())
 }
 
-/// The minimal initiator against the server alone (no guest): login, a
+/// The test initiator against the server alone (no guest): login, a
 /// registration and reservation, and a conflicting write from a second session.
 #[test]
 fn minimal_initiator_reserves_over_iscsi() {
