@@ -137,6 +137,14 @@ fn portal(socket: &Path) -> SocketAddr {
         .expect("a listening portal")
 }
 
+/// A loopback port free right now (for the metrics listener's config).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 fn write_config(dir: &Path) -> (PathBuf, PathBuf) {
     let socket = dir.join("rpc.sock");
     let config = dir.join("oxtarget.toml");
@@ -146,6 +154,7 @@ fn write_config(dir: &Path) -> (PathBuf, PathBuf) {
         format!(
             r#"state_dir = "{state}"
 rpc_socket = "{socket}"
+metrics_listen = "127.0.0.1:{metrics}"
 
 [[backend]]
 name = "ram0"
@@ -164,6 +173,7 @@ luns = [{{ id = 0, lun = "lun0" }}]
 "#,
             state = dir.join("state").display(),
             socket = socket.display(),
+            metrics = free_port(),
         ),
     )
     .expect("config");
