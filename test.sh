@@ -26,6 +26,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --workspace --locked
 
+step "iSCSI benchmark smoke: oxtarget and tgtd serve the same loads"
+if [ "$(id -u)" = 0 ]; then integration/bench/iscsi-vs-tgtd.sh --smoke; else echo "skipped (needs root)"; fi
+
 if [ "$FUZZ_SECONDS" != 0 ]; then
     step "fuzz smoke (${FUZZ_SECONDS}s per target)"
     if ! cargo fuzz --version >/dev/null 2>&1; then
