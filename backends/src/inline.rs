@@ -1,7 +1,10 @@
 //! The completion queue of a backend whose operations finish inside `submit` (RAM,
-//! null): results wait here until the owner reaps them, and each one signals the
-//! thread's eventfd. (One signal per batch would save a syscall per operation; the
-//! owners' wake-up contract has to be settled first.)
+//! null): results wait here until the owner reaps them. Only the first completion
+//! of a batch (the queue going from empty to not empty) signals the thread's
+//! eventfd: a queue that is not empty has had its signal, and the owner's reap
+//! takes the whole queue, so one eventfd write per batch wakes it as surely as one
+//! per operation would — and a 4K I/O saves a syscall (write(2) to the eventfd was
+//! one in four of the iSCSI target's syscalls per command).
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -26,10 +29,13 @@ impl InlineQueue {
         })
     }
 
-    /// Records a finished operation.
+    /// Records a finished operation; signals if it is the first since the last reap.
     pub fn complete(&mut self, user_data: u64, result: Result<usize, IoError>) {
+        let first = self.done.is_empty();
         self.done.push(Completion { user_data, result });
-        let _ = self.notify.write(1);
+        if first {
+            let _ = self.notify.write(1);
+        }
     }
 
     pub fn reap(&mut self, out: &mut Vec<Completion>) {
@@ -47,12 +53,12 @@ mod tests {
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
     #[test]
-    fn each_completion_signals_and_reap_takes_all() {
+    fn first_completion_of_a_batch_signals_and_reap_takes_all() {
         let efd = EventFd::new(EFD_NONBLOCK).unwrap();
         let mut q = InlineQueue::new(&efd).unwrap();
         q.complete(1, Ok(512));
         q.complete(2, Ok(512));
-        assert_eq!(efd.read().unwrap(), 2, "one signal per completion");
+        assert_eq!(efd.read().unwrap(), 1, "one signal per batch");
         let mut out = Vec::new();
         q.reap(&mut out);
         assert_eq!(
@@ -60,7 +66,13 @@ mod tests {
             vec![1, 2]
         );
         assert_eq!(q.len(), 0);
+        // Nothing is signalled while the queue is empty.
+        assert!(efd.read().is_err());
+        // After a reap the next completion signals again, even if the signal of
+        // the last batch was never read.
         q.complete(3, Ok(0));
-        assert_eq!(efd.read().unwrap(), 1);
+        q.reap(&mut out);
+        q.complete(4, Ok(0));
+        assert_eq!(efd.read().unwrap(), 2);
     }
 }
