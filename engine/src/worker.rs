@@ -639,6 +639,14 @@ impl Worker {
     /// finished to `out`. Never blocks.
     pub fn poll(&mut self, out: &mut Vec<Event>) {
         let _ = self.notify.read();
+        self.poll_more(out);
+    }
+
+    /// `poll` without consuming the eventfd's signal, for a second call in the same
+    /// turn of the caller's loop (after handling what the first returned): it saves
+    /// a read(2) that would find nothing, and a signal that arrived since stays for
+    /// the caller's next (level-triggered) wait.
+    pub fn poll_more(&mut self, out: &mut Vec<Event>) {
         for round in 0.. {
             if round == MAX_POLL_ROUNDS {
                 // Backends that complete inline (RAM, null) keep a long job (a

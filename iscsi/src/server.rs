@@ -1131,8 +1131,12 @@ impl WorkerLoop {
     /// Engine completions to their sessions.
     fn engine(&mut self) {
         // Bounded: completions can only come from commands we submitted.
-        for _ in 0..64 {
-            self.worker.poll(&mut self.events);
+        for i in 0..64 {
+            if i == 0 {
+                self.worker.poll(&mut self.events);
+            } else {
+                self.worker.poll_more(&mut self.events);
+            }
             if self.events.is_empty() {
                 break;
             }
