@@ -688,10 +688,14 @@ impl Worker {
         out.append(&mut self.ready);
     }
 
-    /// Blocks up to `timeout_ms` for the eventfd, then polls. For tests and simple
-    /// transports without their own epoll loop.
+    /// Polls; if nothing finished, blocks up to `timeout_ms` for the eventfd and
+    /// polls again. For tests and simple transports without their own epoll loop.
     pub fn wait(&mut self, timeout_ms: i32, out: &mut Vec<Event>) {
-        if self.ready.is_empty() {
+        // Operations of inline backends (RAM, null) finish inside `submit` and are
+        // not signalled: polling first reaps them.
+        let before = out.len();
+        self.poll_more(out);
+        if out.len() == before {
             let mut pfd = libc::pollfd {
                 fd: self.notify.as_raw_fd(),
                 events: libc::POLLIN,

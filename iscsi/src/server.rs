@@ -857,16 +857,19 @@ impl WorkerLoop {
 
     fn run(&mut self) {
         let mut evs = vec![EpollEvent::default(); 64];
+        let mut busy = false;
         while !self.shared.stop.load(Ordering::Acquire) {
-            let n = match self.epoll.wait(200, &mut evs) {
+            // The engine had more when `engine` stopped: look again at once.
+            let n = match self.epoll.wait(if busy { 0 } else { 200 }, &mut evs) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => 0,
                 Err(_) => break,
             };
+            let mut signalled = false;
             for ev in &evs[..n] {
                 match ev.data() {
                     KEY_INBOX => self.inbox(),
-                    KEY_ENGINE => {}
+                    KEY_ENGINE => signalled = true,
                     key => {
                         let id = u32::try_from(key).unwrap_or(0);
                         let set = ev.event_set();
@@ -881,9 +884,9 @@ impl WorkerLoop {
                     }
                 }
             }
-            self.engine();
+            busy = self.engine(signalled);
             self.timers();
-            self.reap();
+            busy |= self.reap();
         }
         let ids: Vec<u32> = self.conns.keys().copied().collect();
         for id in ids {
@@ -1128,17 +1131,20 @@ impl WorkerLoop {
         Ok(())
     }
 
-    /// Engine completions to their sessions.
-    fn engine(&mut self) {
+    /// Engine completions to their sessions. Called after every turn that may
+    /// have submitted commands: inline backends (RAM, null) complete inside
+    /// `submit` without signalling. The eventfd is read only when epoll reported
+    /// it (`signalled`). Returns whether the engine may have more.
+    fn engine(&mut self, signalled: bool) -> bool {
         // Bounded: completions can only come from commands we submitted.
         for i in 0..64 {
-            if i == 0 {
+            if i == 0 && signalled {
                 self.worker.poll(&mut self.events);
             } else {
                 self.worker.poll_more(&mut self.events);
             }
             if self.events.is_empty() {
-                break;
+                return false;
             }
             let evs = std::mem::take(&mut self.events);
             for ev in evs {
@@ -1158,6 +1164,7 @@ impl WorkerLoop {
                 self.result(id, r);
             }
         }
+        true
     }
 
     fn timers(&mut self) {
@@ -1188,7 +1195,9 @@ impl WorkerLoop {
     }
 
     /// Moves session output to the sockets; closes connections that are done.
-    fn reap(&mut self) {
+    /// Returns whether the engine may have more (see `engine`).
+    fn reap(&mut self) -> bool {
+        let mut busy = false;
         let ids: Vec<u32> = self.conns.keys().copied().collect();
         for id in ids {
             let r = self.flush(id);
@@ -1201,10 +1210,13 @@ impl WorkerLoop {
             if backlog {
                 let r = self.read(id);
                 self.result(id, r);
+                // What the read submitted may have completed inline, unsignalled.
+                busy |= self.engine(false);
                 let r = self.flush(id);
                 self.result(id, r);
             }
         }
+        busy
     }
 
     fn flush(&mut self, id: u32) -> Result<(), ConnError> {
