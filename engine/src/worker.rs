@@ -6,6 +6,7 @@
 //! threads reach this one only through its mailbox (task set wake-ups, aborts).
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 
@@ -130,7 +131,7 @@ pub struct Worker {
     gens: Vec<u32>,
     free: Vec<u32>,
     /// Backend channels of this thread by LUN uid, with the backend's DMA alignment.
-    channels: HashMap<u64, (Box<dyn IoChannel>, usize)>,
+    channels: IdMap<u64, (Box<dyn IoChannel>, usize)>,
     ready: Vec<Event>,
     iovs: Vec<libc::iovec>,
     reaped: Vec<Completion>,
@@ -140,8 +141,34 @@ pub struct Worker {
     deferred: Vec<SlotRef>,
     /// (nexus id, LUN uid) pairs that have had their first command here: their
     /// unit attention check takes no lock while the LUN has none pending.
-    known: HashSet<(u64, u64)>,
+    known: IdSet<(u64, u64)>,
 }
+
+/// A hasher for the worker's own ids (LUN uids, nexus ids: counters this process
+/// hands out, never chosen by a peer), looked up several times per command:
+/// multiply-rotate instead of SipHash, which guards against keys an attacker
+/// picks and costs more than the rest of the lookup.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+type IdSet<K> = HashSet<K, BuildHasherDefault<IdHasher>>;
 
 /// Why a worker could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -164,14 +191,14 @@ impl Worker {
             slots: Vec::new(),
             gens: Vec::new(),
             free: Vec::new(),
-            channels: HashMap::new(),
+            channels: IdMap::default(),
             ready: Vec::new(),
             iovs: Vec::new(),
             reaped: Vec::new(),
             tmfs: HashMap::new(),
             next_tmf: 1,
             deferred: Vec::new(),
-            known: HashSet::new(),
+            known: IdSet::default(),
         })
     }
 

@@ -975,6 +975,8 @@ impl WorkerLoop {
     fn read(&mut self, id: u32) -> Result<(), ConnError> {
         let limit = self.shared.cfg.max_queued_output;
         let mut reads = READS_PER_EVENT;
+        // One clock read per readiness event, not per PDU (timers need no finer).
+        let now = Instant::now();
         loop {
             let Some(c) = self.conns.get_mut(&id) else {
                 return Ok(());
@@ -982,7 +984,6 @@ impl WorkerLoop {
             if c.closing || c.wq_bytes > limit {
                 return Ok(());
             }
-            let now = Instant::now();
             match c
                 .rx
                 .poll(&mut &c.stream, &mut reads, now)
