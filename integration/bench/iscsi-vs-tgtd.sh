@@ -87,8 +87,8 @@ ls /usr/lib/x86_64-linux-gnu/qemu/block-iscsi.so /usr/lib/*/qemu/block-iscsi.so 
     >/dev/null 2>&1 || missing+=(qemu-block-extra)
 if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]}"
-    # Without systemd the tgt package's service does not start; with it, stop it
-    # again: this script runs its own tgtd on its own ports.
+    # A tgt service the package may start keeps to its own port (3260) and
+    # management socket; this script runs its own tgtd on others.
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" >&2
 fi
 
@@ -144,8 +144,10 @@ OX_URL=iscsi://127.0.0.1:$OX_PORT/$OX_IQN/0
 
 # --- tgtd --------------------------------------------------------------------------
 TGT_PORT=$(free_port)
-# Its own management socket (/var/run/tgtd/socket.N), not a system tgtd's.
+while [ "$TGT_PORT" = "$OX_PORT" ]; do TGT_PORT=$(free_port); done
+# Its own management socket (/var/run/tgtd/socket.N), not another tgtd's.
 TGT_CTL=$(shuf -i 1000-9999 -n 1)
+while [ -e "/var/run/tgtd/socket.$TGT_CTL" ]; do TGT_CTL=$(shuf -i 1000-9999 -n 1); done
 TGT_IQN=iqn.2026-11.org.oxtarget:tgtd-bench
 mkdir -p /var/run/tgtd
 tgtd -f -C "$TGT_CTL" --iscsi "portal=127.0.0.1:$TGT_PORT" >"$WORK/tgtd.log" 2>&1 &
