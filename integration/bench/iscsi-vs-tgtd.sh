@@ -82,6 +82,7 @@ missing=()
 command -v tgtd >/dev/null && command -v tgtadm >/dev/null || missing+=(tgt)
 command -v iscsi-perf >/dev/null || missing+=(libiscsi-bin)
 command -v qemu-img >/dev/null || missing+=(qemu-utils)
+command -v ss >/dev/null || missing+=(iproute2)
 # qemu-img's iSCSI driver is a module in qemu-block-extra.
 ls /usr/lib/x86_64-linux-gnu/qemu/block-iscsi.so /usr/lib/*/qemu/block-iscsi.so \
     >/dev/null 2>&1 || missing+=(qemu-block-extra)
