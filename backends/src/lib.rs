@@ -113,7 +113,9 @@ pub trait Backend: Send + Sync {
 
     /// Opens this thread's channel. `notify` is the thread's eventfd: the channel
     /// signals it (it may `try_clone` it) when a completion is ready to be reaped. Many
-    /// channels of one thread share one eventfd.
+    /// channels of one thread share one eventfd. A channel whose operations complete
+    /// inside `submit` (RAM, null) does not signal: its owner reaps after each batch
+    /// of submissions.
     fn open_channel(&self, notify: &EventFd) -> Result<Box<dyn IoChannel>, BackendError>;
 
     /// The state of the range starting at `offset`: the first extent, which may run

@@ -355,11 +355,9 @@ impl IoChannel for UringChannel {
             match unsafe { read_cached(self.target.raw_fd(), iovecs, offset) } {
                 Cached::All(n) => {
                     // A page-cache hit completes here: no SQE, no kernel worker,
-                    // one syscall. The eventfd is written once per batch.
+                    // one syscall. Like the inline backends' completions it is not
+                    // signalled: the owner reaps after each batch of submissions.
                     self.in_flight += 1;
-                    if self.ready.is_empty() {
-                        let _ = self.notify.write(1);
-                    }
                     self.ready.push(Completion {
                         user_data,
                         result: Ok(n),

@@ -84,6 +84,12 @@ impl UnitAttentions {
     /// The first command of a nexus gets POWER ON, RESET, OR BUS DEVICE RESET
     /// OCCURRED (SAM-5 6.3.2): this registers the nexus and queues it.
     fn first_contact(&self, inner: &mut Inner, key: &NexusKey) {
+        // Looked up before it is cloned: this runs for every command while any
+        // condition is pending on the LUN (one left for a nexus that is gone is
+        // enough), and cloning the key allocates.
+        if inner.seen.contains(key) {
+            return;
+        }
         if inner.seen.insert(key.clone()) {
             Self::push(
                 inner,

@@ -6,6 +6,7 @@
 //! threads reach this one only through its mailbox (task set wake-ups, aborts).
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -135,7 +136,7 @@ pub struct Worker {
     gens: Vec<u32>,
     free: Vec<u32>,
     /// Backend channels of this thread by LUN uid, with the backend's DMA alignment.
-    channels: HashMap<u64, (Box<dyn IoChannel>, usize)>,
+    channels: IdMap<u64, (Box<dyn IoChannel>, usize)>,
     ready: Vec<Event>,
     iovs: Vec<libc::iovec>,
     reaped: Vec<Completion>,
@@ -145,8 +146,34 @@ pub struct Worker {
     deferred: Vec<SlotRef>,
     /// (nexus id, LUN uid) pairs that have had their first command here: their
     /// unit attention check takes no lock while the LUN has none pending.
-    known: HashSet<(u64, u64)>,
+    known: IdSet<(u64, u64)>,
 }
+
+/// A hasher for the worker's own ids (LUN uids, nexus ids: counters this process
+/// hands out, never chosen by a peer), looked up several times per command:
+/// multiply-rotate instead of SipHash, which guards against keys an attacker
+/// picks and costs more than the rest of the lookup.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+type IdSet<K> = HashSet<K, BuildHasherDefault<IdHasher>>;
 
 /// Why a worker could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -169,14 +196,14 @@ impl Worker {
             slots: Vec::new(),
             gens: Vec::new(),
             free: Vec::new(),
-            channels: HashMap::new(),
+            channels: IdMap::default(),
             ready: Vec::new(),
             iovs: Vec::new(),
             reaped: Vec::new(),
             tmfs: HashMap::new(),
             next_tmf: 1,
             deferred: Vec::new(),
-            known: HashSet::new(),
+            known: IdSet::default(),
         })
     }
 
@@ -664,6 +691,14 @@ impl Worker {
     /// finished to `out`. Never blocks.
     pub fn poll(&mut self, out: &mut Vec<Event>) {
         let _ = self.notify.read();
+        self.poll_more(out);
+    }
+
+    /// `poll` without consuming the eventfd's signal, for a second call in the same
+    /// turn of the caller's loop (after handling what the first returned): it saves
+    /// a read(2) that would find nothing, and a signal that arrived since stays for
+    /// the caller's next (level-triggered) wait.
+    pub fn poll_more(&mut self, out: &mut Vec<Event>) {
         for round in 0.. {
             if round == MAX_POLL_ROUNDS {
                 // Backends that complete inline (RAM, null) keep a long job (a
@@ -705,10 +740,14 @@ impl Worker {
         out.append(&mut self.ready);
     }
 
-    /// Blocks up to `timeout_ms` for the eventfd, then polls. For tests and simple
-    /// transports without their own epoll loop.
+    /// Polls; if nothing finished, blocks up to `timeout_ms` for the eventfd and
+    /// polls again. For tests and simple transports without their own epoll loop.
     pub fn wait(&mut self, timeout_ms: i32, out: &mut Vec<Event>) {
-        if self.ready.is_empty() {
+        // Operations of inline backends (RAM, null) finish inside `submit` and are
+        // not signalled: polling first reaps them.
+        let before = out.len();
+        self.poll_more(out);
+        if out.len() == before {
             let mut pfd = libc::pollfd {
                 fd: self.notify.as_raw_fd(),
                 events: libc::POLLIN,

@@ -1,8 +1,9 @@
 //! Serves RAM LUNs over iSCSI on 127.0.0.1 until killed, for running initiators
 //! (libiscsi's iscsi-test-cu, qemu-img) by hand:
 //! `cargo run -p oxtarget-iscsi --example serve -- PORT [LUNS] [MIB] [removable]
-//! [readonly] [r2t] [sanitize-secs=N]` (`r2t`: InitialR2T=Yes, no immediate
-//! data, 64 KiB bursts, so that writes go through R2T and Data-Out).
+//! [readonly] [r2t] [null] [sanitize-secs=N]` (`r2t`: InitialR2T=Yes, no immediate
+//! data, 64 KiB bursts, so that writes go through R2T and Data-Out; `null`: null
+//! LUNs that read zeroes and drop writes, for `integration/bench/iscsi-vs-tgtd.sh`).
 //!
 //! Two settings are made for libiscsi's conformance suite (`iscsi-test-cu`):
 //! - a SANITIZE is paced to take `sanitize-secs` (default 8, 0: unpaced) for
@@ -33,6 +34,9 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(8);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    if flags.iter().any(|f| f == "null") {
+        null_server::serve(addr, luns, mib, r2t);
+    }
     let server = common::start_custom(
         addr,
         luns,
@@ -61,5 +65,68 @@ fn main() {
     );
     loop {
         std::thread::park();
+    }
+}
+
+/// Null LUNs (`null` flag): the target `common::start_custom` builds, with a
+/// `NullBackend` under each LUN so that a benchmark measures the target, not storage.
+mod null_server {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use backends::null::NullBackend;
+    use engine::{Lun, LunConfig, LunMap, LunRegistry, Protocol, TargetPort};
+    use iscsi::server::{Server, ServerConfig, Target};
+
+    use super::common::IQN;
+
+    pub fn serve(addr: SocketAddr, luns: usize, mib: u64, r2t: bool) -> ! {
+        let registry = LunRegistry::new();
+        let map = LunMap::new();
+        for i in 0..luns {
+            let mut uuid = [0x4eu8; 16];
+            uuid[15] = u8::try_from(i).expect("at most 256 LUNs");
+            uuid[6] = 0x40;
+            let cfg = LunConfig::new(&format!("null{i}"), uuid);
+            let lun = Lun::new(cfg, Arc::new(NullBackend::new(mib << 20))).expect("null LUN");
+            registry.add(lun.clone());
+            map.insert(i as u64, lun);
+        }
+        let target = Target {
+            name: IQN.to_string(),
+            alias: Some("oxtarget null".into()),
+            portals: vec![addr],
+            portal_group_tag: 1,
+            port: Arc::new(TargetPort {
+                name: format!("{IQN},t,0x0001"),
+                protocol: Protocol::Iscsi,
+                relative_id: 1,
+                group_id: 1,
+            }),
+            luns: map,
+            acl: Vec::new(),
+            chap: None,
+            chap_required: false,
+        };
+        let mut cfg = ServerConfig {
+            targets: vec![target],
+            workers: 2,
+            ..ServerConfig::default()
+        };
+        if r2t {
+            cfg.policy.initial_r2t = true;
+            cfg.policy.immediate_data = false;
+            cfg.policy.max_burst_length = 64 * 1024;
+            cfg.policy.max_recv_data_segment_length = 16 * 1024;
+            cfg.policy.max_outstanding_r2t = 4;
+        }
+        let server = Server::start(cfg, registry).expect("server starts");
+        println!(
+            "serving iscsi://{}/{IQN}/0 ({luns} null LUNs of {mib} MiB)",
+            server.local_addrs()[0]
+        );
+        loop {
+            std::thread::park();
+        }
     }
 }
