@@ -214,8 +214,10 @@ pub enum VhostCmd {
     /// Creates a controller listening on a socket.
     Create {
         name: String,
-        #[arg(long)]
-        socket: String,
+        /// The Unix socket QEMU connects to (an absolute path).
+        #[arg(value_name = "SOCKET")]
+        listen: String,
+        /// Request queues (QEMU's num_queues).
         #[arg(long)]
         queues: Option<u32>,
         /// ID=LUN, repeatable.
@@ -498,7 +500,7 @@ fn request(g: Group) -> Result<(String, Value, Show), CliError> {
         Group::Vhost(c) => match c {
             VhostCmd::Create {
                 name,
-                socket,
+                listen: socket,
                 queues,
                 luns,
             } => {

@@ -109,3 +109,15 @@ fn main() -> ExitCode {
         Command::Client(g) => cli::run(&serve::socket_path(cli.socket.as_deref()), cli.json, g),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command's arguments are consistent (clap checks names, ids and
+    /// global flags against each subcommand; a clash panics at run time).
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

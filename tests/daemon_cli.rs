@@ -293,6 +293,17 @@ fn cli_changes_a_running_daemon_and_a_restart_finds_them() {
     assert_eq!(st, 0, "RESERVE: {sense:02x?}");
     drop(pr);
 
+    // A vhost controller with the file LUN, created on the running daemon.
+    let vsock = dir.path().join("vm1.sock");
+    let vsock_s = vsock.display().to_string();
+    cli(
+        &socket,
+        &[
+            "vhost", "create", "vm1", &vsock_s, "--queues", "2", "--lun", "0=disk1",
+        ],
+    );
+    assert!(vsock.exists(), "the controller listens");
+
     let before = cli_json(&socket, &["lun", "list"]);
     cli(&socket, &["config", "save"]);
     let status = d.terminate();
@@ -302,6 +313,11 @@ fn cli_changes_a_running_daemon_and_a_restart_finds_them() {
     let p = portal(&socket);
     let after = cli_json(&socket, &["lun", "list"]);
     assert_eq!(after, before, "LUNs (identity, size) after restart");
+    let v = cli_json(&socket, &["vhost", "list"]);
+    assert_eq!(v[0]["name"], "vm1", "{v}");
+    assert_eq!(v[0]["queues"], 2, "{v}");
+    assert_eq!(v[0]["luns"][0]["lun"], "disk1", "{v}");
+    assert!(vsock.exists(), "the restored controller listens");
     let t = cli_json(&socket, &["iscsi", "target", "list"]);
     assert_eq!(t[0]["luns"].as_array().map(Vec::len), Some(2), "{t}");
     assert_eq!(t[0]["acl"].as_array().map(Vec::len), Some(3), "{t}");
