@@ -1,27 +1,32 @@
-//! vhost-loadgen: a host-side vhost-user-scsi frontend that drives READ/WRITE
-//! commands at a backend with no guest, and reports IOPS, MB/s and latency.
+//! vhost-loadgen: a host-side vhost-user-scsi or vhost-user-blk frontend that
+//! drives reads and writes at a backend with no guest, and reports IOPS, MB/s and
+//! latency.
 //!
 //! ```text
-//! vhost-loadgen --socket PATH [--rw randread|randwrite|read|write] [--bs 4k]
+//! vhost-loadgen --socket PATH [--device scsi|blk] [--rw randread|randwrite|read|write] [--bs 4k]
 //!     [--qd 1] [--queues 1] [--time 10] [--count N] [--span BYTES]
 //!     [--queue-size 128] [--no-event-idx] [--cdb16] [--target 0] [--lun 0] [--seed N]
 //! ```
 //!
-//! `--qd` is the number of commands outstanding over all request queues. The run
-//! stops after `--time` seconds or `--count` commands, whichever comes first. The
-//! last line is machine-readable (`RESULT key=value ...`). Every response is
-//! checked (virtio response OK, status GOOD, no residual); the exit status is 1 if
-//! any failed, 2 on bad arguments.
+//! `--device scsi` (the default) sends SCSI READ/WRITE on virtio-scsi request
+//! queues 2.. (`--target`, `--lun`, `--cdb16` apply); `--device blk` sends
+//! virtio-blk IN/OUT requests on queues 0.., after reading the capacity and block
+//! size with GET_CONFIG, and ends a write run with a FLUSH when the device offers
+//! one. `--qd` is the number of commands outstanding over all request queues. The
+//! run stops after `--time` seconds or `--count` commands, whichever comes first.
+//! The last line is machine-readable (`RESULT key=value ...`). Every response is
+//! checked (scsi: virtio response OK, status GOOD, no residual; blk: status OK);
+//! the exit status is 1 if any failed, 2 on bad arguments.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use integration::vhost_frontend::device::FIXED_QUEUES;
-use integration::vhost_frontend::{Device, DeviceConfig, Driver, Job, Pattern};
+use integration::vhost_frontend::{Device, DeviceConfig, DeviceKind, Driver, Job, Pattern};
 
 struct Args {
     socket: PathBuf,
+    kind: DeviceKind,
     job: Job,
     queues: usize,
     queue_size: u16,
@@ -30,7 +35,8 @@ struct Args {
     lun: u16,
 }
 
-const USAGE: &str = "usage: vhost-loadgen --socket PATH [--rw randread|randwrite|read|write] \
+const USAGE: &str = "usage: vhost-loadgen --socket PATH [--device scsi|blk] \
+[--rw randread|randwrite|read|write] \
 [--bs 4k] [--qd 1] [--queues 1] [--time 10] [--count N] [--span BYTES] [--queue-size 128] \
 [--no-event-idx] [--cdb16] [--target 0] [--lun 0] [--seed N]";
 
@@ -48,6 +54,7 @@ fn parse_size(s: &str) -> Option<u64> {
 
 fn parse(argv: &[String]) -> Result<Args, String> {
     let mut socket = None;
+    let mut kind = DeviceKind::Scsi;
     let mut job = Job {
         write: false,
         pattern: Pattern::Random,
@@ -70,6 +77,14 @@ fn parse(argv: &[String]) -> Result<Args, String> {
         let bad = |v: &str| format!("{a}: bad value {v:?}");
         match a.as_str() {
             "--socket" => socket = Some(PathBuf::from(val()?)),
+            "--device" => {
+                let v = val()?;
+                kind = match v.as_str() {
+                    "scsi" => DeviceKind::Scsi,
+                    "blk" => DeviceKind::Blk,
+                    _ => return Err(bad(v)),
+                }
+            }
             "--rw" => {
                 let v = val()?;
                 (job.write, job.pattern) = match v.as_str() {
@@ -137,6 +152,7 @@ fn parse(argv: &[String]) -> Result<Args, String> {
     let socket = socket.ok_or_else(|| format!("--socket is required\n{USAGE}"))?;
     Ok(Args {
         socket,
+        kind,
         job,
         queues,
         queue_size,
@@ -155,6 +171,7 @@ fn run(a: &Args) -> Result<bool, String> {
     let dev = Device::connect(
         &a.socket,
         &DeviceConfig {
+            kind: a.kind,
             request_queues: a.queues,
             queue_size: a.queue_size,
             event_idx: a.event_idx,
@@ -165,13 +182,19 @@ fn run(a: &Args) -> Result<bool, String> {
     let event_idx = dev.event_idx();
     let backend_queues = dev.backend_queues;
     let mut drv = Driver::new(dev, a.target, a.lun, slots, data).map_err(|e| e.to_string())?;
+    let features = drv.device().features;
     let (blocks, block_len) = drv.prepare().map_err(|e| e.to_string())?;
     eprintln!(
-        "vhost-loadgen: {}: {} request queues of {} (device has {}), event_idx {}, LUN {} blocks of {} bytes",
+        "vhost-loadgen: {} {}: {} request queues of {} (device has {}), features {:#x}, event_idx {}, {} blocks of {} bytes",
+        match a.kind {
+            DeviceKind::Scsi => "scsi",
+            DeviceKind::Blk => "blk",
+        },
         a.socket.display(),
         a.queues,
         a.queue_size,
-        backend_queues.saturating_sub(FIXED_QUEUES as u64),
+        backend_queues.saturating_sub(a.kind.fixed_queues() as u64),
+        features,
         event_idx,
         blocks,
         block_len
@@ -179,6 +202,10 @@ fn run(a: &Args) -> Result<bool, String> {
     let r = drv
         .run(&a.job, blocks, block_len)
         .map_err(|e| e.to_string())?;
+    // A write run ends as a guest's fsync would; a failed FLUSH fails the run.
+    if a.job.write && drv.flush().map_err(|e| e.to_string())? {
+        eprintln!("vhost-loadgen: FLUSH: OK");
+    }
     // Stop the rings as QEMU does at VM stop: answered once the backend is idle.
     drv.device().stop().map_err(|e| e.to_string())?;
     let us = |ns: Option<u64>| ns.map_or(0.0, |v| v as f64 / 1000.0);

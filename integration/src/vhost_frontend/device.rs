@@ -1,19 +1,25 @@
-//! A vhost-user-scsi device seen from the frontend, the way QEMU 7.2 sets it up:
-//! one shared memfd passed as a single memory region (our "guest memory"), the
-//! control, event and request virtqueues laid out in it by hand, and the
-//! vhost-user messages in QEMU's order, ending with one synchronous round trip so
-//! that no kick reaches a backend before it has enabled the rings.
+//! A vhost-user-scsi or vhost-user-blk device seen from the frontend, the way
+//! QEMU sets it up: one shared memfd passed as a single memory region (our "guest
+//! memory"), the virtqueues laid out in it by hand (scsi: control, event, then the
+//! request queues; blk: request queues only, from queue 0), and the vhost-user
+//! messages in QEMU's order, ending with one synchronous round trip so that no
+//! kick reaches a backend before it has enabled the rings. For blk the
+//! configuration space (capacity, block size, queues) is read with GET_CONFIG, as
+//! QEMU's vhost-user-blk does right after its setup messages.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;
 
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{
+    VhostUserConfigFlags, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::blk;
 use super::ring::{RingError, RingLayout, SplitQueue};
 use super::FrontendError;
 
@@ -21,13 +27,31 @@ const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 const PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 
-/// Control and event queue before the request queues.
+/// virtio-scsi's control and event queue before the request queues.
 pub const FIXED_QUEUES: usize = 2;
+
+/// Which virtio device the backend is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    Scsi,
+    Blk,
+}
+
+impl DeviceKind {
+    /// Queues before the first request queue.
+    pub fn fixed_queues(self) -> usize {
+        match self {
+            DeviceKind::Scsi => FIXED_QUEUES,
+            DeviceKind::Blk => 0,
+        }
+    }
+}
 const PAGE: u64 = 4096;
 
 /// How to set the device up.
 #[derive(Clone, Debug)]
 pub struct DeviceConfig {
+    pub kind: DeviceKind,
     /// Request queues to use (the device must have at least as many).
     pub request_queues: usize,
     /// Entries per virtqueue (QEMU's default is 128).
@@ -50,7 +74,8 @@ pub struct Device {
     fe: Frontend,
     _memfd: File,
     pub mem: GuestMemoryMmap<()>,
-    /// Request queues in device order (device queue `FIXED_QUEUES + i`).
+    pub kind: DeviceKind,
+    /// Request queues in device order (device queue `kind.fixed_queues() + i`).
     pub queues: Vec<RequestQueue>,
     /// The control and event queues' eventfds, kept open (nothing is posted there).
     _fixed: Vec<(EventFd, EventFd)>,
@@ -61,6 +86,8 @@ pub struct Device {
     pub features: u64,
     /// Device queues the backend reported (GET_QUEUE_NUM).
     pub backend_queues: u64,
+    /// virtio-blk's configuration space (GET_CONFIG); `None` for scsi.
+    pub blk_config: Option<blk::Config>,
 }
 
 fn vhost_err<E>(what: &'static str) -> impl FnOnce(E) -> FrontendError
@@ -98,10 +125,11 @@ fn round_page(v: u64) -> Option<u64> {
 }
 
 impl Device {
-    /// Connects to the vhost-user-scsi socket at `socket` and brings up the control,
-    /// event and `cfg.request_queues` request queues.
+    /// Connects to the vhost-user socket at `socket` and brings up the fixed
+    /// queues of `cfg.kind` and `cfg.request_queues` request queues.
     pub fn connect(socket: &Path, cfg: &DeviceConfig) -> Result<Device, FrontendError> {
-        let total = FIXED_QUEUES + cfg.request_queues;
+        let fixed_queues = cfg.kind.fixed_queues();
+        let total = fixed_queues + cfg.request_queues;
         // Layout: each ring on its own pages, then the buffers.
         let mut layouts = Vec::with_capacity(total);
         let mut at = 0u64;
@@ -163,8 +191,20 @@ impl Device {
         let proto = fe
             .get_protocol_features()
             .map_err(vhost_err("GET_PROTOCOL_FEATURES"))?;
-        // QEMU negotiates only MQ for vhost-user-scsi.
-        let want = proto & VhostUserProtocolFeatures::MQ;
+        // QEMU negotiates only MQ for vhost-user-scsi; for vhost-user-blk it needs
+        // CONFIG too (the capacity comes from there) and takes MQ when offered.
+        let want = match cfg.kind {
+            DeviceKind::Scsi => proto & VhostUserProtocolFeatures::MQ,
+            DeviceKind::Blk => {
+                if !proto.contains(VhostUserProtocolFeatures::CONFIG) {
+                    return Err(FrontendError::Backend(format!(
+                        "vhost-user-blk without the CONFIG protocol feature ({:#x})",
+                        proto.bits()
+                    )));
+                }
+                proto & (VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::CONFIG)
+            }
+        };
         fe.set_protocol_features(want)
             .map_err(vhost_err("SET_PROTOCOL_FEATURES"))?;
         let backend_queues = if want.contains(VhostUserProtocolFeatures::MQ) {
@@ -175,13 +215,36 @@ impl Device {
         if backend_queues < total as u64 {
             return Err(FrontendError::Backend(format!(
                 "{} request queues asked, the device has {backend_queues} queues in all \
-                 (control, event and {} request)",
+                 ({fixed_queues} fixed and {} request)",
                 cfg.request_queues,
-                backend_queues.saturating_sub(FIXED_QUEUES as u64)
+                backend_queues.saturating_sub(fixed_queues as u64)
             )));
         }
         fe.set_owner().map_err(vhost_err("SET_OWNER"))?;
         fe.get_features().map_err(vhost_err("GET_FEATURES"))?;
+        let blk_config = match cfg.kind {
+            DeviceKind::Scsi => None,
+            DeviceKind::Blk => {
+                let buf = [0u8; blk::CONFIG_LEN as usize];
+                let (_, payload) = fe
+                    .get_config(0, blk::CONFIG_LEN, VhostUserConfigFlags::empty(), &buf)
+                    .map_err(vhost_err("GET_CONFIG"))?;
+                let c = blk::Config::decode(&payload)?;
+                if cfg.request_queues > 1 && offered & blk::F_MQ == 0 {
+                    return Err(FrontendError::Backend(format!(
+                        "{} request queues asked; the device does not offer VIRTIO_BLK_F_MQ",
+                        cfg.request_queues
+                    )));
+                }
+                if offered & blk::F_MQ != 0 && usize::from(c.num_queues) < cfg.request_queues {
+                    return Err(FrontendError::Backend(format!(
+                        "{} request queues asked, the configuration space says {}",
+                        cfg.request_queues, c.num_queues
+                    )));
+                }
+                Some(c)
+            }
+        };
         // Per queue SET_VRING_CALL and SET_VRING_ERR, then SET_FEATURES and
         // SET_MEM_TABLE.
         let mut calls = Vec::with_capacity(total);
@@ -195,6 +258,9 @@ impl Device {
             calls.push(call);
         }
         let mut features = VIRTIO_F_VERSION_1 | PROTOCOL_FEATURES;
+        if cfg.kind == DeviceKind::Blk {
+            features |= offered & blk::DRIVER_FEATURES;
+        }
         if cfg.event_idx {
             features |= offered & VIRTIO_RING_F_EVENT_IDX;
         }
@@ -248,7 +314,7 @@ impl Device {
         let mut fixed = Vec::new();
         let mut queues = Vec::new();
         for (q, ((ring, kick), call)) in rings.into_iter().zip(kicks).zip(calls).enumerate() {
-            if q < FIXED_QUEUES {
+            if q < fixed_queues {
                 fixed.push((kick, call));
             } else {
                 queues.push(RequestQueue { ring, kick, call });
@@ -256,6 +322,7 @@ impl Device {
         }
         Ok(Device {
             fe,
+            kind: cfg.kind,
             _memfd: file,
             mem,
             queues,
@@ -264,6 +331,7 @@ impl Device {
             buffer_bytes: len - buffers,
             features,
             backend_queues,
+            blk_config,
         })
     }
 
@@ -275,7 +343,7 @@ impl Device {
     /// Stops every queue as QEMU does at VM stop (GET_VRING_BASE), which a backend
     /// answers once its commands are done, and reports the next available index.
     pub fn stop(&self) -> Result<Vec<u32>, FrontendError> {
-        let total = FIXED_QUEUES + self.queues.len();
+        let total = self.kind.fixed_queues() + self.queues.len();
         (0..total)
             .map(|q| {
                 self.fe

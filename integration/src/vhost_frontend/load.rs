@@ -1,8 +1,10 @@
-//! Drives READ/WRITE commands through a [`Device`]'s request queues at a fixed
-//! depth and times each one. Every request queue gets a share of the depth; each
-//! outstanding command owns a slot: three descriptors (header, response, data in
-//! the order virtio-scsi wants for its direction), a header/response block and a
-//! data buffer, all in the shared memory. One thread serves every queue: it
+//! Drives reads and writes through a [`Device`]'s request queues at a fixed
+//! depth and times each one: SCSI READ/WRITE commands on a virtio-scsi device,
+//! IN/OUT requests on a virtio-blk one. Every request queue gets a share of the
+//! depth; each outstanding command owns a slot: three descriptors (virtio-scsi:
+//! header, response, data in the order it wants for the direction; virtio-blk:
+//! header, data, status), a header/response block and a data buffer, all in the
+//! shared memory. One thread serves every queue: it
 //! refills slots as their commands come back and sleeps in `poll(2)` on the call
 //! eventfds when nothing is waiting. Every response is checked.
 
@@ -11,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress};
 
-use super::device::Device;
+use super::blk;
+use super::device::{Device, DeviceKind};
 use super::hist::Histogram;
 use super::ring::{Descriptor, DESC_F_NEXT, DESC_F_WRITE};
 use super::scsi::{self, CmdResp, CMD_REQ_LEN, CMD_RESP_LEN};
@@ -25,6 +28,9 @@ const RESP_OFF: u64 = 128;
 const PAGE: u64 = 4096;
 /// How long the backend may go without completing anything before the run fails.
 const STALL: Duration = Duration::from_secs(30);
+/// What a virtio-blk status byte holds until the device writes it (no defined
+/// status has this value).
+const STATUS_UNSET: u8 = 0xee;
 /// Error details kept for the report.
 const MAX_ERROR_DETAILS: usize = 8;
 
@@ -130,7 +136,10 @@ struct Slot {
     started: Instant,
 }
 
-/// The driver of a device: slots, their memory, and the LUN it talks to.
+/// What came back for one command: nothing to report, or what went wrong.
+type Outcome = Option<String>;
+
+/// The driver of a device: slots, their memory, and the LUN it talks to (scsi).
 pub struct Driver {
     dev: Device,
     lun: [u8; 8],
@@ -143,7 +152,8 @@ pub struct Driver {
 
 impl Driver {
     /// A driver with `slots` slots per request queue of `data_bytes` each, for LUN
-    /// `lun` of `target`. The device's buffer area must hold them.
+    /// `lun` of `target` (scsi; a blk device has no LUN and ignores both). The
+    /// device's buffer area must hold them.
     pub fn new(
         dev: Device,
         target: u8,
@@ -234,6 +244,40 @@ impl Driver {
         };
         let ring = &self.dev.queues[q].ring;
         let mem = &self.dev.mem;
+        if self.dev.kind == DeviceKind::Blk {
+            // Header, data (device-writable for a read), status; the status is
+            // written last by the device, so it goes last in the chain.
+            let status = Descriptor {
+                addr: resp,
+                len: blk::STATUS_LEN as u32,
+                flags: DESC_F_WRITE,
+                next: 0,
+            };
+            let hdr_d = |next: u16| Descriptor {
+                addr: hdr,
+                len: blk::REQ_LEN as u32,
+                flags: DESC_F_NEXT,
+                next,
+            };
+            if data_len == 0 {
+                ring.write_desc(mem, head, &hdr_d(head + 1))?;
+                ring.write_desc(mem, head + 1, &status)?;
+            } else {
+                ring.write_desc(mem, head, &hdr_d(head + 1))?;
+                ring.write_desc(
+                    mem,
+                    head + 1,
+                    &Descriptor {
+                        addr: data,
+                        len: data_len,
+                        flags: DESC_F_NEXT | if write { 0 } else { DESC_F_WRITE },
+                        next: head + 2,
+                    },
+                )?;
+                ring.write_desc(mem, head + 2, &status)?;
+            }
+            return Ok(());
+        }
         ring.write_desc(mem, head, &req)?;
         if data_len == 0 {
             ring.write_desc(mem, head + 1, &resp_d(true))?;
@@ -274,6 +318,48 @@ impl Driver {
             .mem
             .write_slice(&b, GuestAddress(self.hdr_addr(q, s)))
             .map_err(Self::mem_err)
+    }
+
+    /// Writes slot `s`'s virtio-blk request header and sets its status byte to a
+    /// value no device sends, so that a status the device never wrote is caught.
+    fn write_blk_header(
+        &mut self,
+        q: usize,
+        s: usize,
+        hdr: &[u8; blk::REQ_LEN],
+    ) -> Result<(), FrontendError> {
+        let at = self.hdr_addr(q, s);
+        self.dev
+            .mem
+            .write_slice(hdr, GuestAddress(at))
+            .map_err(Self::mem_err)?;
+        self.dev
+            .mem
+            .write_slice(&[STATUS_UNSET], GuestAddress(at + RESP_OFF))
+            .map_err(Self::mem_err)
+    }
+
+    fn read_blk_status(&self, q: usize, s: usize) -> Result<blk::Status, FrontendError> {
+        let mut b = [0u8; 1];
+        self.dev
+            .mem
+            .read_slice(&mut b, GuestAddress(self.hdr_addr(q, s) + RESP_OFF))
+            .map_err(Self::mem_err)?;
+        Ok(blk::Status::decode(b[0]))
+    }
+
+    /// Whether slot `s`'s command completed as asked, for either device.
+    fn outcome(&self, q: usize, s: usize) -> Result<Outcome, FrontendError> {
+        match self.dev.kind {
+            DeviceKind::Blk => {
+                let st = self.read_blk_status(q, s)?;
+                Ok((!st.is_ok()).then(|| format!("status {st}")))
+            }
+            DeviceKind::Scsi => {
+                let r = self.read_response(q, s)?;
+                Ok((!(r.is_good() && r.resid == 0)).then(|| describe(Some(&r))))
+            }
+        }
     }
 
     fn read_response(&self, q: usize, s: usize) -> Result<CmdResp, FrontendError> {
@@ -342,16 +428,85 @@ impl Driver {
         Ok(())
     }
 
-    /// One command on request queue 0, slot 0, waited for (at most 10 s). Returns
-    /// the response and the data-in bytes.
+    /// One SCSI command on request queue 0, slot 0, waited for (at most 10 s).
+    /// Returns the response and the data-in bytes.
     pub fn command(
         &mut self,
         cdb: &[u8],
         data_in: u32,
     ) -> Result<(CmdResp, Vec<u8>), FrontendError> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        if self.dev.kind != DeviceKind::Scsi {
+            return Err(FrontendError::Config(
+                "a SCSI command to a blk device".into(),
+            ));
+        }
         self.write_chain(0, 0, false, data_in)?;
         self.write_header(0, 0, cdb)?;
+        self.submit_and_wait()?;
+        let r = self.read_response(0, 0)?;
+        Ok((r, self.slot0_data(data_in)?))
+    }
+
+    /// One virtio-blk request on request queue 0, slot 0, waited for (at most
+    /// 10 s): `hdr`, then `data_len` bytes to the device (`write`) or from it.
+    /// Returns the status and the data read.
+    pub fn blk_request(
+        &mut self,
+        hdr: &[u8; blk::REQ_LEN],
+        write: bool,
+        data_len: u32,
+    ) -> Result<(blk::Status, Vec<u8>), FrontendError> {
+        if self.dev.kind != DeviceKind::Blk {
+            return Err(FrontendError::Config(
+                "a blk request to a SCSI device".into(),
+            ));
+        }
+        if u64::from(data_len) > self.data_stride {
+            return Err(FrontendError::Config(format!(
+                "{data_len} bytes; the slots hold {}",
+                self.data_stride
+            )));
+        }
+        self.write_chain(0, 0, write, data_len)?;
+        self.write_blk_header(0, 0, hdr)?;
+        self.submit_and_wait()?;
+        let st = self.read_blk_status(0, 0)?;
+        let data = if write {
+            Vec::new()
+        } else {
+            self.slot0_data(data_len)?
+        };
+        Ok((st, data))
+    }
+
+    /// FLUSH on a blk device, if VIRTIO_BLK_F_FLUSH was negotiated (else there is
+    /// no volatile cache to flush). Returns whether one was sent.
+    pub fn flush(&mut self) -> Result<bool, FrontendError> {
+        if self.dev.kind != DeviceKind::Blk || self.dev.features & blk::F_FLUSH == 0 {
+            return Ok(false);
+        }
+        let (st, _) = self.blk_request(&blk::encode_req(blk::T_FLUSH, 0), false, 0)?;
+        if !st.is_ok() {
+            return Err(FrontendError::Setup {
+                what: "FLUSH",
+                detail: format!("status {st}"),
+            });
+        }
+        Ok(true)
+    }
+
+    fn slot0_data(&self, len: u32) -> Result<Vec<u8>, FrontendError> {
+        let mut data = vec![0u8; len as usize];
+        self.dev
+            .mem
+            .read_slice(&mut data, GuestAddress(self.data_addr(0, 0)))
+            .map_err(Self::mem_err)?;
+        Ok(data)
+    }
+
+    /// Publishes the chain in slot 0 of queue 0 and waits for it to come back.
+    fn submit_and_wait(&mut self) -> Result<(), FrontendError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
         let mem = &self.dev.mem;
         if self.dev.queues[0].ring.publish(mem, &[0])? {
             self.kick(0)?;
@@ -365,13 +520,7 @@ impl Driver {
                         u.id
                     )));
                 }
-                let r = self.read_response(0, 0)?;
-                let mut data = vec![0u8; data_in as usize];
-                self.dev
-                    .mem
-                    .read_slice(&mut data, GuestAddress(self.data_addr(0, 0)))
-                    .map_err(Self::mem_err)?;
-                return Ok((r, data));
+                return Ok(());
             }
             if self.dev.queues[0].ring.arm(&self.dev.mem)? {
                 continue;
@@ -387,10 +536,14 @@ impl Driver {
         }
     }
 
-    /// What an initiator does first: TEST UNIT READY until the unit attentions
-    /// (power on, nexus loss) are reported, then READ CAPACITY. Returns the LUN's
-    /// blocks and block length.
+    /// What a driver does first. SCSI: TEST UNIT READY until the unit attentions
+    /// (power on, nexus loss) are reported, then READ CAPACITY. Blk: the capacity
+    /// and block size from the configuration space, then one read of block 0 to
+    /// see the queue work. Returns the device's blocks and block length.
     pub fn prepare(&mut self) -> Result<(u64, u32), FrontendError> {
+        if self.dev.kind == DeviceKind::Blk {
+            return self.prepare_blk();
+        }
         let mut last = None;
         let mut ready = false;
         for _ in 0..8 {
@@ -430,7 +583,30 @@ impl Driver {
         })
     }
 
-    /// Runs `job` against a LUN of `blocks` blocks of `block_len` bytes.
+    fn prepare_blk(&mut self) -> Result<(u64, u32), FrontendError> {
+        let c = self.dev.blk_config.clone().ok_or(FrontendError::Setup {
+            what: "GET_CONFIG",
+            detail: "no configuration space".into(),
+        })?;
+        let block_len = c.block_len(self.dev.features)?;
+        let blocks = c.blocks(block_len);
+        if blocks == 0 {
+            return Err(FrontendError::Setup {
+                what: "GET_CONFIG",
+                detail: format!("capacity {} sectors: not one block", c.capacity),
+            });
+        }
+        let (st, _) = self.blk_request(&blk::rw_req(false, 0, 1, block_len)?, false, block_len)?;
+        if !st.is_ok() {
+            return Err(FrontendError::Setup {
+                what: "reading block 0",
+                detail: format!("status {st}"),
+            });
+        }
+        Ok((blocks, block_len))
+    }
+
+    /// Runs `job` against a device of `blocks` blocks of `block_len` bytes.
     pub fn run(&mut self, job: &Job, blocks: u64, block_len: u32) -> Result<Report, FrontendError> {
         if block_len == 0 || job.block_bytes == 0 || !job.block_bytes.is_multiple_of(block_len) {
             return Err(FrontendError::Config(format!(
@@ -541,8 +717,16 @@ impl Driver {
                 return Ok(false);
             }
             let lba = next_lba(rng);
-            let (cdb, n) = scsi::rw_cdb(job.write, lba, per_io, job.force16)?;
-            this.write_header(q, s, &cdb[..n])?;
+            match this.dev.kind {
+                DeviceKind::Scsi => {
+                    let (cdb, n) = scsi::rw_cdb(job.write, lba, per_io, job.force16)?;
+                    this.write_header(q, s, &cdb[..n])?;
+                }
+                DeviceKind::Blk => {
+                    let hdr = blk::rw_req(job.write, lba, per_io, block_len)?;
+                    this.write_blk_header(q, s, &hdr)?;
+                }
+            }
             *issued += 1;
             slot.busy = true;
             slot.started = Instant::now();
@@ -588,18 +772,18 @@ impl Driver {
                     }
                     outstanding -= 1;
                     slots[q][s].busy = false;
-                    let r = self.read_response(q, s)?;
-                    if r.is_good() && r.resid == 0 {
+                    let bad = self.outcome(q, s)?;
+                    if bad.is_none() {
                         report.ios += 1;
                         report.bytes += u64::from(job.block_bytes);
                         let ns = now.duration_since(slots[q][s].started).as_nanos();
                         report.latency.record(u64::try_from(ns).unwrap_or(u64::MAX));
-                    } else {
+                    } else if let Some(why) = bad {
                         report.errors += 1;
                         if report.error_details.len() < MAX_ERROR_DETAILS {
                             report
                                 .error_details
-                                .push(format!("queue {q} slot {s}: {}", describe(Some(&r))));
+                                .push(format!("queue {q} slot {s}: {why}"));
                         }
                     }
                     if issue(
