@@ -32,6 +32,9 @@ integration/bench/vhost-vs-device-scsi.sh --smoke
 step "iSCSI benchmark smoke: oxtarget and tgtd serve the same loads"
 if [ "$(id -u)" = 0 ]; then integration/bench/iscsi-vs-tgtd.sh --smoke; else echo "skipped (needs root)"; fi
 
+step "vhost-user-blk benchmark smoke: oxtarget (blk, scsi) and qemu-storage-daemon (asserts no ratio)"
+integration/bench/vhost-blk.sh --smoke
+
 if [ "$FUZZ_SECONDS" != 0 ]; then
     step "fuzz smoke (${FUZZ_SECONDS}s per target)"
     if ! cargo fuzz --version >/dev/null 2>&1; then
