@@ -136,6 +136,16 @@ struct Slot {
     started: Instant,
 }
 
+/// The data of a single virtio-blk request ([`Driver::blk_request`]).
+#[derive(Clone, Copy, Debug)]
+pub enum BlkData<'a> {
+    None,
+    /// This many bytes from the device.
+    In(u32),
+    /// These bytes to the device.
+    Out(&'a [u8]),
+}
+
 /// What came back for one command: nothing to report, or what went wrong.
 type Outcome = Option<String>;
 
@@ -448,24 +458,38 @@ impl Driver {
     }
 
     /// One virtio-blk request on request queue 0, slot 0, waited for (at most
-    /// 10 s): `hdr`, then `data_len` bytes to the device (`write`) or from it.
-    /// Returns the status and the data read.
+    /// 10 s): `hdr`, then the data of `data`. Returns the status and the data
+    /// read (empty unless `data` is [`BlkData::In`]).
     pub fn blk_request(
         &mut self,
         hdr: &[u8; blk::REQ_LEN],
-        write: bool,
-        data_len: u32,
+        data: BlkData<'_>,
     ) -> Result<(blk::Status, Vec<u8>), FrontendError> {
         if self.dev.kind != DeviceKind::Blk {
             return Err(FrontendError::Config(
                 "a blk request to a SCSI device".into(),
             ));
         }
+        let (write, data_len) = match data {
+            BlkData::None => (false, 0),
+            BlkData::In(n) => (false, n),
+            BlkData::Out(b) => (
+                true,
+                u32::try_from(b.len())
+                    .map_err(|_| FrontendError::Config("data too large".into()))?,
+            ),
+        };
         if u64::from(data_len) > self.data_stride {
             return Err(FrontendError::Config(format!(
                 "{data_len} bytes; the slots hold {}",
                 self.data_stride
             )));
+        }
+        if let BlkData::Out(b) = data {
+            self.dev
+                .mem
+                .write_slice(b, GuestAddress(self.data_addr(0, 0)))
+                .map_err(Self::mem_err)?;
         }
         self.write_chain(0, 0, write, data_len)?;
         self.write_blk_header(0, 0, hdr)?;
@@ -485,7 +509,7 @@ impl Driver {
         if self.dev.kind != DeviceKind::Blk || self.dev.features & blk::F_FLUSH == 0 {
             return Ok(false);
         }
-        let (st, _) = self.blk_request(&blk::encode_req(blk::T_FLUSH, 0), false, 0)?;
+        let (st, _) = self.blk_request(&blk::encode_req(blk::T_FLUSH, 0), BlkData::None)?;
         if !st.is_ok() {
             return Err(FrontendError::Setup {
                 what: "FLUSH",
@@ -596,7 +620,10 @@ impl Driver {
                 detail: format!("capacity {} sectors: not one block", c.capacity),
             });
         }
-        let (st, _) = self.blk_request(&blk::rw_req(false, 0, 1, block_len)?, false, block_len)?;
+        let (st, _) = self.blk_request(
+            &blk::rw_req(false, 0, 1, block_len)?,
+            BlkData::In(block_len),
+        )?;
         if !st.is_ok() {
             return Err(FrontendError::Setup {
                 what: "reading block 0",

@@ -11,11 +11,13 @@ pub mod blk;
 pub mod device;
 pub mod hist;
 pub mod load;
+#[cfg(test)]
+mod qsd_tests;
 pub mod ring;
 pub mod scsi;
 
 pub use device::{Device, DeviceConfig, DeviceKind};
-pub use load::{Driver, Job, Pattern, Report};
+pub use load::{BlkData, Driver, Job, Pattern, Report};
 
 /// Why the frontend could not set up or finish a run.
 #[derive(Debug, thiserror::Error)]
