@@ -12,7 +12,8 @@
 # repetitions, default 3; the table shows medians), BENCH_MIB (backing file size,
 # default 1024), BENCH_DIR (where the backing file goes; default the cache
 # directory, integration/cache/bench: see vhost-vs-device-scsi.sh for why not
-# tmpfs), BENCH_CONFIGS and BENCH_WORKLOADS to run a subset.
+# tmpfs), BENCH_CONFIGS and BENCH_WORKLOADS to run a subset, BENCH_QSD_AIO
+# (qemu-storage-daemon's file driver aio mode: threads, its default, or io_uring).
 #
 # Configurations, each run for every workload in every repetition, interleaved:
 #   oxt-blk-qN    oxtarget's vhost-user-blk device (examples/vhost_blk_serve) on the
@@ -132,7 +133,7 @@ start_daemon() { # kind
         blk) "$SERVE_BLK" "$sock" "$IMG" 2 "$MIB" >"$WORK/$1.log" 2>&1 & ;;
         scsi) "$SERVE_SCSI" "$sock" "$IMG" 2 "$MIB" >"$WORK/$1.log" 2>&1 & ;;
         qsd)
-            "$QSD" --blockdev "driver=file,filename=$IMG,node-name=n,cache.direct=off" \
+            "$QSD" --blockdev "driver=file,filename=$IMG,node-name=n,cache.direct=off,aio=${BENCH_QSD_AIO:-threads}" \
                 --export "type=vhost-user-blk,id=e,node-name=n,addr.type=unix,addr.path=$sock,writable=on,num-queues=2" \
                 >"$WORK/$1.log" 2>&1 &
             ;;

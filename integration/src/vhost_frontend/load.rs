@@ -642,6 +642,11 @@ impl Driver {
             )));
         }
         let per_io = job.block_bytes / block_len;
+        if job.write && self.dev.kind == DeviceKind::Blk && self.dev.features & blk::F_RO != 0 {
+            return Err(FrontendError::Config(
+                "writes to a read-only device (VIRTIO_BLK_F_RO)".into(),
+            ));
+        }
         let span_blocks = match job.span_bytes {
             Some(s) => (s / u64::from(block_len)).min(blocks),
             None => blocks,
