@@ -542,14 +542,16 @@ impl VhostUserBackend for ScsiBackend {
                 // The driver posted event buffers: fill them with what waits.
                 self.deliver_events(vrings, &mem);
             }
-            if device_event != self.worker_event() {
+            if device_event == self.worker_event() {
+                queues.poll(&mut used);
+            } else {
                 let local = usize::from(device_event);
                 let Some(vring) = vrings.get(local) else {
                     return Ok(());
                 };
                 tq.throttled[local] = self.service(queue_of(local), vring, &mem, queues, &mut used);
+                queues.poll_more(&mut used);
             }
-            queues.poll(&mut used);
             // Completions made room: serve the queues that ran out of it again.
             let mut again = false;
             for (local, vring) in vrings.iter().enumerate() {
@@ -560,7 +562,7 @@ impl VhostUserBackend for ScsiBackend {
                 }
             }
             if again {
-                queues.poll(&mut used);
+                queues.poll_more(&mut used);
             }
             self.push_used(thread_id, vrings, &used);
             self.publish_inflight(thread_id, vrings.len(), queues);

@@ -330,11 +330,26 @@ impl ScsiQueues {
     }
 
     /// Collects what the worker finished, writes the responses and appends the used
-    /// entries. Never blocks.
+    /// entries. Never blocks. Call it when the worker's eventfd fired (it consumes
+    /// the signal); after submissions, [`ScsiQueues::poll_more`].
     pub fn poll(&mut self, used: &mut Vec<UsedEntry>) {
         self.worker.poll(&mut self.events);
-        let events = std::mem::take(&mut self.events);
-        for ev in events {
+        self.complete(used);
+    }
+
+    /// [`ScsiQueues::poll`] without reading the worker's eventfd: for a wake-up that
+    /// was not that eventfd (a kick), where a read would be a system call that
+    /// finds nothing (inline and page-cache completions are not signalled). A
+    /// signal that did arrive stays for the next wait, which polls again.
+    pub fn poll_more(&mut self, used: &mut Vec<UsedEntry>) {
+        self.worker.poll_more(&mut self.events);
+        self.complete(used);
+    }
+
+    fn complete(&mut self, used: &mut Vec<UsedEntry>) {
+        // Drained, not consumed: the vector keeps its capacity for the next poll.
+        let mut events = std::mem::take(&mut self.events);
+        for ev in events.drain(..) {
             let (token, done) = match ev {
                 Event::Cmd(c) => (c.token, Done::Cmd(c)),
                 Event::Tmf { token, response } => (token, Done::Tmf(response)),
@@ -379,6 +394,7 @@ impl ScsiQueues {
                 len,
             });
         }
+        self.events = events;
     }
 
     /// The connection is gone: the engine learns of the nexus loss, and what is in
