@@ -25,7 +25,7 @@ mod caw;
 mod lba_status;
 mod misc;
 pub(crate) use misc::lbppb_exponent;
-mod plan;
+pub(crate) mod plan;
 mod rw;
 mod sanitize;
 mod sanitize_op;
