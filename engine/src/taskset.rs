@@ -48,7 +48,7 @@ struct Tasks(VecDeque<(TaskSeq, TaskEntry)>);
 
 impl Tasks {
     fn push(&mut self, seq: TaskSeq, e: TaskEntry) {
-        debug_assert!(self.0.back().is_none_or(|(s, _)| *s < seq));
+        debug_assert!(!matches!(self.0.back(), Some((s, _)) if *s >= seq));
         self.0.push_back((seq, e));
     }
 
