@@ -474,6 +474,10 @@ impl Backend for FaultBackend {
         self.inner.size()
     }
 
+    fn size_cached(&self) -> u64 {
+        self.inner.size_cached()
+    }
+
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }

@@ -234,6 +234,10 @@ impl Backend for FileBackend {
         self.target.size()
     }
 
+    fn size_cached(&self) -> u64 {
+        self.target.size()
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             discard: true,

@@ -108,6 +108,14 @@ pub trait Backend: Send + Sync {
     /// Size in bytes.
     fn size(&self) -> u64;
 
+    /// The size as last learned, for the per-command range check: a store that
+    /// can change size under us (a file another process resizes) answers `size`
+    /// with a system call, this without one. Callers ask `size` again before they
+    /// refuse a range on the strength of this answer.
+    fn size_cached(&self) -> u64 {
+        self.size()
+    }
+
     /// What the backend can do.
     fn capabilities(&self) -> Capabilities;
 

@@ -13,6 +13,9 @@ use crate::opcodes::OpInfo;
 use crate::sense::{CmdError, Sense};
 
 /// What a handler does with a command.
+// `Plan` is large and unboxed on purpose: an `Exec` lives for one call, and a
+// box would be an allocation for every read and write.
+#[allow(clippy::large_enum_variant)]
 pub enum Exec {
     /// GOOD status, no data-in. `u32`: bytes of data-out the command consumed.
     Good(u32),
@@ -21,7 +24,13 @@ pub enum Exec {
     Data(Vec<u8>),
     /// Backend I/O, run as a job of steps on the worker thread.
     Job(Box<dyn Job>),
+    /// A plain read or write: a job the worker holds in the command's slot, with
+    /// no allocation (the most frequent commands).
+    Plan(PlanJob),
 }
+
+/// The phases of a block read or write, as a job (see [`Exec::Plan`]).
+pub struct PlanJob(pub(crate) crate::sbc::plan::Plan);
 
 pub type ExecResult = Result<Exec, CmdError>;
 

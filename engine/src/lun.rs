@@ -276,6 +276,21 @@ impl Lun {
         self.backend.size() / u64::from(self.config.block_size)
     }
 
+    /// Whether blocks `[lba, lba + blocks)` are inside the LUN, for the range check
+    /// of every read and write: against the size the backend last learned first
+    /// (no system call), then, before refusing, against its size now (a file that
+    /// grew). A file shrunk by another process is noticed at the next fresh size
+    /// query (READ CAPACITY, or a range past the old end); until then a read past
+    /// the new end returns zeroes, as it would have had the shrink come a moment
+    /// after the check.
+    pub fn range_ok(&self, lba: u64, blocks: u64) -> bool {
+        let Some(end) = lba.checked_add(blocks) else {
+            return false;
+        };
+        let bs = u64::from(self.config.block_size);
+        end <= self.backend.size_cached() / bs || end <= self.num_blocks()
+    }
+
     /// Changes the capacity to `new_size` bytes (a multiple of the block size) and
     /// tells every initiator CAPACITY DATA HAS CHANGED (SBC-3 4.7).
     pub fn resize(&self, new_size: u64) -> Result<(), ResizeError> {

@@ -4,7 +4,7 @@
 //! commands aborted for task management, and tells a task management function when
 //! the last command it aborted has left — only then is the function done.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use crate::cmd::TaskAttr;
@@ -38,10 +38,63 @@ struct PendingTmf {
     token: u64,
 }
 
+/// The entries of a task set in arrival order. Sequence numbers only grow, so a
+/// deque kept sorted by them takes a new entry at the back and finds one by
+/// binary search; commands finish roughly in the order they came, so a removal
+/// shifts few entries. Once grown to the queue depth it allocates nothing (a
+/// `BTreeMap` allocated and freed nodes as commands came and went).
+#[derive(Default)]
+struct Tasks(VecDeque<(TaskSeq, TaskEntry)>);
+
+impl Tasks {
+    fn push(&mut self, seq: TaskSeq, e: TaskEntry) {
+        debug_assert!(!matches!(self.0.back(), Some((s, _)) if *s >= seq));
+        self.0.push_back((seq, e));
+    }
+
+    fn index(&self, seq: TaskSeq) -> Option<usize> {
+        self.0.binary_search_by_key(&seq, |(s, _)| *s).ok()
+    }
+
+    fn get(&self, seq: TaskSeq) -> Option<&TaskEntry> {
+        self.index(seq).and_then(|i| self.0.get(i)).map(|(_, t)| t)
+    }
+
+    fn get_mut(&mut self, seq: TaskSeq) -> Option<&mut TaskEntry> {
+        let i = self.index(seq)?;
+        self.0.get_mut(i).map(|(_, t)| t)
+    }
+
+    fn remove(&mut self, seq: TaskSeq) -> Option<TaskEntry> {
+        let i = self.index(seq)?;
+        self.0.remove(i).map(|(_, t)| t)
+    }
+
+    /// The entries older than `seq`, oldest first.
+    fn older(&self, seq: TaskSeq) -> impl Iterator<Item = &TaskEntry> {
+        self.0
+            .iter()
+            .take_while(move |(s, _)| *s < seq)
+            .map(|(_, t)| t)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (TaskSeq, &TaskEntry)> {
+        self.0.iter().map(|(s, t)| (*s, t))
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (TaskSeq, &mut TaskEntry)> {
+        self.0.iter_mut().map(|(s, t)| (*s, t))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &TaskEntry> {
+        self.0.iter().map(|(_, t)| t)
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct TaskSet {
     next: TaskSeq,
-    tasks: BTreeMap<TaskSeq, TaskEntry>,
+    tasks: Tasks,
     /// Entries not yet running (or waiting on a range): skip the wake-up scan when 0.
     waiting: usize,
     /// Entries that are not SIMPLE: while 0, a SIMPLE command starts without a scan.
@@ -83,12 +136,12 @@ impl TaskSet {
         if !run {
             self.waiting += 1;
         }
-        self.tasks.insert(seq, e);
+        self.tasks.push(seq, e);
         (seq, run)
     }
 
     fn may_start(&self, seq: TaskSeq, attr: TaskAttr) -> bool {
-        let mut older = self.tasks.range(..seq).map(|(_, t)| t);
+        let mut older = self.tasks.older(seq);
         match attr {
             TaskAttr::HeadOfQueue => true,
             TaskAttr::Ordered => older.next().is_none(),
@@ -104,7 +157,7 @@ impl TaskSet {
     /// (else it waits and is woken by a `Start`).
     pub fn begin_range(&mut self, seq: TaskSeq, range: LbaRange) -> bool {
         let ok = !self.range_blocked(seq, &range);
-        if let Some(t) = self.tasks.get_mut(&seq) {
+        if let Some(t) = self.tasks.get_mut(seq) {
             let was_exclusive = t.range.is_some_and(|r| r.exclusive);
             if range.exclusive && !was_exclusive {
                 self.exclusive += 1;
@@ -124,7 +177,7 @@ impl TaskSet {
         if !r.exclusive && self.exclusive == 0 {
             return false;
         }
-        self.tasks.iter().any(|(&s, t)| {
+        self.tasks.iter().any(|(s, t)| {
             if s == seq {
                 return false;
             }
@@ -141,7 +194,7 @@ impl TaskSet {
     /// Removes a finished command and collects who may now proceed.
     pub fn remove(&mut self, seq: TaskSeq) -> Wakeups {
         let mut w = Wakeups::default();
-        let Some(gone) = self.tasks.remove(&seq) else {
+        let Some(gone) = self.tasks.remove(seq) else {
             return w;
         };
         if !gone.running || gone.range_wait {
@@ -173,10 +226,10 @@ impl TaskSet {
             .tasks
             .iter()
             .filter(|(_, t)| !t.aborted && (!t.running || t.range_wait))
-            .map(|(s, _)| *s)
+            .map(|(s, _)| s)
             .collect();
         for seq in candidates {
-            let Some(t) = self.tasks.get(&seq) else {
+            let Some(t) = self.tasks.get(seq) else {
                 continue;
             };
             let go = if t.range_wait {
@@ -185,7 +238,7 @@ impl TaskSet {
                 self.may_start(seq, t.attr)
             };
             if go {
-                if let Some(t) = self.tasks.get_mut(&seq) {
+                if let Some(t) = self.tasks.get_mut(seq) {
                     t.running = true;
                     t.range_wait = false;
                     self.waiting = self.waiting.saturating_sub(1);
@@ -205,7 +258,7 @@ impl TaskSet {
     ) -> (Vec<(Arc<Mailbox>, SlotRef)>, bool) {
         let mut hit = Vec::new();
         let mut seqs = HashSet::new();
-        for (&seq, t) in self.tasks.iter_mut() {
+        for (seq, t) in self.tasks.iter_mut() {
             if pred(t) {
                 if !t.aborted {
                     t.aborted = true;

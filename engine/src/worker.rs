@@ -108,7 +108,7 @@ struct Slot {
     seq: TaskSeq,
     state: SlotState,
     info: Option<&'static OpInfo>,
-    job: Option<Box<dyn Job>>,
+    job: Option<SlotJob>,
     scratch: crate::exec::Scratch,
     /// The aligned copy an operation in flight uses, if it needed one.
     bounce: Option<Bounce>,
@@ -117,6 +117,30 @@ struct Slot {
     deferred_io: Option<(Option<Arc<Lun>>, IoOp, IoBuf)>,
     /// When it was submitted, for the LUN's latency statistics.
     start: std::time::Instant,
+}
+
+/// A slot's job: a read/write plan held in place, or any other job boxed.
+// Unboxed on purpose (see `Exec`): slots are reused, so the size costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum SlotJob {
+    Plan(crate::sbc::plan::Plan),
+    Boxed(Box<dyn Job>),
+}
+
+impl SlotJob {
+    fn get(&mut self) -> &mut dyn Job {
+        match self {
+            SlotJob::Plan(p) => p,
+            SlotJob::Boxed(b) => b.as_mut(),
+        }
+    }
+
+    fn get_ref(&self) -> &dyn Job {
+        match self {
+            SlotJob::Plan(p) => p,
+            SlotJob::Boxed(b) => b.as_ref(),
+        }
+    }
 }
 
 /// A task management function in progress on this worker.
@@ -346,28 +370,36 @@ impl Worker {
                 let resp = good_response(&slot.cmd, len, false);
                 self.finish(r, Some(resp));
             }
-            Ok(Exec::Job(job)) => {
-                let range = job.range();
-                slot.job = Some(job);
-                if let Some(range) = range {
-                    let go = slot
-                        .lun
-                        .tasks
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .begin_range(slot.seq, range);
-                    if !go {
-                        slot.state = SlotState::RangeWait;
-                        return;
-                    }
-                }
-                self.run_job(r, None);
-            }
+            Ok(Exec::Job(b)) => self.start_job(r, SlotJob::Boxed(b)),
+            Ok(Exec::Plan(p)) => self.start_job(r, SlotJob::Plan(p.0)),
             Err(e) => {
                 let resp = error_response(&slot.lun, e, &slot.cmd);
                 self.finish(r, Some(resp));
             }
         }
+    }
+
+    /// Gives a dispatched command its job and runs it, once its write range (if
+    /// any) is free.
+    fn start_job(&mut self, r: SlotRef, job: SlotJob) {
+        let Some(slot) = self.slot_mut(r) else {
+            return;
+        };
+        let range = job.get_ref().range();
+        slot.job = Some(job);
+        if let Some(range) = range {
+            let go = slot
+                .lun
+                .tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .begin_range(slot.seq, range);
+            if !go {
+                slot.state = SlotState::RangeWait;
+                return;
+            }
+        }
+        self.run_job(r, None);
     }
 
     /// Advances a job until it submits I/O or finishes.
@@ -382,7 +414,7 @@ impl Worker {
                 self.finish(r, None);
                 return;
             }
-            let Some(mut job) = slot.job.take() else {
+            let Some(job) = slot.job.as_mut() else {
                 let resp = error_response(
                     &slot.lun,
                     Sense::new(SenseKey::HardwareError, asc::INTERNAL_TARGET_FAILURE).into(),
@@ -400,15 +432,14 @@ impl Worker {
                     registry: &registry,
                     waker: Some(WakerSource::new(&self.mailbox, r)),
                 };
-                job.step(&mut ctx, last.take())
+                job.get().step(&mut ctx, last.take())
             };
-            slot.job = Some(job);
             match step {
                 Step::Done(Ok(wanted)) => {
                     let write = slot.info.is_some_and(|i| i.has(flags::WRITES));
                     let mut resp = good_response(&slot.cmd, wanted, write);
                     if let Some(job) = &slot.job {
-                        resp.status = job.status();
+                        resp.status = job.get_ref().status();
                     }
                     self.finish(r, Some(resp));
                     return;

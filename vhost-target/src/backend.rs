@@ -37,7 +37,7 @@ use vmm_sys_util::event::{
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::events::EventChannel;
-use crate::queues::{ScsiQueues, UsedEntry};
+use crate::queues::{ScsiQueues, SharedCounts, UsedEntry};
 use crate::request::GuestMem;
 
 pub(crate) type Vring = VringRwLock<GuestMemoryAtomic<GuestMem>>;
@@ -78,13 +78,20 @@ pub fn virtio_features() -> u64 {
 }
 
 /// Commands in flight per queue, for GET_VRING_BASE (`stop_vring`) to wait on.
-#[derive(Default)]
+/// The vring threads update `counts` as they take and return each chain (before
+/// the engine, and so the backend, sees the command: a stop never reads a count
+/// older than an operation already in the device), without a lock.
 struct InFlight {
-    counts: Mutex<Vec<usize>>,
+    counts: SharedCounts,
+    /// Held by a `stop_vring` from before it counts itself in `waiters` until it
+    /// sleeps on `changed`, and taken by a vring thread to notify.
+    lock: Mutex<()>,
     changed: Condvar,
-    /// `stop_vring` calls waiting on `changed`; changed only with `counts` locked.
-    /// A condvar notify is a futex syscall even with nobody waiting: the vring
-    /// threads notify only when someone is.
+    /// `stop_vring` calls waiting on `changed`. A condvar notify is a futex
+    /// syscall even with nobody waiting: the vring threads notify only when
+    /// someone is. A count store and this load on one side, the increment and
+    /// the count load on the other, are all SeqCst: at least one side sees the
+    /// other's write.
     waiters: AtomicUsize,
 }
 
@@ -149,6 +156,8 @@ struct ThreadQueues {
     queues: ScsiQueues,
     /// Local vrings whose room ran out: served again after completions.
     throttled: Vec<bool>,
+    /// Used entries of one wake-up; kept for its capacity.
+    used: Vec<UsedEntry>,
 }
 
 impl Drop for ThreadQueues {
@@ -179,7 +188,8 @@ impl ScsiBackend {
             event_idx: AtomicBool::new(false),
             handlers: OnceLock::new(),
             inflight: InFlight {
-                counts: Mutex::new(vec![0; total]),
+                counts: (0..total).map(|_| AtomicUsize::new(0)).collect(),
+                lock: Mutex::new(()),
                 changed: Condvar::new(),
                 waiters: AtomicUsize::new(0),
             },
@@ -298,8 +308,9 @@ impl ScsiBackend {
     }
 
     fn make_queues(&self, thread: usize) -> io::Result<ThreadQueues> {
-        let queues =
-            ScsiQueues::new(self.registry.clone(), self.nexus.clone()).map_err(io::Error::other)?;
+        let queues = ScsiQueues::new(self.registry.clone(), self.nexus.clone())
+            .map_err(io::Error::other)?
+            .with_counts(self.inflight.counts.clone());
         let handler = self
             .handlers
             .get()
@@ -314,6 +325,7 @@ impl ScsiBackend {
         Ok(ThreadQueues {
             queues,
             throttled: Vec::new(),
+            used: Vec::new(),
         })
     }
 
@@ -394,16 +406,15 @@ impl ScsiBackend {
     /// entries if the driver wants to hear (EVENT_IDX's `used_event`).
     fn push_used(&self, thread: usize, vrings: &[Vring], used: &[UsedEntry]) {
         let first = Self::first_queue(thread);
-        let mut queues: Vec<u16> = used.iter().map(|u| u.queue).collect();
-        queues.sort_unstable();
-        queues.dedup();
-        for q in queues {
-            let Some(vring) = usize::from(q)
-                .checked_sub(first)
-                .and_then(|i| vrings.get(i))
-            else {
+        // A thread has one to three vrings: a pass over `used` per vring is cheaper
+        // than collecting the distinct queues.
+        for (local, vring) in vrings.iter().enumerate() {
+            let Ok(q) = u16::try_from(first + local) else {
                 continue;
             };
+            if !used.iter().any(|u| u.queue == q) {
+                continue;
+            }
             let mut state = vring.get_mut();
             for u in used.iter().filter(|u| u.queue == q) {
                 // A used ring the driver placed outside memory fails here; the
@@ -416,19 +427,10 @@ impl ScsiBackend {
         }
     }
 
-    fn publish_inflight(&self, thread: usize, vrings: usize, queues: &ScsiQueues) {
-        let first = Self::first_queue(thread);
-        let mut counts = self
-            .inflight
-            .counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        for q in first..first + vrings {
-            if let (Some(c), Ok(q16)) = (counts.get_mut(q), u16::try_from(q)) {
-                *c = queues.in_flight_on(q16);
-            }
-        }
-        if self.inflight.waiters.load(Ordering::Relaxed) > 0 {
+    /// Wakes a GET_VRING_BASE waiting for the counts to drop, if there is one.
+    fn publish_inflight(&self) {
+        if self.inflight.waiters.load(Ordering::SeqCst) > 0 {
+            let _g = self.inflight.lock.lock().unwrap_or_else(|e| e.into_inner());
             self.inflight.changed.notify_all();
         }
     }
@@ -484,20 +486,19 @@ impl VhostUserBackend for ScsiBackend {
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
         self.counters.stops.fetch_add(1, Ordering::Relaxed);
         let q = queue_index as usize;
-        let counts = self
-            .inflight
-            .counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        // Counted under the lock, so a vring thread that publishes after we start
-        // waiting sees us.
-        self.inflight.waiters.fetch_add(1, Ordering::Relaxed);
-        let (_counts, timeout) = self
+        let guard = self.inflight.lock.lock().unwrap_or_else(|e| e.into_inner());
+        // Counted under the lock, so a vring thread that sees us blocks on the
+        // lock until we sleep, and its notify is not lost.
+        self.inflight.waiters.fetch_add(1, Ordering::SeqCst);
+        let counts = &self.inflight.counts;
+        let (_guard, timeout) = self
             .inflight
             .changed
-            .wait_timeout_while(counts, DRAIN_TIMEOUT, |c| c.get(q).is_some_and(|&n| n > 0))
+            .wait_timeout_while(guard, DRAIN_TIMEOUT, |_| {
+                counts.get(q).is_some_and(|n| n.load(Ordering::SeqCst) > 0)
+            })
             .unwrap_or_else(|e| e.into_inner());
-        self.inflight.waiters.fetch_sub(1, Ordering::Relaxed);
+        self.inflight.waiters.fetch_sub(1, Ordering::SeqCst);
         if timeout.timed_out() {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -537,19 +538,22 @@ impl VhostUserBackend for ScsiBackend {
             let mem = self.mem.memory().into_inner();
             let first = Self::first_queue(thread_id);
             let queue_of = |local: usize| u16::try_from(first + local).unwrap_or(u16::MAX);
-            let mut used = Vec::new();
+            let mut used = std::mem::take(&mut tq.used);
+            used.clear();
             if thread_id == 0 && device_event == EVENT_QUEUE {
                 // The driver posted event buffers: fill them with what waits.
                 self.deliver_events(vrings, &mem);
             }
-            if device_event != self.worker_event() {
+            if device_event == self.worker_event() {
+                queues.poll(&mut used);
+            } else {
                 let local = usize::from(device_event);
                 let Some(vring) = vrings.get(local) else {
                     return Ok(());
                 };
                 tq.throttled[local] = self.service(queue_of(local), vring, &mem, queues, &mut used);
+                queues.poll_more(&mut used);
             }
-            queues.poll(&mut used);
             // Completions made room: serve the queues that ran out of it again.
             let mut again = false;
             for (local, vring) in vrings.iter().enumerate() {
@@ -560,10 +564,11 @@ impl VhostUserBackend for ScsiBackend {
                 }
             }
             if again {
-                queues.poll(&mut used);
+                queues.poll_more(&mut used);
             }
             self.push_used(thread_id, vrings, &used);
-            self.publish_inflight(thread_id, vrings.len(), queues);
+            self.publish_inflight();
+            tq.used = used;
             Ok(())
         })
     }

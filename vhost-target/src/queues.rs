@@ -5,9 +5,9 @@
 //! and pushes the [`UsedEntry`]s, so the same code runs under vhost-user-backend
 //! and under virtio-queue's mock driver in the tests.
 
-use std::collections::HashMap;
 use std::ops::Deref;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,8 +18,8 @@ use virtio_bindings::virtio_scsi as vs;
 use virtio_queue::DescriptorChain;
 
 use crate::request::{
-    parse_cmd, parse_ctrl, scatter, walk, CmdRequest, GuestBuf, GuestMem, GuestRange, Rejected,
-    RequestError,
+    parse_cmd, parse_ctrl, scatter, walk, CmdRequest, GuestBuf, GuestMem, GuestRange, Ranges,
+    Rejected, RequestError,
 };
 use crate::wire::{self, CmdResp, CtrlReq, LunAddr, VirtioResponse};
 
@@ -36,13 +36,8 @@ pub struct UsedEntry {
 }
 
 enum Kind {
-    Cmd {
-        resp: Vec<GuestRange>,
-        data_in: bool,
-    },
-    Tmf {
-        resp: Vec<GuestRange>,
-    },
+    Cmd { resp: Ranges, data_in: bool },
+    Tmf { resp: Ranges },
 }
 
 /// A command or TMF handed to the worker, waiting for its completion.
@@ -52,6 +47,60 @@ struct Pending {
     mem: Arc<GuestMem>,
     kind: Kind,
 }
+
+/// The chains with the worker, by token: a slab whose token is the slot index and
+/// a generation (a stale token finds nothing), so tracking a command costs no
+/// hashing and, once the table has grown to the queue depth, no allocation.
+#[derive(Default)]
+struct PendingTable {
+    slots: Vec<(u32, Option<Pending>)>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl PendingTable {
+    fn insert(&mut self, p: Pending) -> u64 {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push((0, None));
+                // More slots than u32 indexes would need 2^32 chains in flight.
+                u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        let Some(slot) = self.slots.get_mut(index as usize) else {
+            return u64::MAX;
+        };
+        slot.1 = Some(p);
+        self.len += 1;
+        (u64::from(slot.0) << 32) | u64::from(index)
+    }
+
+    fn remove(&mut self, token: u64) -> Option<Pending> {
+        let index = u32::try_from(token & 0xffff_ffff).ok()?;
+        let gen = u32::try_from(token >> 32).ok()?;
+        let slot = self.slots.get_mut(index as usize)?;
+        if slot.0 != gen {
+            return None;
+        }
+        let p = slot.1.take()?;
+        slot.0 = slot.0.wrapping_add(1);
+        self.free.push(index);
+        self.len -= 1;
+        Some(p)
+    }
+
+    fn clear(&mut self) {
+        self.slots.clear();
+        self.free.clear();
+        self.len = 0;
+    }
+}
+
+/// Chains in flight per device queue, shared with whoever must wait for a queue
+/// to drain (GET_VRING_BASE). Each queue is counted by the one thread that
+/// serves it.
+pub type SharedCounts = Arc<[AtomicUsize]>;
 
 /// Counters and the last refusal, for logs and tests.
 #[derive(Debug, Default)]
@@ -67,10 +116,11 @@ pub struct QueueStats {
 pub struct ScsiQueues {
     worker: Worker,
     nexus: Arc<Nexus>,
-    pending: HashMap<u64, Pending>,
+    pending: PendingTable,
     /// Chains in `pending` per queue.
     per_queue: Vec<usize>,
-    next_token: u64,
+    /// Where `per_queue` is published, if anyone waits on it.
+    shared: Option<SharedCounts>,
     events: Vec<Event>,
     pub stats: QueueStats,
 }
@@ -80,12 +130,27 @@ impl ScsiQueues {
         Ok(ScsiQueues {
             worker: Worker::new(registry)?,
             nexus,
-            pending: HashMap::new(),
+            pending: PendingTable::default(),
             per_queue: Vec::new(),
-            next_token: 1,
+            shared: None,
             events: Vec::new(),
             stats: QueueStats::default(),
         })
+    }
+
+    /// Publishes the per-queue counts of chains in flight into `counts` (index:
+    /// device queue) as they change.
+    pub fn with_counts(mut self, counts: SharedCounts) -> Self {
+        self.shared = Some(counts);
+        self
+    }
+
+    fn publish(&self, q: usize) {
+        if let (Some(shared), Some(&n)) = (&self.shared, self.per_queue.get(q)) {
+            if let Some(c) = shared.get(q) {
+                c.store(n, Ordering::SeqCst);
+            }
+        }
     }
 
     /// The worker's eventfd: readable when [`ScsiQueues::poll`] has work.
@@ -95,7 +160,7 @@ impl ScsiQueues {
 
     /// Chains taken from the guest and not yet returned.
     pub fn in_flight(&self) -> usize {
-        self.pending.len()
+        self.pending.len
     }
 
     /// Chains of `queue` taken and not yet returned.
@@ -103,31 +168,28 @@ impl ScsiQueues {
         self.per_queue.get(usize::from(queue)).copied().unwrap_or(0)
     }
 
-    fn track(&mut self, token: u64, p: Pending) {
+    /// Tracks a chain handed to the worker; returns its token.
+    fn track(&mut self, p: Pending) -> u64 {
         let q = usize::from(p.queue);
         if self.per_queue.len() <= q {
             self.per_queue.resize(q + 1, 0);
         }
         self.per_queue[q] += 1;
-        self.pending.insert(token, p);
+        self.publish(q);
+        self.pending.insert(p)
     }
 
     fn untrack(&mut self, token: u64) -> Option<Pending> {
-        let p = self.pending.remove(&token)?;
+        let p = self.pending.remove(token)?;
         if let Some(n) = self.per_queue.get_mut(usize::from(p.queue)) {
             *n = n.saturating_sub(1);
         }
+        self.publish(usize::from(p.queue));
         Some(p)
     }
 
     pub fn nexus(&self) -> &Arc<Nexus> {
         &self.nexus
-    }
-
-    fn token(&mut self) -> u64 {
-        let t = self.next_token;
-        self.next_token = self.next_token.wrapping_add(1);
-        t
     }
 
     /// Handles one chain of request queue `queue`. Answers at once what needs no
@@ -219,19 +281,15 @@ impl ScsiQueues {
                 used,
             );
         };
-        let token = self.token();
-        self.track(
-            token,
-            Pending {
-                queue,
-                head,
-                mem: mem.clone(),
-                kind: Kind::Cmd {
-                    resp: cmd.resp,
-                    data_in: dir == DataDir::FromDevice,
-                },
+        let token = self.track(Pending {
+            queue,
+            head,
+            mem: mem.clone(),
+            kind: Kind::Cmd {
+                resp: cmd.resp,
+                data_in: dir == DataDir::FromDevice,
             },
-        );
+        });
         self.stats.commands += 1;
         let nexus = self.nexus.clone();
         self.worker.submit(
@@ -308,16 +366,12 @@ impl ScsiQueues {
                     used.push(immediate(VirtioResponse::FunctionRejected));
                     return;
                 };
-                let token = self.token();
-                self.track(
-                    token,
-                    Pending {
-                        queue,
-                        head,
-                        mem: mem.clone(),
-                        kind: Kind::Tmf { resp: ctrl.resp },
-                    },
-                );
+                let token = self.track(Pending {
+                    queue,
+                    head,
+                    mem: mem.clone(),
+                    kind: Kind::Tmf { resp: ctrl.resp },
+                });
                 self.stats.tmfs += 1;
                 self.worker.task_mgmt(TmfRequest {
                     nexus: self.nexus.clone(),
@@ -330,11 +384,26 @@ impl ScsiQueues {
     }
 
     /// Collects what the worker finished, writes the responses and appends the used
-    /// entries. Never blocks.
+    /// entries. Never blocks. Call it when the worker's eventfd fired (it consumes
+    /// the signal); after submissions, [`ScsiQueues::poll_more`].
     pub fn poll(&mut self, used: &mut Vec<UsedEntry>) {
         self.worker.poll(&mut self.events);
-        let events = std::mem::take(&mut self.events);
-        for ev in events {
+        self.complete(used);
+    }
+
+    /// [`ScsiQueues::poll`] without reading the worker's eventfd: for a wake-up that
+    /// was not that eventfd (a kick), where a read would be a system call that
+    /// finds nothing (inline and page-cache completions are not signalled). A
+    /// signal that did arrive stays for the next wait, which polls again.
+    pub fn poll_more(&mut self, used: &mut Vec<UsedEntry>) {
+        self.worker.poll_more(&mut self.events);
+        self.complete(used);
+    }
+
+    fn complete(&mut self, used: &mut Vec<UsedEntry>) {
+        // Drained, not consumed: the vector keeps its capacity for the next poll.
+        let mut events = std::mem::take(&mut self.events);
+        for ev in events.drain(..) {
             let (token, done) = match ev {
                 Event::Cmd(c) => (c.token, Done::Cmd(c)),
                 Event::Tmf { token, response } => (token, Done::Tmf(response)),
@@ -379,6 +448,7 @@ impl ScsiQueues {
                 len,
             });
         }
+        self.events = events;
     }
 
     /// The connection is gone: the engine learns of the nexus loss, and what is in
@@ -394,6 +464,12 @@ impl ScsiQueues {
             sink.clear();
         }
         self.pending.clear();
+        for n in &mut self.per_queue {
+            *n = 0;
+        }
+        for q in 0..self.per_queue.len() {
+            self.publish(q);
+        }
         self.per_queue.clear();
     }
 }

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use engine::DataBuf;
+use smallvec::SmallVec;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::wire::{self, CmdReq, CtrlError, CtrlReq, HeaderError};
@@ -26,6 +27,11 @@ pub struct GuestRange {
     pub addr: GuestAddress,
     pub len: u32,
 }
+
+/// Ranges of one part of a chain. A request has a few descriptors (header,
+/// response, a data buffer or two): they are held inline, so parsing a chain
+/// allocates nothing; longer chains spill to the heap.
+pub type Ranges = SmallVec<[GuestRange; 4]>;
 
 /// Why a chain was refused. Each variant is one violation.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -51,8 +57,8 @@ pub enum RequestError {
 /// A chain's descriptors by direction, each inside guest memory.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Chain {
-    pub readable: Vec<GuestRange>,
-    pub writable: Vec<GuestRange>,
+    pub readable: Ranges,
+    pub writable: Ranges,
 }
 
 impl Chain {
@@ -94,11 +100,20 @@ where
     Ok(chain)
 }
 
+/// The host mapping of `r` if it lies inside one memory region (one region
+/// lookup: the usual case); `None` if it crosses regions or leaves memory.
+fn one_region(mem: &GuestMem, r: &GuestRange) -> Option<(*mut u8, usize)> {
+    let n = usize::try_from(r.len).ok()?;
+    let slice = GuestMemoryBackend::get_slice(mem, r.addr, n).ok()?;
+    Some((slice.ptr_guard_mut().as_ptr(), n))
+}
+
 /// Checks that every range lies wholly inside guest memory.
 pub fn check_memory(mem: &GuestMem, ranges: &[GuestRange]) -> Result<(), RequestError> {
     for r in ranges {
-        let fits =
-            usize::try_from(r.len).is_ok_and(|n| GuestMemoryBackend::check_range(mem, r.addr, n));
+        let fits = one_region(mem, r).is_some()
+            || usize::try_from(r.len)
+                .is_ok_and(|n| GuestMemoryBackend::check_range(mem, r.addr, n));
         if !fits {
             return Err(RequestError::OutsideMemory {
                 addr: r.addr.0,
@@ -110,9 +125,9 @@ pub fn check_memory(mem: &GuestMem, ranges: &[GuestRange]) -> Result<(), Request
 }
 
 /// Splits `ranges` after `n` bytes; `None` if they hold fewer.
-pub fn split_at(ranges: &[GuestRange], n: usize) -> Option<(Vec<GuestRange>, Vec<GuestRange>)> {
-    let mut head = Vec::new();
-    let mut tail = Vec::new();
+pub fn split_at(ranges: &[GuestRange], n: usize) -> Option<(Ranges, Ranges)> {
+    let mut head = Ranges::new();
+    let mut tail = Ranges::new();
     let mut need = u64::try_from(n).ok()?;
     for r in ranges {
         let len = u64::from(r.len);
@@ -146,8 +161,19 @@ pub fn gather(mem: &GuestMem, ranges: &[GuestRange], out: &mut [u8]) -> bool {
         if n == 0 {
             break;
         }
-        if mem.read_slice(&mut out[at..at + n], r.addr).is_err() {
-            return false;
+        let dst = &mut out[at..at + n];
+        match GuestMemoryBackend::get_slice(mem, r.addr, n) {
+            // One region (the usual case): one lookup and a copy.
+            Ok(slice) => {
+                if slice.copy_to(dst) != n {
+                    return false;
+                }
+            }
+            Err(_) => {
+                if mem.read_slice(dst, r.addr).is_err() {
+                    return false;
+                }
+            }
         }
         at += n;
     }
@@ -160,8 +186,17 @@ pub fn scatter(mem: &GuestMem, ranges: &[GuestRange], src: &[u8]) -> usize {
     let mut at = 0usize;
     for r in ranges {
         let n = (r.len as usize).min(src.len() - at);
-        if n == 0 || mem.write_slice(&src[at..at + n], r.addr).is_err() {
+        if n == 0 {
             break;
+        }
+        let part = &src[at..at + n];
+        match GuestMemoryBackend::get_slice(mem, r.addr, n) {
+            Ok(slice) => slice.copy_from(part),
+            Err(_) => {
+                if mem.write_slice(part, r.addr).is_err() {
+                    break;
+                }
+            }
         }
         at += n;
     }
@@ -173,16 +208,16 @@ pub fn scatter(mem: &GuestMem, ranges: &[GuestRange], src: &[u8]) -> usize {
 pub struct CmdRequest {
     pub req: CmdReq,
     /// Exactly [`wire::CMD_RESP_LEN`] bytes.
-    pub resp: Vec<GuestRange>,
-    pub data_out: Vec<GuestRange>,
-    pub data_in: Vec<GuestRange>,
+    pub resp: Ranges,
+    pub data_out: Ranges,
+    pub data_in: Ranges,
 }
 
 /// A chain that cannot be executed; with a response area it is answered
 /// VIRTIO_SCSI_S_FAILURE, without one it is returned to the guest unanswered.
 #[derive(Debug)]
 pub struct Rejected {
-    pub resp: Option<Vec<GuestRange>>,
+    pub resp: Option<Ranges>,
     pub error: RequestError,
 }
 
@@ -239,7 +274,7 @@ pub fn parse_cmd(chain: Chain, mem: &GuestMem) -> Result<CmdRequest, Rejected> {
 #[derive(Debug)]
 pub struct CtrlRequest {
     pub req: CtrlReq,
-    pub resp: Vec<GuestRange>,
+    pub resp: Ranges,
 }
 
 /// Splits a control-queue chain: the request (its type says how long) readable, its
@@ -303,7 +338,8 @@ struct Seg {
 pub struct GuestBuf {
     /// Keeps the mapping alive (see the SAFETY note on `Send`).
     mem: Arc<GuestMem>,
-    segs: Vec<Seg>,
+    /// Inline for the usual buffer of a few descriptors.
+    segs: SmallVec<[Seg; 4]>,
     len: usize,
 }
 
@@ -328,9 +364,21 @@ impl GuestBuf {
     /// Resolves `ranges` (already checked by [`walk`]) to host memory. A range that
     /// spans two memory regions becomes two segments.
     pub fn new(mem: Arc<GuestMem>, ranges: &[GuestRange]) -> Result<Self, RequestError> {
-        let mut segs = Vec::with_capacity(ranges.len());
+        let mut segs = SmallVec::new();
         let mut len = 0usize;
         for r in ranges {
+            if let Some((host, n)) = one_region(&mem, r) {
+                segs.push(Seg {
+                    guest: r.addr,
+                    host,
+                    len: n,
+                });
+                len = len.checked_add(n).ok_or(RequestError::OutsideMemory {
+                    addr: r.addr.0,
+                    len: r.len,
+                })?;
+                continue;
+            }
             let outside = RequestError::OutsideMemory {
                 addr: r.addr.0,
                 len: r.len,

@@ -25,7 +25,7 @@ mod caw;
 mod lba_status;
 mod misc;
 pub(crate) use misc::lbppb_exponent;
-mod plan;
+pub(crate) mod plan;
 mod rw;
 mod sanitize;
 mod sanitize_op;
@@ -68,9 +68,10 @@ pub(crate) fn be64(b: &[u8], at: usize) -> u64 {
 
 /// LBA OUT OF RANGE unless `[lba, lba + blocks)` lies inside the LUN.
 pub(crate) fn check_range(lun: &Lun, lba: u64, blocks: u64) -> Result<(), CmdError> {
-    match lba.checked_add(blocks) {
-        Some(end) if end <= lun.num_blocks() => Ok(()),
-        _ => Err(Sense::illegal(asc::LBA_OUT_OF_RANGE).into()),
+    if lun.range_ok(lba, blocks) {
+        Ok(())
+    } else {
+        Err(Sense::illegal(asc::LBA_OUT_OF_RANGE).into())
     }
 }
 

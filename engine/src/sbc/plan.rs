@@ -4,6 +4,7 @@
 //! so that no command allocates in proportion to a length it was sent.
 
 use backends::{IoError, IoOp};
+use smallvec::SmallVec;
 
 use crate::cmd::DataBuf;
 use crate::exec::{io_error_sense, IoBuf, Job, JobCtx, LbaRange, Step};
@@ -88,6 +89,9 @@ impl Phase {
     }
 }
 
+/// The phases of a plan: a read or write has one or two, held inline.
+pub(crate) type Phases = SmallVec<[Phase; 2]>;
+
 /// What the last submitted operation was, to finish its chunk when it completes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Pending {
@@ -103,7 +107,7 @@ enum Pending {
 
 /// A list of phases run in order; `Done(Ok(wanted))` after the last.
 pub(crate) struct Plan {
-    phases: Vec<Phase>,
+    phases: Phases,
     idx: usize,
     /// Bytes of the current phase done.
     pos: u64,
@@ -127,7 +131,8 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    pub(crate) fn new(lun: &Lun, phases: Vec<Phase>, wanted: u32) -> Self {
+    pub(crate) fn new(lun: &Lun, phases: impl Into<Phases>, wanted: u32) -> Self {
+        let phases = phases.into();
         let bs = u64::from(lun.block_size());
         let limit = u64::from(lun.backend.capabilities().max_transfer);
         let max_io = if limit == 0 {
@@ -173,6 +178,11 @@ impl Plan {
 
     pub(crate) fn boxed(self) -> Box<dyn Job> {
         Box::new(self)
+    }
+
+    /// The plan as the worker runs it without a box (plain reads and writes).
+    pub(crate) fn unboxed(self) -> crate::exec::Exec {
+        crate::exec::Exec::Plan(crate::exec::PlanJob(self))
     }
 
     /// Fraction done, as a SCSI progress indication (0..=0xffff).

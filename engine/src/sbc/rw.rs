@@ -1,7 +1,7 @@
 //! READ and WRITE (6, 10, 12, 16) and WRITE ATOMIC(16).
 
 use super::limits;
-use super::plan::{Phase, Plan};
+use super::plan::{Phase, Phases, Plan};
 use super::{
     byte_off, check_no_protect, check_range, check_xfer, effective_fua, extent, fua_bit,
     xfer_bytes, Extent,
@@ -41,7 +41,7 @@ pub(super) fn read(ctx: &mut CmdCtx<'_>) -> ExecResult {
     let bs = u64::from(ctx.lun.block_size());
     let off = byte_off(ctx.lun, e.lba);
     let whole = len / bs * bs;
-    let mut phases = Vec::with_capacity(2);
+    let mut phases = Phases::new();
     if whole > 0 {
         phases.push(Phase::Read {
             off,
@@ -58,7 +58,7 @@ pub(super) fn read(ctx: &mut CmdCtx<'_>) -> ExecResult {
             have: usize::try_from(len - whole).unwrap_or(0),
         });
     }
-    Ok(Exec::Job(Plan::new(ctx.lun, phases, wanted).boxed()))
+    Ok(Plan::new(ctx.lun, phases, wanted).unboxed())
 }
 
 /// The phases that write `bytes` at `lba` from the data-out buffer (`have` bytes):
@@ -69,7 +69,7 @@ pub(super) fn write_phases(
     lba: u64,
     bytes: u64,
     fua: bool,
-    phases: &mut Vec<Phase>,
+    phases: &mut Phases,
 ) -> bool {
     let bs = u64::from(ctx.lun.block_size());
     let have = ctx.data.len() as u64;
@@ -116,10 +116,10 @@ pub(super) fn write(ctx: &mut CmdCtx<'_>) -> ExecResult {
         return Ok(Exec::Good(0));
     }
     let fua = effective_fua(ctx, cdb_fua);
-    let mut phases = Vec::with_capacity(2);
+    let mut phases = Phases::new();
     let rmw = write_phases(ctx, e.lba, u64::from(wanted), fua, &mut phases);
     let plan = Plan::new(ctx.lun, phases, wanted).with_range(e.lba, e.blocks, rmw);
-    Ok(Exec::Job(plan.boxed()))
+    Ok(plan.unboxed())
 }
 
 /// Whether `x` breaks a granularity of `unit` blocks (0 and 1: no constraint).
@@ -158,7 +158,7 @@ pub(super) fn write_atomic(ctx: &mut CmdCtx<'_>) -> ExecResult {
         return Err(Sense::invalid_cdb_field(12, None).into());
     }
     let fua = effective_fua(ctx, fua_bit(cdb));
-    let mut phases = Vec::with_capacity(2);
+    let mut phases = Phases::new();
     write_phases(ctx, e.lba, u64::from(wanted), fua, &mut phases);
     let plan = Plan::new(ctx.lun, phases, wanted).with_range(e.lba, e.blocks, true);
     Ok(Exec::Job(plan.boxed()))

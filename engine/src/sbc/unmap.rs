@@ -77,7 +77,7 @@ pub(super) fn unmap(ctx: &mut CmdCtx<'_>) -> ExecResult {
         .iter()
         .all(|d| check_range(lun, d.lba, d.blocks).is_ok()));
     let bs = u64::from(lun.block_size());
-    let phases = descs
+    let phases: Vec<Phase> = descs
         .iter()
         .map(|d| Phase::Zero {
             off: byte_off(lun, d.lba),

@@ -90,7 +90,7 @@ pub(super) fn write_and_verify(ctx: &mut CmdCtx<'_>) -> ExecResult {
         return Ok(Exec::Good(0));
     }
     let fua = effective_fua(ctx, false);
-    let mut phases = Vec::with_capacity(3);
+    let mut phases = super::plan::Phases::new();
     let rmw = write_phases(ctx, e.lba, u64::from(bytes), fua, &mut phases);
     let off = byte_off(ctx.lun, e.lba);
     let sent = u64::from(bytes).min(ctx.data.len() as u64);
