@@ -98,9 +98,11 @@ impl BlkBackend {
             .set(handlers.iter().map(Arc::downgrade).collect());
     }
 
-    /// The epoll data of a thread's worker eventfd: above the queue (0) and the
-    /// library's exit event (1).
-    const WORKER_EVENT: u16 = 2;
+    /// The epoll data of a thread's worker eventfd: above the device's queues and
+    /// the library's exit event (`num_queues`), which the library reserves.
+    fn worker_event(&self) -> u16 {
+        u16::try_from(self.device.num_queues() + 1).unwrap_or(u16::MAX)
+    }
 
     fn make_queues(&self, thread: usize) -> io::Result<ThreadQueues> {
         let queues = BlkQueues::new(
@@ -118,7 +120,7 @@ impl BlkBackend {
         handler.register_listener(
             queues.notify_fd(),
             EventSet::IN,
-            u64::from(Self::WORKER_EVENT),
+            u64::from(self.worker_event()),
         )?;
         Ok(ThreadQueues {
             queues,
