@@ -132,3 +132,64 @@ pub fn spawn(
         })?;
     Ok(vec![to_library, to_frontend])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::sync::mpsc;
+
+    fn message(request: u32, payload: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&request.to_le_bytes());
+        m.extend_from_slice(&1u32.to_le_bytes());
+        m.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_le_bytes());
+        m.extend_from_slice(payload);
+        m
+    }
+
+    #[test]
+    fn relays_messages_and_descriptors_and_keeps_the_backend_channel() {
+        let (qemu, frontend) = UnixStream::pair().unwrap();
+        let (library, lib) = UnixStream::pair().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let threads = spawn(frontend, library, move |s| tx.send(s).unwrap()).unwrap();
+
+        // A message with a payload, then SET_BACKEND_REQ_FD with a socket.
+        let get_config = message(24, &[7u8; 20]);
+        qemu.send_with_fds(&[&get_config[..]], &[]).unwrap();
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let set_fd = message(SET_BACKEND_REQ_FD, &[]);
+        qemu.send_with_fds(&[&set_fd[..]], &[theirs.as_raw_fd()])
+            .unwrap();
+        drop(theirs);
+
+        let got = recv(&lib).unwrap().unwrap();
+        assert_eq!(got.bytes, get_config);
+        assert!(got.fds.is_empty());
+        let got = recv(&lib).unwrap().unwrap();
+        assert_eq!(got.bytes, set_fd);
+        assert_eq!(got.fds.len(), 1, "the descriptor reaches the library");
+
+        // Our copy of the channel reaches the frontend's end.
+        let mut copy = rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+        copy.write_all(b"config").unwrap();
+        let mut b = [0u8; 6];
+        (&ours).read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"config");
+
+        // Replies go back; a bad size ends the relay; both sides are closed.
+        let reply = message(24, &[1, 2, 3]);
+        lib.send_with_fds(&[&reply[..]], &[]).unwrap();
+        let got = recv(&qemu).unwrap().unwrap();
+        assert_eq!(got.bytes, reply);
+        let mut huge = message(1, &[]);
+        huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        qemu.send_with_fds(&[&huge[..]], &[]).unwrap();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(recv(&lib).unwrap().is_none());
+        assert!(recv(&qemu).unwrap().is_none());
+    }
+}
