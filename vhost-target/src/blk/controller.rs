@@ -171,6 +171,7 @@ impl VhostBlkController {
 
     /// Serves one frontend connection to its end.
     fn serve_one(&self, frontend: UnixStream) -> Result<(), String> {
+        self.device.reset();
         let nexus = Nexus::new(
             &self.name,
             sas_transport_id(&self.name),

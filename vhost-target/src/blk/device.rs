@@ -170,6 +170,14 @@ impl BlkDevice {
         ))
     }
 
+    /// A new connection: the write cache is the LUN's until its driver says
+    /// otherwise.
+    pub fn reset(&self) {
+        self.write_through
+            .store(!self.lun.config.write_cache, Ordering::Relaxed);
+        self.set_backend_req(None);
+    }
+
     /// The frontend's backend request channel for the connection now served.
     pub fn set_backend_req(&self, sock: Option<UnixStream>) {
         *self.backend_req.lock().unwrap_or_else(|e| e.into_inner()) = sock;

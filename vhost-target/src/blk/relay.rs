@@ -22,8 +22,8 @@ const SET_BACKEND_REQ_FD: u32 = 21;
 /// The largest payload we relay: far above any vhost-user message (memory tables
 /// of a few hundred regions, 256 bytes of config).
 const MAX_PAYLOAD: usize = 1 << 20;
-/// File descriptors one message may carry (vhost-user's own limit is 8; memory
-/// tables may carry up to 509 with ADD_MEM_REG they come one at a time).
+/// File descriptors one message may carry: vhost-user sends at most 8 (a
+/// memory table's regions; ADD_MEM_REG sends one at a time).
 const MAX_FDS: usize = 32;
 
 /// One message: header and payload bytes, and the descriptors that came with it.
