@@ -116,6 +116,20 @@ pub struct StopHandle {
 }
 
 impl StopHandle {
+    /// A handle on a serve loop's flag, socket and current connection (shared
+    /// with the vhost-user-blk controller).
+    pub(crate) fn new(
+        stop: Arc<AtomicBool>,
+        socket: PathBuf,
+        current: Arc<Mutex<Option<ShutdownHandle>>>,
+    ) -> Self {
+        StopHandle {
+            stop,
+            socket,
+            current,
+        }
+    }
+
     /// Ends the connection being served, if any, and makes `serve` return.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);

@@ -7,7 +7,8 @@
 //! with no copy. Completions come back on the same thread's engine worker and go to
 //! the used ring with the response; the control queue carries task management
 //! functions to the engine; the event queue tells the driver of LUNs attached,
-//! detached or resized at run time ([`events`]). vhost-user-blk comes later.
+//! detached or resized at run time ([`events`]). A [`VhostBlkController`] serves
+//! one LUN as a vhost-user-blk device ([`blk`]) on the same engine.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -33,12 +34,14 @@
 //! -device vhost-user-scsi-pci,chardev=c0,num_queues=2`.
 
 pub mod backend;
+pub mod blk;
 pub mod controller;
 pub mod events;
 pub mod queues;
 pub mod request;
 pub mod wire;
 
+pub use blk::VhostBlkController;
 pub use controller::{ControllerError, LunMapError, StopHandle, VhostScsiController};
 pub use events::{EventStats, Posted};
 pub use queues::{ScsiQueues, UsedEntry};
