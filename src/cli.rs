@@ -34,6 +34,9 @@ pub enum Group {
     /// vhost-user-scsi controllers for QEMU guests.
     #[command(subcommand)]
     Vhost(VhostCmd),
+    /// vhost-user-blk devices (one LUN each) for QEMU and cloud-hypervisor.
+    #[command(subcommand)]
+    VhostBlk(VhostBlkCmd),
     /// The running configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -236,6 +239,27 @@ pub enum VhostCmd {
     },
     /// Detaches a LUN number.
     Detach { controller: String, id: u64 },
+}
+
+#[derive(Subcommand)]
+pub enum VhostBlkCmd {
+    /// Creates a device serving LUN on a socket.
+    Create {
+        name: String,
+        /// The Unix socket the VMM connects to (an absolute path).
+        #[arg(value_name = "SOCKET")]
+        listen: String,
+        /// The LUN it serves.
+        #[arg(long)]
+        lun: String,
+        /// Request queues.
+        #[arg(long)]
+        queues: Option<u32>,
+    },
+    /// Stops a device.
+    Delete { name: String },
+    /// Lists the devices.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -542,6 +566,33 @@ fn request(g: Group) -> Result<(String, Value, Show), CliError> {
                 "vhost_scsi_lun_detach",
                 json!({"controller": controller, "id": id}),
                 Done(format!("LUN {id} of {controller} detached")),
+            ),
+        },
+        Group::VhostBlk(c) => match c {
+            VhostBlkCmd::Create {
+                name,
+                listen,
+                lun,
+                queues,
+            } => (
+                "vhost_blk_create",
+                obj(vec![
+                    ("name", Some(json!(name))),
+                    ("socket", Some(json!(listen))),
+                    ("lun", Some(json!(lun))),
+                    ("queues", queues.map(|q| json!(q))),
+                ]),
+                Done(format!("vhost-user-blk device {name} listening on {listen}")),
+            ),
+            VhostBlkCmd::Delete { name } => (
+                "vhost_blk_delete",
+                json!({"name": name}),
+                Done(format!("vhost-user-blk device {name} deleted")),
+            ),
+            VhostBlkCmd::List => (
+                "vhost_blk_list",
+                json!({}),
+                Table(&["name", "socket", "lun", "queues", "connections"]),
             ),
         },
         Group::Config(c) => match c {

@@ -72,6 +72,8 @@ pub struct RawConfig {
     pub iscsi_targets: Vec<RawIscsiTarget>,
     #[serde(default, rename = "vhost_scsi", skip_serializing_if = "Vec::is_empty")]
     pub vhost_scsi: Vec<RawVhostScsi>,
+    #[serde(default, rename = "vhost_blk", skip_serializing_if = "Vec::is_empty")]
+    pub vhost_blk: Vec<RawVhostBlk>,
 }
 
 /// Server-wide iSCSI settings.
@@ -132,6 +134,21 @@ pub struct RawIscsiTarget {
     pub chap_required: Option<bool>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub luns: Vec<Spanned<RawMapping>>,
+}
+
+/// A vhost-user-blk device: one LUN as a virtio-blk disk (QEMU's
+/// vhost-user-blk-pci, cloud-hypervisor's `--disk vhost_user=true`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVhostBlk {
+    pub name: Spanned<String>,
+    /// The Unix socket the VMM connects to.
+    pub socket: Spanned<PathBuf>,
+    /// The LUN it serves.
+    pub lun: Spanned<String>,
+    /// Request queues; default 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queues: Option<Spanned<usize>>,
 }
 
 /// A vhost-user-scsi controller.
@@ -301,6 +318,15 @@ pub struct IscsiTargetDef {
     pub luns: Vec<RawMapping>,
 }
 
+/// A vhost-user-blk device as the daemon serves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VhostBlkDef {
+    pub name: String,
+    pub socket: PathBuf,
+    pub lun: String,
+    pub queues: usize,
+}
+
 /// A vhost-user-scsi controller as the daemon serves it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VhostScsiDef {
@@ -330,6 +356,7 @@ pub struct Config {
     pub luns: Vec<LunDef>,
     pub iscsi_targets: Vec<IscsiTargetDef>,
     pub vhost_scsi: Vec<VhostScsiDef>,
+    pub vhost_blk: Vec<VhostBlkDef>,
     /// The document itself, with generated UUIDs filled in, for saving.
     pub raw: RawConfig,
 }
@@ -500,6 +527,29 @@ pub fn parse(path: &str, text: &str) -> Result<Config, ConfigError> {
         check_mapping_luns(&cx, &v.luns, &lun_names)?;
         vhost_scsi.push(def);
     }
+    let mut vhost_blk = Vec::new();
+    for v in &raw.vhost_blk {
+        let def = check_vhost_blk(&cx, v)?;
+        if !vhost_names.insert(def.name.clone()) {
+            return cx.err(
+                v.name.span(),
+                format!("vhost controller {:?} is defined twice", def.name),
+            );
+        }
+        if !sockets.insert(def.socket.clone()) {
+            return cx.err(
+                v.socket.span(),
+                format!(
+                    "vhost-user-blk device {:?}: its socket is used by another controller",
+                    def.name
+                ),
+            );
+        }
+        if !lun_names.contains(&def.lun) {
+            return cx.err(v.lun.span(), format!("no LUN named {:?}", def.lun));
+        }
+        vhost_blk.push(def);
+    }
     let metrics_listen = match &raw.metrics_listen {
         None => None,
         Some(m) => match m.get_ref().parse::<SocketAddr>() {
@@ -530,6 +580,7 @@ pub fn parse(path: &str, text: &str) -> Result<Config, ConfigError> {
         luns,
         iscsi_targets,
         vhost_scsi,
+        vhost_blk,
         raw,
     })
 }
@@ -776,6 +827,34 @@ pub fn check_vhost_scsi(cx: &Ctx<'_>, v: &RawVhostScsi) -> Result<VhostScsiDef, 
         socket: socket.clone(),
         queues,
         luns,
+    })
+}
+
+/// Checks one `[[vhost_blk]]` on its own (the LUN's existence is the
+/// caller's to check).
+pub fn check_vhost_blk(cx: &Ctx<'_>, v: &RawVhostBlk) -> Result<VhostBlkDef, ConfigError> {
+    let name = v.name.get_ref();
+    if !valid_object_name(name) {
+        return cx.err(
+            v.name.span(),
+            format!("vhost-user-blk name {name:?}: use 1 to 64 letters, digits, '-', '_' or '.'"),
+        );
+    }
+    let socket = v.socket.get_ref();
+    if !socket.is_absolute() {
+        return cx.err(v.socket.span(), "the vhost socket must be an absolute path");
+    }
+    let queues = v.queues.as_ref().map_or(1, |q| *q.get_ref());
+    let max = vhost_target::backend::MAX_REQUEST_QUEUES;
+    if !(1..=max).contains(&queues) {
+        let span = v.queues.as_ref().map_or(v.name.span(), |q| q.span());
+        return cx.err(span, format!("queues must be 1 to {max}"));
+    }
+    Ok(VhostBlkDef {
+        name: name.clone(),
+        socket: socket.clone(),
+        lun: v.lun.get_ref().clone(),
+        queues,
     })
 }
 
@@ -1122,5 +1201,27 @@ removable = true
         let u = random_uuid().unwrap();
         assert_eq!(parse_uuid(&format_uuid(&u)), Some(u));
         assert_eq!(parse_uuid("xyz"), None);
+    }
+
+    #[test]
+    fn vhost_blk_devices_are_checked() {
+        let base = "[[backend]]\nname=\"a\"\ntype=\"ram\"\nsize=\"1M\"\n[[lun]]\nname=\"l\"\nbackend=\"a\"\n";
+        let ok = format!(
+            "{base}[[vhost_blk]]\nname=\"vm\"\nsocket=\"/run/x.sock\"\nlun=\"l\"\nqueues=2\n"
+        );
+        let c = parse("t", &ok).unwrap();
+        assert_eq!(c.vhost_blk[0].queues, 2);
+        assert_eq!(c.vhost_blk[0].lun, "l");
+        let (line, msg) = err_of(&format!(
+            "{base}[[vhost_blk]]\nname=\"vm\"\nsocket=\"/run/x.sock\"\nlun=\"zz\"\n"
+        ));
+        assert_eq!(line, 11, "{msg}");
+        assert!(msg.contains("zz"), "{msg}");
+        let (_, msg) = err_of(&format!("{base}[[vhost_scsi]]\nname=\"s\"\nsocket=\"/run/x.sock\"\n[[vhost_blk]]\nname=\"vm\"\nsocket=\"/run/x.sock\"\nlun=\"l\"\n"));
+        assert!(msg.contains("socket"), "{msg}");
+        let (_, msg) = err_of(&format!(
+            "{base}[[vhost_blk]]\nname=\"vm\"\nsocket=\"rel.sock\"\nlun=\"l\"\n"
+        ));
+        assert!(msg.contains("absolute"), "{msg}");
     }
 }

@@ -24,6 +24,7 @@ use crate::config::{
     RawVhostScsi,
 };
 
+mod blk;
 pub mod rpc;
 pub mod stats;
 
@@ -97,6 +98,7 @@ struct State {
     luns: BTreeMap<String, LunObj>,
     targets: BTreeMap<String, TargetObj>,
     vhost: BTreeMap<String, VhostObj>,
+    blk: BTreeMap<String, blk::BlkObj>,
     /// Relative target port identifiers handed out so far (unique per daemon).
     next_port_id: u16,
 }
@@ -118,6 +120,11 @@ impl State {
         for (c, o) in &self.vhost {
             if o.raw.luns.iter().any(|m| m.get_ref().lun == name) {
                 v.push(format!("vhost controller {c}"));
+            }
+        }
+        for (c, o) in &self.blk {
+            if o.raw.lun.get_ref() == name {
+                v.push(format!("vhost-user-blk device {c}"));
             }
         }
         v
@@ -189,6 +196,7 @@ impl Daemon {
         base.luns.clear();
         base.iscsi_targets.clear();
         base.vhost_scsi.clear();
+        base.vhost_blk.clear();
         let d = Arc::new(Daemon {
             state: Mutex::new(State::default()),
             registry,
@@ -215,6 +223,9 @@ impl Daemon {
             }
             for v in cfg.raw.vhost_scsi {
                 d.create_vhost_scsi(v)?;
+            }
+            for v in cfg.raw.vhost_blk {
+                d.create_vhost_blk(v)?;
             }
             Ok(())
         })();
@@ -244,6 +255,9 @@ impl Daemon {
         let mut st = self.lock();
         for v in st.vhost.values_mut() {
             v.stop();
+        }
+        for b in st.blk.values_mut() {
+            b.stop();
         }
         let names: Vec<String> = st.targets.keys().cloned().collect();
         for n in names {
@@ -414,6 +428,18 @@ impl Daemon {
                 let _ = controller.detach_lun(m.get_ref().id);
                 false
             });
+        }
+        // A blk device is its LUN: forcing the LUN away removes the device.
+        let devices: Vec<String> = st
+            .blk
+            .iter()
+            .filter(|(_, b)| b.raw.lun.get_ref() == name)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for d in devices {
+            if let Some(mut b) = st.blk.remove(&d) {
+                b.stop();
+            }
         }
         st.luns.remove(name);
         self.registry.remove(name);
@@ -779,33 +805,7 @@ impl Daemon {
         );
         let stop = controller.stop_handle();
         let c = controller.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name(format!("vhost-{}", def.name))
-            .spawn(move || {
-                let _ = tx.send(());
-                if let Err(e) = c.serve() {
-                    tracing::error!(controller = %c.name(), "vhost controller stopped: {e}");
-                }
-            })
-            .map_err(|e| OpError::Failed(format!("thread: {e}")))?;
-        let _ = rx.recv();
-        // serve() binds the socket first thing: wait (bounded) until it exists
-        // so that a caller may start QEMU right after this returns.
-        for _ in 0..200 {
-            if def.socket.exists() || thread.is_finished() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        if thread.is_finished() {
-            let _ = thread.join();
-            return Err(OpError::Failed(format!(
-                "vhost controller {:?} could not listen on {}",
-                def.name,
-                def.socket.display()
-            )));
-        }
+        let thread = spawn_serving(&def.name, &def.socket, move || c.serve().map_err(|e| e.to_string()))?;
         tracing::info!(controller = %def.name, socket = %def.socket.display(), "vhost-user-scsi controller created");
         let out = vhost_json(&raw, &controller);
         st.vhost.insert(
@@ -880,6 +880,7 @@ impl Daemon {
         c.luns = st.luns.values().map(|l| l.raw.clone()).collect();
         c.iscsi_targets = st.targets.values().map(|t| t.raw.clone()).collect();
         c.vhost_scsi = st.vhost.values().map(|v| v.raw.clone()).collect();
+        c.vhost_blk = st.blk.values().map(|b| b.raw.clone()).collect();
         c
     }
 
@@ -921,6 +922,39 @@ pub struct ChapParams {
     pub mutual_user: Option<String>,
     pub mutual_secret: Option<String>,
     pub required: Option<bool>,
+}
+
+/// Runs a vhost device's `serve` loop on its own thread and returns once its
+/// socket listens (so that a caller may start the VMM right away), or with an
+/// error if it could not.
+fn spawn_serving(
+    name: &str,
+    socket: &Path,
+    serve: impl FnOnce() -> Result<(), String> + Send + 'static,
+) -> Result<JoinHandle<()>, OpError> {
+    let who = name.to_string();
+    let thread = std::thread::Builder::new()
+        .name(format!("vhost-{name}"))
+        .spawn(move || {
+            if let Err(e) = serve() {
+                tracing::error!(controller = %who, "vhost device stopped: {e}");
+            }
+        })
+        .map_err(|e| OpError::Failed(format!("thread: {e}")))?;
+    // serve() binds the socket first thing: wait for it, bounded.
+    for _ in 0..400 {
+        if socket.exists() || thread.is_finished() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    if thread.is_finished() || !socket.exists() {
+        return Err(OpError::Failed(format!(
+            "vhost device {name:?} could not listen on {}",
+            socket.display()
+        )));
+    }
+    Ok(thread)
 }
 
 /// Maps (`lun` Some) or unmaps (None) LUN number `id` in a raw LUN list.

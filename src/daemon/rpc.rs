@@ -405,6 +405,27 @@ pub const METHODS: &[Method] = &[
         },
     },
     Method {
+        name: "vhost_blk_create",
+        help: "Creates a vhost-user-blk device (a [[vhost_blk]] of the config file): one LUN as a virtio-blk disk for QEMU or cloud-hypervisor.",
+        params: "name, socket, lun, queues",
+        handler: |d, p| Ok(d.create_vhost_blk_json(&p)?),
+    },
+    Method {
+        name: "vhost_blk_delete",
+        help: "Stops a vhost-user-blk device and removes its socket.",
+        params: "name",
+        handler: |d, p| Ok(d.delete_vhost_blk(&params::<Name>(p)?.name)?),
+    },
+    Method {
+        name: "vhost_blk_list",
+        help: "Lists the vhost-user-blk devices.",
+        params: "",
+        handler: |d, p| {
+            no_params(p)?;
+            Ok(d.list_vhost_blk())
+        },
+    },
+    Method {
         name: "get_config",
         help: "The running configuration, in the config file's structure (secrets included).",
         params: "",
