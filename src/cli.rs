@@ -582,7 +582,9 @@ fn request(g: Group) -> Result<(String, Value, Show), CliError> {
                     ("lun", Some(json!(lun))),
                     ("queues", queues.map(|q| json!(q))),
                 ]),
-                Done(format!("vhost-user-blk device {name} listening on {listen}")),
+                Done(format!(
+                    "vhost-user-blk device {name} listening on {listen}"
+                )),
             ),
             VhostBlkCmd::Delete { name } => (
                 "vhost_blk_delete",

@@ -303,6 +303,28 @@ fn cli_changes_a_running_daemon_and_a_restart_finds_them() {
         ],
     );
     assert!(vsock.exists(), "the controller listens");
+    // A vhost-user-blk device on the RAM LUN.
+    let bsock = dir.path().join("vm2-blk.sock");
+    let bsock_s = bsock.display().to_string();
+    cli(
+        &socket,
+        &[
+            "vhost-blk",
+            "create",
+            "vm2",
+            &bsock_s,
+            "--lun",
+            "lun0",
+            "--queues",
+            "2",
+        ],
+    );
+    assert!(bsock.exists(), "the blk device listens");
+    let (code, _, err) = cli_raw(
+        &socket,
+        &["vhost-blk", "create", "vm2", &bsock_s, "--lun", "lun0"],
+    );
+    assert_eq!(code, Some(1), "a second device of that name: {err}");
 
     let before = cli_json(&socket, &["lun", "list"]);
     cli(&socket, &["config", "save"]);
@@ -318,6 +340,11 @@ fn cli_changes_a_running_daemon_and_a_restart_finds_them() {
     assert_eq!(v[0]["queues"], 2, "{v}");
     assert_eq!(v[0]["luns"][0]["lun"], "disk1", "{v}");
     assert!(vsock.exists(), "the restored controller listens");
+    let b = cli_json(&socket, &["vhost-blk", "list"]);
+    assert_eq!(b[0]["name"], "vm2", "{b}");
+    assert_eq!(b[0]["lun"], "lun0", "{b}");
+    assert_eq!(b[0]["queues"], 2, "{b}");
+    assert!(bsock.exists(), "the restored blk device listens");
     let t = cli_json(&socket, &["iscsi", "target", "list"]);
     assert_eq!(t[0]["luns"].as_array().map(Vec::len), Some(2), "{t}");
     assert_eq!(t[0]["acl"].as_array().map(Vec::len), Some(3), "{t}");

@@ -9,7 +9,7 @@ use engine::{Protocol, TargetPort};
 use serde_json::{json, Value};
 use vhost_target::{StopHandle, VhostBlkController};
 
-use super::{invalid, parsed, spawn_serving, ctx, Daemon, OpError};
+use super::{ctx, invalid, parsed, spawn_serving, Daemon, OpError};
 use crate::config::{self, RawVhostBlk};
 
 /// A running vhost-user-blk device.

@@ -805,7 +805,9 @@ impl Daemon {
         );
         let stop = controller.stop_handle();
         let c = controller.clone();
-        let thread = spawn_serving(&def.name, &def.socket, move || c.serve().map_err(|e| e.to_string()))?;
+        let thread = spawn_serving(&def.name, &def.socket, move || {
+            c.serve().map_err(|e| e.to_string())
+        })?;
         tracing::info!(controller = %def.name, socket = %def.socket.display(), "vhost-user-scsi controller created");
         let out = vhost_json(&raw, &controller);
         st.vhost.insert(

@@ -105,8 +105,8 @@ pub fn parse(chain: Chain, mem: &GuestMem) -> Result<BlkRequest, Rejected> {
     Ok(BlkRequest {
         header: Header::parse(&b),
         status,
-        data_out,
-        data_in,
+        data_out: data_out.to_vec(),
+        data_in: data_in.to_vec(),
     })
 }
 
