@@ -1,6 +1,8 @@
 //! Unit attention conditions, queued per I_T nexus (SPC-4 5.14 / SAM-5 5.14).
-//! The hot path checks an atomic count and takes the lock only when some unit
-//! attention is pending somewhere on the LUN.
+//! The hot path checks an atomic count of the conditions pending for nexuses that
+//! hash like its own and takes the lock only when that count is not zero: a
+//! condition left for a nexus that is gone (an I_T NEXUS LOSS nobody collects) does
+//! not send every other nexus's commands through the lock.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +21,10 @@ const MAX_QUEUED: usize = 16;
 /// OCCURRED again when it returns, which SAM-5 allows.
 const MAX_NEXUSES: usize = 4096;
 
+/// Buckets of pending counts. With several live sessions and a few gone ones, most
+/// nexuses find a bucket of zero.
+const BUCKETS: usize = 64;
+
 #[derive(Default)]
 struct Inner {
     queues: HashMap<NexusKey, VecDeque<Asc>>,
@@ -26,19 +32,45 @@ struct Inner {
     seen: HashSet<NexusKey>,
 }
 
-#[derive(Default)]
 pub struct UnitAttentions {
-    /// Number of queued conditions, plus one while a nexus may be unseen.
-    pending: AtomicUsize,
+    /// Number of queued conditions per bucket of nexuses ([`bucket`]), changed
+    /// only under the lock.
+    pending: [AtomicUsize; BUCKETS],
     inner: Mutex<Inner>,
 }
 
+impl Default for UnitAttentions {
+    fn default() -> Self {
+        UnitAttentions {
+            pending: std::array::from_fn(|_| AtomicUsize::new(0)),
+            inner: Mutex::default(),
+        }
+    }
+}
+
+/// The bucket of a nexus: FNV-1a over its name and port (cheap enough to run for
+/// every command; the names are a few dozen bytes).
+fn bucket(key: &NexusKey) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.initiator.bytes().chain(key.relative_port.to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // Fold the high bits in: FNV's low bits alone mix poorly.
+    usize::try_from((h ^ (h >> 32)) % BUCKETS as u64).unwrap_or(0)
+}
+
 impl UnitAttentions {
+    fn pending(&self, key: &NexusKey) -> &AtomicUsize {
+        &self.pending[bucket(key)]
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn push(inner: &mut Inner, pending: &AtomicUsize, key: &NexusKey, a: Asc) {
+        // `pending` is the bucket of `key`.
         let q = inner.queues.entry(key.clone()).or_default();
         if q.contains(&a) {
             return;
@@ -54,7 +86,7 @@ impl UnitAttentions {
     /// Queues `a` for one nexus.
     pub fn establish(&self, key: &NexusKey, a: Asc) {
         let mut inner = self.lock();
-        Self::push(&mut inner, &self.pending, key, a);
+        Self::push(&mut inner, self.pending(key), key, a);
     }
 
     /// Queues `a` for every nexus that has talked to this LUN, except `except`.
@@ -67,7 +99,7 @@ impl UnitAttentions {
             .cloned()
             .collect();
         for k in keys {
-            Self::push(&mut inner, &self.pending, &k, a);
+            Self::push(&mut inner, self.pending(&k), &k, a);
         }
     }
 
@@ -77,7 +109,7 @@ impl UnitAttentions {
         let mut inner = self.lock();
         let keys: Vec<NexusKey> = inner.seen.iter().filter(|k| pred(k)).cloned().collect();
         for k in keys {
-            Self::push(&mut inner, &self.pending, &k, a);
+            Self::push(&mut inner, self.pending(&k), &k, a);
         }
     }
 
@@ -93,7 +125,7 @@ impl UnitAttentions {
         if inner.seen.insert(key.clone()) {
             Self::push(
                 inner,
-                &self.pending,
+                self.pending(key),
                 key,
                 asc::POWER_ON_RESET_OR_BUS_DEVICE_RESET,
             );
@@ -128,7 +160,7 @@ impl UnitAttentions {
         for k in victims {
             inner.seen.remove(&k);
             if let Some(q) = inner.queues.remove(&k) {
-                self.pending.fetch_sub(q.len(), Ordering::AcqRel);
+                self.pending(&k).fetch_sub(q.len(), Ordering::AcqRel);
             }
         }
     }
@@ -137,7 +169,7 @@ impl UnitAttentions {
     pub fn pop(&self, key: &NexusKey) -> Option<Asc> {
         let mut inner = self.lock();
         self.first_contact(&mut inner, key);
-        if self.pending.load(Ordering::Acquire) == 0 {
+        if self.pending(key).load(Ordering::Acquire) == 0 {
             return None;
         }
         let q = inner.queues.get_mut(key)?;
@@ -145,7 +177,7 @@ impl UnitAttentions {
         if q.is_empty() {
             inner.queues.remove(key);
         }
-        self.pending.fetch_sub(1, Ordering::AcqRel);
+        self.pending(key).fetch_sub(1, Ordering::AcqRel);
         Some(a)
     }
 
@@ -156,10 +188,10 @@ impl UnitAttentions {
         inner.queues.get(key)?.front().copied()
     }
 
-    /// The hot-path check: with nothing pending on the LUN and a nexus the caller
-    /// knows has been here before (`known`), no lock is taken.
+    /// The hot-path check: with nothing pending in the bucket of `key` and a nexus
+    /// the caller knows has been here before (`known`), no lock is taken.
     pub fn take(&self, key: &NexusKey, known: bool) -> Option<Asc> {
-        if known && self.pending.load(Ordering::Acquire) == 0 {
+        if known && self.pending(key).load(Ordering::Acquire) == 0 {
             return None;
         }
         self.pop(key)
@@ -170,7 +202,7 @@ impl UnitAttentions {
     pub fn clear(&self, key: &NexusKey) {
         let mut inner = self.lock();
         if let Some(q) = inner.queues.remove(key) {
-            self.pending.fetch_sub(q.len(), Ordering::AcqRel);
+            self.pending(key).fetch_sub(q.len(), Ordering::AcqRel);
         }
     }
 }
@@ -239,5 +271,28 @@ mod tests {
         ua.establish_matching(asc::REGISTRATIONS_PREEMPTED, |k| &*k.initiator == "a");
         assert_eq!(ua.pop(&key("a")), Some(asc::REGISTRATIONS_PREEMPTED));
         assert_eq!(ua.pop(&key("b")), None);
+    }
+
+    #[test]
+    fn a_condition_left_for_a_gone_nexus_keeps_others_off_the_lock() {
+        let ua = UnitAttentions::default();
+        let gone = key("iqn.gone,i,0x1");
+        let live = (0..100)
+            .map(|i| key(&format!("iqn.live,i,0x{i:x}")))
+            .find(|k| bucket(k) != bucket(&gone))
+            .expect("a name in another bucket");
+        ua.pop(&gone);
+        ua.pop(&live);
+        ua.pop(&live);
+        ua.clear(&gone);
+        ua.establish(&gone, asc::I_T_NEXUS_LOSS_OCCURRED);
+        assert_eq!(ua.pending(&live).load(Ordering::Acquire), 0);
+        assert_eq!(ua.pending(&gone).load(Ordering::Acquire), 1);
+        // The lock is not needed for `live`: held here, `take` still answers.
+        let held = ua.lock();
+        assert_eq!(ua.take(&live, true), None);
+        drop(held);
+        assert_eq!(ua.take(&gone, true), Some(asc::I_T_NEXUS_LOSS_OCCURRED));
+        assert_eq!(ua.pending(&gone).load(Ordering::Acquire), 0);
     }
 }

@@ -16,6 +16,7 @@
 pub mod chap;
 pub mod discovery;
 pub mod initiator;
+pub mod inthash;
 pub mod login;
 pub mod negotiate;
 pub mod pdu;

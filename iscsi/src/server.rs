@@ -12,6 +12,8 @@
 //! other connections of its thread.
 
 use std::collections::{HashMap, VecDeque};
+
+use crate::inthash::IntMap;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -1180,7 +1182,7 @@ struct WorkerLoop {
     worker: Worker,
     epoll: Epoll,
     inbox: Arc<Inbox>,
-    conns: HashMap<u32, Conn>,
+    conns: IntMap<u32, Conn>,
     next_conn: u32,
     pool: BufPool,
     events: Vec<Event>,
@@ -1216,7 +1218,7 @@ impl WorkerLoop {
             worker,
             epoll,
             inbox,
-            conns: HashMap::new(),
+            conns: IntMap::default(),
             next_conn: 1,
             pool: BufPool::new(),
             events: Vec::new(),

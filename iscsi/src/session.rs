@@ -30,6 +30,8 @@ pub mod buf;
 mod tests;
 
 use std::collections::{HashMap, HashSet, VecDeque};
+
+use crate::inthash::IntMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -381,13 +383,13 @@ pub struct Session {
     exp_cmd_sn: u32,
     max_cmd_sn: u32,
     stat_sn: u32,
-    tasks: HashMap<u32, Task>,
-    by_token: HashMap<u64, u32>,
+    tasks: IntMap<u32, Task>,
+    by_token: IntMap<u64, u32>,
     immediate: usize,
     data_bytes: usize,
     /// PDUs of commands ahead of a CmdSN gap, by CmdSN.
     held: HashMap<u32, Vec<Frame>>,
-    held_itts: HashMap<u32, u32>,
+    held_itts: IntMap<u32, u32>,
     held_bytes: usize,
     /// CmdSNs that ABORT TASK named before the command arrived.
     cancelled: HashSet<u32>,
@@ -438,12 +440,12 @@ impl Session {
             exp_cmd_sn,
             max_cmd_sn: exp_cmd_sn.wrapping_sub(1),
             stat_sn,
-            tasks: HashMap::new(),
-            by_token: HashMap::new(),
+            tasks: IntMap::default(),
+            by_token: IntMap::default(),
             immediate: 0,
             data_bytes: 0,
             held: HashMap::new(),
-            held_itts: HashMap::new(),
+            held_itts: IntMap::default(),
             held_bytes: 0,
             cancelled: HashSet::new(),
             tmfs: HashMap::new(),

@@ -46,6 +46,9 @@ pub struct Rx {
     body: Vec<u8>,
     body_len: usize,
     filled: usize,
+    /// The current PDU's body lies whole in the staging buffer from here: it is
+    /// handed out from there, not copied into `body` first.
+    in_stage: Option<usize>,
     since: Option<Instant>,
     /// Data segments of at least this many bytes may be placed (0: never).
     pub place_min: usize,
@@ -66,6 +69,7 @@ impl Rx {
             body: Vec::new(),
             body_len: 0,
             filled: 0,
+            in_stage: None,
             since: None,
             place_min: 0,
             placing: None,
@@ -151,6 +155,14 @@ impl Rx {
                 return Ok(Progress::Pdu);
             }
             let avail = self.end - self.pos;
+            if self.filled == 0 && avail >= need {
+                // Whole in the staging buffer: no copy (a 4K write's data then
+                // goes from here straight to its command's buffer).
+                self.in_stage = Some(self.pos);
+                self.pos += need;
+                self.filled = need;
+                return Ok(Progress::Pdu);
+            }
             if avail > 0 {
                 let k = avail.min(need);
                 self.body[self.filled..self.filled + k]
@@ -309,9 +321,11 @@ impl Rx {
 
     /// The PDU [`Rx::poll`] completed, digests checked.
     pub fn frame(&self) -> Result<FrameRef<'_>, FramingError> {
-        let parts = self
-            .framing
-            .split(&self.header, &self.body[..self.body_len])?;
+        let body = match self.in_stage {
+            Some(at) => &self.stage[at..at + self.body_len],
+            None => &self.body[..self.body_len],
+        };
+        let parts = self.framing.split(&self.header, body)?;
         Ok(FrameRef {
             header: &self.header,
             ahs: parts.ahs,
@@ -322,6 +336,7 @@ impl Rx {
     /// Done with the current PDU.
     pub fn consume(&mut self, now: Instant) {
         self.placing = None;
+        self.in_stage = None;
         self.have_header = false;
         self.filled = 0;
         self.body_len = 0;
