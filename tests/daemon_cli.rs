@@ -86,6 +86,36 @@ impl DaemonProc {
     }
 }
 
+/// A child process the test started: killed (by its PID) if the test ends
+/// before it, so that a failing test leaves no initiator behind.
+struct Reaped(Option<Child>);
+
+impl Reaped {
+    /// Waits (bounded) for the child to exit and returns its output.
+    fn finish(&mut self, limit: Duration) -> std::process::Output {
+        let start = Instant::now();
+        let child = self.0.as_mut().expect("running");
+        while child.try_wait().expect("wait").is_none() {
+            assert!(start.elapsed() < limit, "the child ran past {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.0
+            .take()
+            .expect("running")
+            .wait_with_output()
+            .expect("output")
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 fn pid_of(c: &Child) -> i32 {
     i32::try_from(c.id()).expect("pid")
 }
@@ -206,15 +236,17 @@ fn cli_changes_a_running_daemon_and_a_restart_finds_them() {
     let p = portal(&socket);
 
     // An initiator keeps writing and reading LUN 0 while we change things.
-    let bench = Command::new("qemu-img")
-        .args([
-            "bench", "-f", "raw", "-t", "none", "-w", "-c", "20000", "-d", "8", "-s", "4096",
-        ])
-        .arg(format!("iscsi://{p}/{TARGET}/0"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("qemu-img bench");
+    let mut bench = Reaped(Some(
+        Command::new("qemu-img")
+            .args([
+                "bench", "-f", "raw", "-t", "none", "-w", "-c", "20000", "-d", "8", "-s", "4096",
+            ])
+            .arg(format!("iscsi://{p}/{TARGET}/0"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("qemu-img bench"),
+    ));
 
     let img = dir.path().join("disk1.img");
     let img_s = img.display().to_string();
@@ -254,7 +286,7 @@ fn cli_changes_a_running_daemon_and_a_restart_finds_them() {
         cli(&socket, &["iscsi", "acl", "add", TARGET, w]);
     }
 
-    let out = bench.wait_with_output().expect("bench");
+    let out = bench.finish(Duration::from_secs(300));
     assert!(
         out.status.success(),
         "I/O on LUN 0 failed while the config changed: {}{}",

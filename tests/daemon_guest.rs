@@ -124,10 +124,11 @@ luns = [{{ id = 0, lun = "base" }}]
         .expect("daemon");
     let start = Instant::now();
     while !vhost.exists() || !socket.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "daemon did not start"
-        );
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+            panic!("daemon did not start");
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     let initramfs = Initramfs::standard()
@@ -135,13 +136,18 @@ luns = [{{ id = 0, lun = "base" }}]
         .unwrap_or_else(|e| panic!("initramfs: {e}"));
 
     // Host side: the CLI acts on each step the guest marks (bounded).
+    let guest_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let host = {
         let (socket, base, hot) = (socket.clone(), base.clone(), hot.clone());
+        let guest_done = guest_done.clone();
         std::thread::spawn(move || {
             let mut done = Vec::new();
             let mut step = 0;
             let deadline = Instant::now() + Duration::from_secs(300);
-            while step < 4 && Instant::now() < deadline {
+            while step < 4
+                && Instant::now() < deadline
+                && !guest_done.load(std::sync::atomic::Ordering::SeqCst)
+            {
                 if marked(&base) <= step {
                     std::thread::sleep(Duration::from_millis(50));
                     continue;
@@ -179,10 +185,12 @@ luns = [{{ id = 0, lun = "base" }}]
         .arg("vhost-user-scsi-pci,chardev=vhost0,num_queues=1")
         .timeout(Duration::from_secs(240));
     let run = env.run(&guest).and_then(|r| r.check());
-    let steps = host.join().expect("host thread");
+    guest_done.store(true, std::sync::atomic::Ordering::SeqCst);
+    // The daemon stops first, whatever the guest and the host thread did.
     // SAFETY: kill takes no pointers; the pid is our own child's.
     unsafe { libc::kill(i32::try_from(daemon.id()).expect("pid"), libc::SIGTERM) };
     let status = daemon.wait().expect("daemon exit");
+    let steps = host.join().expect("host thread");
     let run = run.unwrap_or_else(|e| panic!("{e}"));
     eprintln!("host steps: {steps:?}\nguest:\n{}", run.results);
     assert!(status.success(), "{status:?}");
