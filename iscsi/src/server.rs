@@ -220,6 +220,9 @@ pub struct SessionInfo {
     pub bytes: u64,
 }
 
+/// The target list, write-locked.
+type TargetsGuard<'a> = std::sync::RwLockWriteGuard<'a, Vec<Arc<LiveTarget>>>;
+
 /// A target as it is served: its portals as bound.
 struct LiveTarget {
     target: Target,
@@ -396,6 +399,16 @@ impl Shared {
                 );
             }
         }
+    }
+
+    /// The target list, locked for a change, and where target `name` is in it.
+    fn target_for_change(&self, name: &str) -> Result<(TargetsGuard<'_>, usize), ServerError> {
+        let targets = self.targets.write().unwrap_or_else(PoisonError::into_inner);
+        let i = targets
+            .iter()
+            .position(|t| t.target.name == name)
+            .ok_or_else(|| ServerError::NoTarget(name.to_string()))?;
+        Ok((targets, i))
     }
 
     /// Binds `t`'s portals and publishes it.
@@ -745,15 +758,7 @@ impl Server {
     /// other target uses stop listening.
     pub fn remove_target(&self, name: &str) -> Result<(), ServerError> {
         let removed = {
-            let mut targets = self
-                .shared
-                .targets
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            let i = targets
-                .iter()
-                .position(|t| t.target.name == name)
-                .ok_or_else(|| ServerError::NoTarget(name.to_string()))?;
+            let (mut targets, i) = self.shared.target_for_change(name)?;
             targets.remove(i)
         };
         for p in &removed.portals {
@@ -765,15 +770,7 @@ impl Server {
 
     /// Adds a portal to a target. Returns the address as bound.
     pub fn add_portal(&self, target: &str, addr: SocketAddr) -> Result<SocketAddr, ServerError> {
-        let mut targets = self
-            .shared
-            .targets
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        let i = targets
-            .iter()
-            .position(|t| t.target.name == target)
-            .ok_or_else(|| ServerError::NoTarget(target.to_string()))?;
+        let (mut targets, i) = self.shared.target_for_change(target)?;
         let t = &targets[i];
         if t.target.portals.contains(&addr) || (addr.port() != 0 && t.portals.contains(&addr)) {
             return Err(ServerError::PortalExists {
@@ -795,15 +792,7 @@ impl Server {
     /// Removes a portal (as configured or as bound) from a target. Sessions
     /// already logged in through it stay.
     pub fn remove_portal(&self, target: &str, addr: SocketAddr) -> Result<(), ServerError> {
-        let mut targets = self
-            .shared
-            .targets
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        let i = targets
-            .iter()
-            .position(|t| t.target.name == target)
-            .ok_or_else(|| ServerError::NoTarget(target.to_string()))?;
+        let (mut targets, i) = self.shared.target_for_change(target)?;
         let t = &targets[i];
         let j = t
             .target
@@ -834,15 +823,7 @@ impl Server {
         name: &str,
         f: impl FnOnce(&mut Target),
     ) -> Result<(), ServerError> {
-        let mut targets = self
-            .shared
-            .targets
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        let i = targets
-            .iter()
-            .position(|t| t.target.name == name)
-            .ok_or_else(|| ServerError::NoTarget(name.to_string()))?;
+        let (mut targets, i) = self.shared.target_for_change(name)?;
         let old = &targets[i];
         let mut t = old.target.clone();
         f(&mut t);
