@@ -27,6 +27,7 @@ pub mod cpio;
 pub mod error;
 pub mod initramfs;
 pub mod kernel;
+pub mod libiscsi_suite;
 pub mod qemu;
 pub mod vhost_frontend;
 

@@ -5,23 +5,24 @@
 //! three run at once, since most of the suite's time is its own sleeps.
 //!
 //! The suite runs with data loss (`-d`) and SANITIZE (`-S`) allowed and a second
-//! initiator name (`-I`); on the read-only LUN see `Setup::runs` for `-d`.
+//! initiator name (`-I`); on the read-only LUN see `Setup::applies` for `-d`.
 //! Every suite but MultipathIO runs on one URL: given a
 //! second URL, libiscsi's two-initiator tests take the second path as their
 //! second initiator, and Sanitize.Reservations then leaves its RESERVE(6) held
 //! by that path for the rest of the run. MultipathIO runs after, on two URLs to
 //! the same LU (two sessions with different ISIDs: two I_T nexuses).
 //!
-//! CUnit counts a test that skips (libiscsi prints `[SKIPPED]`) as passed; here
-//! a test that printed `[SKIPPED]` before its verdict is counted as skipped, also
-//! when it ran part of its checks. The test fails if any test fails, if the
-//! per-test results do not add up to CUnit's own summary, or if the suite does
+//! Running and scoring the suite (skips counted apart from passes, the
+//! per-test results checked against CUnit's own summary) is
+//! `integration::libiscsi_suite`, shared with the RBD suite test. The test
+//! fails if any test fails, if the results do not add up, or if the suite does
 //! not finish in time. Without `iscsi-test-cu` installed it says so and passes.
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use integration::libiscsi_suite::{self as suite, SuiteReport};
 
 /// One run of `iscsi-test-cu` may take this long at most (the default LUN's takes
 /// about five minutes, most of it the suite's own sleeps).
@@ -35,255 +36,6 @@ const SANITIZE_SECS: u64 = 8;
 
 const INIT1: &str = "iqn.2026-11.org.oxtarget:conf-a";
 const INIT2: &str = "iqn.2026-11.org.oxtarget:conf-b";
-
-fn have(tool: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
-    if !found {
-        eprintln!("{tool} not installed: skipped");
-    }
-    found
-}
-
-/// Runs `iscsi-test-cu` with a time limit; its output (stdout and stderr).
-fn run_suite(args: &[&str]) -> Result<String, String> {
-    use std::io::{Read, Seek};
-    // Output goes to a file, not a pipe: the suite writes more than a pipe holds
-    // and nothing would read it until the end.
-    let mut out = tempfile::tempfile().map_err(|e| format!("tempfile: {e}"))?;
-    let stdout = out.try_clone().map_err(|e| format!("tempfile: {e}"))?;
-    let stderr = out.try_clone().map_err(|e| format!("tempfile: {e}"))?;
-    let mut child = Command::new("iscsi-test-cu")
-        .args(args)
-        .current_dir(std::env::temp_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(stdout))
-        .stderr(Stdio::from(stderr))
-        .spawn()
-        .map_err(|e| format!("spawn iscsi-test-cu: {e}"))?;
-    let start = Instant::now();
-    let finished = loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break true,
-            Ok(None) => {}
-            Err(e) => return Err(format!("wait: {e}")),
-        }
-        if start.elapsed() > RUN_LIMIT {
-            // Only the child we started, by its pid.
-            let _ = child.kill();
-            let _ = child.wait();
-            break false;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    out.rewind().map_err(|e| format!("output: {e}"))?;
-    let mut bytes = Vec::new();
-    out.read_to_end(&mut bytes)
-        .map_err(|e| format!("output: {e}"))?;
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    if finished {
-        Ok(text)
-    } else {
-        Err(format!(
-            "iscsi-test-cu timed out after {RUN_LIMIT:?}\n{}",
-            tail(&text, 4000)
-        ))
-    }
-}
-
-fn tail(s: &str, n: usize) -> &str {
-    let mut at = s.len().saturating_sub(n);
-    while !s.is_char_boundary(at) {
-        at += 1;
-    }
-    &s[at..]
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Outcome {
-    Passed,
-    /// With the first `[SKIPPED]` line: the reason.
-    Skipped(String),
-    /// With what the test printed.
-    Failed(String),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct TestResult {
-    /// `Suite.Test`.
-    name: String,
-    outcome: Outcome,
-}
-
-/// Where CUnit's verdict for a test starts in its output: the first `passed`, or
-/// `FAILED` not written by libiscsi as `[FAILED]`.
-fn verdict(text: &str) -> Option<(usize, bool)> {
-    let passed = text.find("passed").map(|i| (i, true));
-    let mut failed = None;
-    let mut from = 0;
-    while let Some(i) = text[from..].find("FAILED") {
-        let at = from + i;
-        if at == 0 || text.as_bytes()[at - 1] != b'[' {
-            failed = Some((at, false));
-            break;
-        }
-        from = at + "FAILED".len();
-    }
-    match (passed, failed) {
-        (Some(p), Some(f)) => Some(if p.0 < f.0 { p } else { f }),
-        (p, f) => p.or(f),
-    }
-}
-
-/// Per-test results of a run (CUnit's basic output at libiscsi's normal log
-/// level): `Suite: S` lines, then `  Test: T ...` followed by what the test
-/// printed and CUnit's verdict.
-fn parse(out: &str) -> Vec<TestResult> {
-    let mut results = Vec::new();
-    let mut suite = String::new();
-    let mut current: Option<(String, String)> = None;
-    let close = |cur: Option<(String, String)>, results: &mut Vec<TestResult>| {
-        let Some((name, text)) = cur else { return };
-        let outcome = match verdict(&text) {
-            Some((at, true)) => {
-                let before = &text[..at];
-                match before.lines().find(|l| l.contains("[SKIPPED]")) {
-                    Some(l) => Outcome::Skipped(l.trim().to_string()),
-                    None => Outcome::Passed,
-                }
-            }
-            _ => Outcome::Failed(text.trim().to_string()),
-        };
-        results.push(TestResult { name, outcome });
-    };
-    for line in out.lines() {
-        if let Some(s) = line.strip_prefix("Suite: ") {
-            close(current.take(), &mut results);
-            suite = s.trim().to_string();
-        } else if let Some(rest) = line.strip_prefix("  Test: ") {
-            close(current.take(), &mut results);
-            let (name, after) = rest.split_once(" ...").unwrap_or((rest, ""));
-            current = Some((format!("{suite}.{name}"), format!("{after}\n")));
-        } else if line.starts_with("Run Summary:") {
-            close(current.take(), &mut results);
-        } else if let Some((_, text)) = current.as_mut() {
-            text.push_str(line);
-            text.push('\n');
-        }
-    }
-    close(current.take(), &mut results);
-    results
-}
-
-/// CUnit's own count of tests run and failed ("tests  TOTAL  RAN  PASSED
-/// FAILED  INACTIVE").
-fn cunit_summary(out: &str) -> Option<(usize, usize)> {
-    let line = out.lines().find(|l| l.trim_start().starts_with("tests "))?;
-    let cols: Vec<usize> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|c| c.parse().ok())
-        .collect();
-    Some((*cols.get(1)?, *cols.get(3)?))
-}
-
-/// Every test of the suite as (suite, test), in the suite's order.
-fn list_tests() -> Result<Vec<(String, String)>, String> {
-    let out = Command::new("iscsi-test-cu")
-        .arg("-l")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("iscsi-test-cu -l: {e}"))?;
-    let list =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let tests: Vec<(String, String)> = list
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("ALL."))
-        .filter_map(|l| l.split_once('.'))
-        .map(|(s, t)| (s.to_string(), t.to_string()))
-        .collect();
-    if tests.len() < 200 {
-        return Err(format!("iscsi-test-cu -l lists too few tests:\n{list}"));
-    }
-    Ok(tests)
-}
-
-/// A `-t` argument naming the tests of `all` that `wanted` selects: whole
-/// suites where every test is wanted, single tests otherwise. iscsi-test-cu
-/// adds a comma-separated list from its end, so the list is reversed to run in
-/// the suite's own order (MultipathIO.CompareAndWrite expects block 256 zero, as
-/// Sanitize.Reset leaves it, not as GetLBAStatus.UnmapSingle does).
-fn selection(all: &[(String, String)], wanted: impl Fn(&str, &str) -> bool) -> String {
-    let mut names: Vec<String> = Vec::new();
-    let mut suites: Vec<&str> = all.iter().map(|(s, _)| s.as_str()).collect();
-    suites.dedup();
-    for suite in suites {
-        let tests: Vec<&str> = all
-            .iter()
-            .filter(|(s, _)| s == suite)
-            .map(|(_, t)| t.as_str())
-            .collect();
-        let keep: Vec<&str> = tests.iter().copied().filter(|t| wanted(suite, t)).collect();
-        if keep.is_empty() {
-            continue;
-        }
-        if keep.len() == tests.len() {
-            names.push(format!("ALL.{suite}"));
-        } else {
-            names.extend(keep.iter().map(|t| format!("ALL.{suite}.{t}")));
-        }
-    }
-    names.reverse();
-    names.join(",")
-}
-
-/// Suites every test of which writes user data and expects that to succeed.
-const WRITING_SUITES: &[&str] = &[
-    "CompareAndWrite",
-    "ExtendedCopy",
-    "OrWrite",
-    "Sanitize",
-    "Unmap",
-    "Write10",
-    "Write12",
-    "Write16",
-    "WriteAtomic16",
-    "WriteSame10",
-    "WriteSame16",
-    "WriteVerify10",
-    "WriteVerify12",
-    "WriteVerify16",
-    // Data-Out sequencing of a write the LUN accepts.
-    "iSCSIdatasn",
-];
-
-/// Single tests of other suites that write user data and expect that to
-/// succeed.
-const WRITING_TESTS: &[&str] = &[
-    "GetLBAStatus.UnmapSingle",
-    "MultipathIO.Simple",
-    "MultipathIO.CompareAndWrite",
-    "MultipathIO.CompareAndWriteAsync",
-    "ProutReserve.AccessEA",
-    "ProutReserve.AccessWE",
-    "ProutReserve.AccessEARO",
-    "ProutReserve.AccessWERO",
-    "ProutReserve.AccessEAAR",
-    "ProutReserve.AccessWEAR",
-    "ReceiveCopyResults.CopyStatus",
-    "iSCSIResiduals.Write10Residuals",
-    "iSCSIResiduals.Write12Residuals",
-    "iSCSIResiduals.Write16Residuals",
-    "iSCSIResiduals.WriteVerify10Residuals",
-    "iSCSIResiduals.WriteVerify12Residuals",
-    "iSCSIResiduals.WriteVerify16Residuals",
-    "iSCSITMF.AbortTaskSimpleAsync",
-    "iSCSITMF.LUNResetSimpleAsync",
-];
-
-fn writes_user_data(suite: &str, test: &str) -> bool {
-    WRITING_SUITES.contains(&suite) || WRITING_TESTS.contains(&format!("{suite}.{test}").as_str())
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Setup {
@@ -317,44 +69,11 @@ impl Setup {
     /// read-only LUN, which must refuse every write, they are not run, and the
     /// ReadOnly suite checks the refusals.
     fn applies(self, suite: &str, test: &str) -> bool {
-        !(matches!(self, Setup::ReadOnly) && writes_user_data(suite, test))
-    }
-
-    /// Every suite but MultipathIO on one URL, then MultipathIO on two; the
-    /// `-t` arguments and whether the run takes the second URL.
-    fn runs(self, all: &[(String, String)]) -> Vec<(String, bool)> {
-        let mp = |s: &str| s == "MultipathIO";
-        vec![
-            (selection(all, |s, t| !mp(s) && self.applies(s, t)), false),
-            (selection(all, |s, t| mp(s) && self.applies(s, t)), true),
-        ]
+        !(matches!(self, Setup::ReadOnly) && suite::writes_user_data(suite, test))
     }
 }
 
-struct SetupReport {
-    setup: Setup,
-    results: Vec<TestResult>,
-    elapsed: Duration,
-    /// Why the results cannot be trusted (timeout, summary mismatch).
-    problems: Vec<String>,
-}
-
-impl SetupReport {
-    fn count(&self, f: impl Fn(&Outcome) -> bool) -> usize {
-        self.results.iter().filter(|r| f(&r.outcome)).count()
-    }
-    fn passed(&self) -> usize {
-        self.count(|o| *o == Outcome::Passed)
-    }
-    fn skipped(&self) -> usize {
-        self.count(|o| matches!(o, Outcome::Skipped(_)))
-    }
-    fn failed(&self) -> usize {
-        self.count(|o| matches!(o, Outcome::Failed(_)))
-    }
-}
-
-fn run_setup(setup: Setup, all: &[(String, String)]) -> SetupReport {
+fn run_setup(setup: Setup, all: &[(String, String)]) -> (SuiteReport, Duration) {
     let start = Instant::now();
     let server = common::start_custom(
         std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -372,54 +91,26 @@ fn run_setup(setup: Setup, all: &[(String, String)]) -> SetupReport {
         },
     );
     let url = format!("iscsi://{}/{}/0", server.local_addrs()[0], common::IQN);
-    let mut results: Vec<TestResult> = Vec::new();
-    let mut problems = Vec::new();
-    for (tests, two_paths) in setup.runs(all) {
-        if tests.is_empty() {
-            continue;
-        }
-        let mut args = vec!["-d", "-S", "-i", INIT1, "-I", INIT2, "-t", &tests, &url];
-        if two_paths {
-            args.push(&url);
-        }
-        match run_suite(&args) {
-            Ok(out) => {
-                let got = parse(&out);
-                let failed = got
-                    .iter()
-                    .filter(|r| matches!(r.outcome, Outcome::Failed(_)))
-                    .count();
-                match cunit_summary(&out) {
-                    Some((ran, f)) if ran == got.len() && f == failed && ran > 0 => {}
-                    s => problems.push(format!(
-                        "{}: parsed {} tests ({failed} failed), CUnit says {s:?}\n{}",
-                        setup.name(),
-                        got.len(),
-                        tail(&out, 3000)
-                    )),
-                }
-                results.extend(got);
-            }
-            Err(e) => problems.push(format!("{}: {e}", setup.name())),
-        }
-    }
+    let report = suite::run_on(
+        &url,
+        all,
+        |s, t| setup.applies(s, t),
+        &["-d", "-S", "-i", INIT1, "-I", INIT2],
+        RUN_LIMIT,
+    );
     server.shutdown();
-    SetupReport {
-        setup,
-        results,
-        elapsed: start.elapsed(),
-        problems,
-    }
+    (report, start.elapsed())
 }
 
 #[test]
 fn libiscsi_conformance_suite_on_three_lun_setups() {
-    if !have("iscsi-test-cu") {
+    if !suite::installed() {
         return;
     }
-    let all = list_tests().expect("test list");
-    let reports: Vec<SetupReport> = std::thread::scope(|s| {
-        let handles: Vec<_> = [Setup::Default, Setup::Removable, Setup::ReadOnly]
+    let all = suite::list_tests().expect("test list");
+    let setups = [Setup::Default, Setup::Removable, Setup::ReadOnly];
+    let reports: Vec<(SuiteReport, Duration)> = std::thread::scope(|s| {
+        let handles: Vec<_> = setups
             .into_iter()
             .map(|setup| {
                 let all = &all;
@@ -432,100 +123,27 @@ fn libiscsi_conformance_suite_on_three_lun_setups() {
             .collect()
     });
     let mut trouble = Vec::new();
-    for r in &reports {
-        let selected = all.iter().filter(|(s, t)| r.setup.applies(s, t)).count();
+    for (setup, (r, elapsed)) in setups.into_iter().zip(&reports) {
+        let selected = all.iter().filter(|(s, t)| setup.applies(s, t)).count();
         eprintln!(
             "iscsi-test-cu on the {} LUN: {} tests ({} of {} apply), {} passed, {} skipped, \
              {} failed ({:.0?})",
-            r.setup.name(),
+            setup.name(),
             r.results.len(),
             selected,
             all.len(),
             r.passed(),
             r.skipped(),
             r.failed(),
-            r.elapsed
+            elapsed
         );
-        for t in &r.results {
-            match &t.outcome {
-                Outcome::Skipped(why) => eprintln!("  skipped {}: {why}", t.name),
-                Outcome::Failed(out) => {
-                    eprintln!("  FAILED {}:\n{}", t.name, tail(out, 2000));
-                    trouble.push(format!("{}: {} failed", r.setup.name(), t.name));
-                }
-                Outcome::Passed => {}
-            }
-        }
-        // Every selected test ran, once.
-        if r.results.len() != selected {
-            trouble.push(format!(
-                "{}: {} of the {selected} selected tests ran",
-                r.setup.name(),
-                r.results.len()
-            ));
-        }
-        trouble.extend(r.problems.iter().cloned());
+        trouble.extend(r.trouble(setup.name(), selected));
     }
     assert!(trouble.is_empty(), "{}", trouble.join("\n"));
 }
 
 #[test]
-fn parser_reads_cunit_output() {
-    let out = "\
-Suite: CompareAndWrite
-  Test: Simple ...passed
-  Test: InvalidDataOutSize ...    [SKIPPED] LBPPB < 2. Skipping test
-passed
-Suite: Reserve6
-  Test: LUNReset ...passed    [FAILED] PRIN command: failed with sense.
-  Test: Reset ...    [FAILED] TESTUNITREADY failed with wrong sense.
-FAILED
-    1. test_sanitize_reset.c:97  - CU_ASSERT_EQUAL(_r,0)
-Suite: iSCSIdatasn
-  Test: iSCSIDataSnInvalid ...    [FAILED] WRITE10 command failed with status 251658241
-passed
-
-Run Summary:    Type  Total    Ran Passed Failed Inactive
-              suites      3      3    n/a      0        0
-               tests      5      5      4      1        0
-";
-    let r = parse(out);
-    let names: Vec<&str> = r.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "CompareAndWrite.Simple",
-            "CompareAndWrite.InvalidDataOutSize",
-            "Reserve6.LUNReset",
-            "Reserve6.Reset",
-            "iSCSIdatasn.iSCSIDataSnInvalid"
-        ]
-    );
-    assert_eq!(r[0].outcome, Outcome::Passed);
-    assert_eq!(
-        r[1].outcome,
-        Outcome::Skipped("[SKIPPED] LBPPB < 2. Skipping test".into())
-    );
-    // Teardown output after the verdict does not count against the test.
-    assert_eq!(r[2].outcome, Outcome::Passed);
-    assert!(matches!(&r[3].outcome, Outcome::Failed(t) if t.contains("test_sanitize_reset.c:97")));
-    // libiscsi's own "[FAILED]" lines of a negative test are not the verdict.
-    assert_eq!(r[4].outcome, Outcome::Passed);
-    assert_eq!(cunit_summary(out), Some((5, 1)));
-}
-
-#[test]
-fn selection_names_whole_suites_and_runs_in_suite_order() {
-    let all: Vec<(String, String)> = [("A", "x"), ("A", "y"), ("B", "x"), ("C", "z")]
-        .iter()
-        .map(|(s, t)| (s.to_string(), t.to_string()))
-        .collect();
-    assert_eq!(selection(&all, |_, _| true), "ALL.C,ALL.B,ALL.A");
-    assert_eq!(
-        selection(&all, |s, t| !(s == "A" && t == "y") && s != "C"),
-        "ALL.B,ALL.A.x"
-    );
-    assert_eq!(selection(&all, |_, _| false), "");
+fn setups_select_the_tests_that_apply() {
     assert!(Setup::Default.applies("Write10", "Simple"));
     assert!(!Setup::ReadOnly.applies("Write10", "Simple"));
     assert!(!Setup::ReadOnly.applies("ProutReserve", "AccessEA"));
