@@ -23,6 +23,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+pub mod ceph;
 pub mod cpio;
 pub mod error;
 pub mod initramfs;
