@@ -22,7 +22,7 @@ pub const EXIT_UNREACHABLE: u8 = 3;
 
 #[derive(Subcommand)]
 pub enum Group {
-    /// Backends: where LUN data lives (ram, null, file, blockdev).
+    /// Backends: where LUN data lives (ram, null, file, blockdev, rbd).
     #[command(subcommand)]
     Backend(BackendCmd),
     /// LUNs: a backend with a SCSI identity.
@@ -50,12 +50,41 @@ pub enum Group {
     },
 }
 
+/// Where an rbd backend's image is.
+#[derive(clap::Args)]
+pub struct RbdArgs {
+    /// RBD pool (rbd).
+    #[arg(long)]
+    pool: Option<String>,
+    /// RBD image in the pool (rbd).
+    #[arg(long)]
+    image: Option<String>,
+    /// RADOS namespace (rbd).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Snapshot to export read-only (rbd).
+    #[arg(long)]
+    snapshot: Option<String>,
+    /// The cluster's ceph.conf (rbd).
+    #[arg(long)]
+    ceph_conf: Option<String>,
+    /// cephx client id, default admin (rbd).
+    #[arg(long)]
+    client_id: Option<String>,
+    /// cephx keyring (rbd).
+    #[arg(long)]
+    keyring: Option<String>,
+    /// Seconds before an operation the cluster does not answer fails (rbd).
+    #[arg(long)]
+    op_timeout: Option<u32>,
+}
+
 #[derive(Subcommand)]
 pub enum BackendCmd {
     /// Creates a backend.
     Create {
         name: String,
-        /// ram, null, file or blockdev.
+        /// ram, null, file, blockdev or rbd.
         #[arg(long = "type")]
         kind: String,
         /// Size ("1G"); for a file: created with this size if missing.
@@ -72,6 +101,8 @@ pub enum BackendCmd {
         /// uring or threads (file).
         #[arg(long)]
         engine: Option<String>,
+        #[command(flatten)]
+        rbd: Box<RbdArgs>,
     },
     /// Deletes a backend no LUN uses.
     Delete { name: String },
@@ -324,6 +355,7 @@ fn request(g: Group) -> Result<(String, Value, Show), CliError> {
                 direct,
                 read_only,
                 engine,
+                rbd,
             } => (
                 "backend_create",
                 obj(vec![
@@ -334,6 +366,14 @@ fn request(g: Group) -> Result<(String, Value, Show), CliError> {
                     ("direct", flag(direct)),
                     ("read_only", flag(read_only)),
                     ("engine", s(&engine)),
+                    ("pool", s(&rbd.pool)),
+                    ("image", s(&rbd.image)),
+                    ("namespace", s(&rbd.namespace)),
+                    ("snapshot", s(&rbd.snapshot)),
+                    ("ceph_conf", s(&rbd.ceph_conf)),
+                    ("client_id", s(&rbd.client_id)),
+                    ("keyring", s(&rbd.keyring)),
+                    ("op_timeout", rbd.op_timeout.map(|t| json!(t))),
                 ]),
                 Done(format!("backend {name} created")),
             ),

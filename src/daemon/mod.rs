@@ -179,6 +179,13 @@ impl Daemon {
     /// Starts the servers and creates everything `cfg` describes. On an error
     /// nothing keeps running.
     pub fn start(cfg: Config, config_path: Option<PathBuf>) -> Result<Arc<Daemon>, OpError> {
+        if let Some(t) = cfg.srp_targets.first() {
+            // Interim: the SRP transport is being wired in.
+            return Err(OpError::Invalid(format!(
+                "SRP target {:?}: this build does not serve SRP yet",
+                t.name
+            )));
+        }
         let registry = LunRegistry::new();
         let iscsi = Server::start(
             ServerConfig {
@@ -197,6 +204,7 @@ impl Daemon {
         base.iscsi_targets.clear();
         base.vhost_scsi.clear();
         base.vhost_blk.clear();
+        base.srp_targets.clear();
         let d = Arc::new(Daemon {
             state: Mutex::new(State::default()),
             registry,

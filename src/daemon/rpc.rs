@@ -199,7 +199,7 @@ pub const METHODS: &[Method] = &[
     Method {
         name: "backend_create",
         help: "Creates a backend (a [[backend]] of the config file).",
-        params: "name, type (ram|null|file|blockdev), size, path, direct, read_only, engine (uring|threads)",
+        params: "name, type (ram|null|file|blockdev|rbd), size, path, direct, read_only, engine (uring|threads); rbd: pool, image, namespace, snapshot, ceph_conf, client_id, keyring, op_timeout",
         handler: |d, p| Ok(d.create_backend_json(&p)?),
     },
     Method {
