@@ -37,6 +37,9 @@ pub enum Group {
     /// vhost-user-blk devices (one LUN each) for QEMU and cloud-hypervisor.
     #[command(subcommand)]
     VhostBlk(VhostBlkCmd),
+    /// SRP targets (SCSI RDMA Protocol, over RDMA CM), their LUN maps and logins.
+    #[command(subcommand)]
+    Srp(SrpCmd),
     /// The running configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -291,6 +294,37 @@ pub enum VhostBlkCmd {
     Delete { name: String },
     /// Lists the devices.
     List,
+}
+
+#[derive(Subcommand)]
+pub enum SrpCmd {
+    /// Creates an SRP target port (initiators name it by id_ext and ioc_guid).
+    Create {
+        name: String,
+        /// 64-bit hex, as the initiator's add_target writes it ("0x...").
+        #[arg(long)]
+        id_ext: String,
+        /// 64-bit hex.
+        #[arg(long)]
+        ioc_guid: String,
+        /// ID=LUN, repeatable.
+        #[arg(long = "lun")]
+        luns: Vec<String>,
+    },
+    /// Deletes a target (its channels are disconnected).
+    Delete { name: String },
+    /// Lists the targets.
+    List,
+    /// Maps LUN at number ID of a target.
+    Map {
+        target: String,
+        id: u64,
+        lun: String,
+    },
+    /// Removes number ID from a target.
+    Unmap { target: String, id: u64 },
+    /// Lists logged-in channels (of one target or all).
+    Sessions { target: Option<String> },
 }
 
 #[derive(Subcommand)]
@@ -635,6 +669,54 @@ fn request(g: Group) -> Result<(String, Value, Show), CliError> {
                 "vhost_blk_list",
                 json!({}),
                 Table(&["name", "socket", "lun", "queues", "connections"]),
+            ),
+        },
+        Group::Srp(c) => match c {
+            SrpCmd::Create {
+                name,
+                id_ext,
+                ioc_guid,
+                luns,
+            } => {
+                let luns = luns
+                    .iter()
+                    .map(|l| mapping(l))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (
+                    "srp_target_create",
+                    obj(vec![
+                        ("name", Some(json!(name))),
+                        ("id_ext", Some(json!(id_ext))),
+                        ("ioc_guid", Some(json!(ioc_guid))),
+                        ("luns", (!luns.is_empty()).then(|| json!(luns))),
+                    ]),
+                    Done(format!("SRP target {name} created")),
+                )
+            }
+            SrpCmd::Delete { name } => (
+                "srp_target_delete",
+                json!({"name": name}),
+                Done(format!("SRP target {name} deleted")),
+            ),
+            SrpCmd::List => (
+                "srp_target_list",
+                json!({}),
+                Table(&["name", "id_ext", "ioc_guid", "luns", "channels"]),
+            ),
+            SrpCmd::Map { target, id, lun } => (
+                "srp_lun_map",
+                json!({"target": target, "id": id, "lun": lun}),
+                Done(format!("LUN {lun} mapped at {id} on SRP target {target}")),
+            ),
+            SrpCmd::Unmap { target, id } => (
+                "srp_lun_unmap",
+                json!({"target": target, "id": id}),
+                Done(format!("LUN {id} unmapped from SRP target {target}")),
+            ),
+            SrpCmd::Sessions { target } => (
+                "srp_session_list",
+                obj(vec![("target", s(&target))]),
+                Table(&["target", "initiator", "channels", "commands", "errors"]),
             ),
         },
         Group::Config(c) => match c {
