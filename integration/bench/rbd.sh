@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # oxtarget's RBD backend against librbd itself, on one throwaway one-node Ceph
 # cluster (integration/ceph/cluster.sh) and one image, in the same run:
-#   rbd-bench   `rbd bench` (librbd, no target): 4K random I/O, --io-threads 32
-#   iscsi       the daemon's RBD LUN over iSCSI on loopback: `qemu-img bench`,
-#               QD32, one session
-#   vhost       the same LUN on the daemon's vhost-user-scsi controller, driven
-#               from the host by vhost-loadgen (no guest), QD32, one queue
+#   rbd-bench          `rbd bench` (librbd, no target): 4K random I/O, --io-threads
+#                      32, librbd's default cache (writeback once the client has
+#                      flushed: its writes may end in client RAM)
+#   rbd-bench-nocache  the same with --rbd-cache=false (what the backend does: a
+#                      write completes when the OSD has it)
+#   oxt-backend        the backend alone (backends/examples/rbd_bench: one
+#                      channel, its eventfd, QD32), no daemon, no transport
+#   iscsi              the daemon's RBD LUN over iSCSI on loopback: `qemu-img
+#                      bench`, QD32, one session
+#   vhost              the same LUN on the daemon's vhost-user-scsi controller,
+#                      driven from the host by vhost-loadgen (no guest), QD32, one
+#                      queue
 # for 4K random reads and 4K random writes. The image is filled first, so reads
 # hit written objects. Prints IOPS per configuration (median of the
-# repetitions, which interleave the configurations) and the ratio to rbd bench.
+# repetitions, which interleave the configurations) and the ratios to rbd bench
+# with and without its cache.
 # The cluster's OSD, the daemon and the load generators share the machine's cores:
 # compare ratios from one run, not numbers across runs or machines.
 #
@@ -21,7 +29,7 @@
 # default 60000), BENCH_MIB (image size, default 256; with memstore the OSD holds
 # about twice that in RAM), BENCH_STORE (memstore, the default, or bluestore: on a
 # sparse file in the cluster directory), BENCH_KEEP (a file to copy the raw
-# results to), BENCH_CONFIGS (a subset of "rbd-bench iscsi vhost"). Every load is bounded by its I/O count and by `timeout`.
+# results to), BENCH_CONFIGS (a subset of the configurations above). Every load is bounded by its I/O count and by `timeout`.
 # Needs Ceph (ceph-mon ceph-osd ceph-common librbd-dev), qemu-img with its iSCSI
 # driver (qemu-utils, qemu-block-extra).
 set -euo pipefail
@@ -47,12 +55,15 @@ else
     MIB=${BENCH_MIB:-256}
 fi
 STORE=${BENCH_STORE:-memstore}
-CONFIGS=${BENCH_CONFIGS:-rbd-bench iscsi vhost}
+ALL_CONFIGS="rbd-bench rbd-bench-nocache oxt-backend iscsi vhost"
+CONFIGS=${BENCH_CONFIGS:-$ALL_CONFIGS}
 for c in $CONFIGS; do
-    case $c in rbd-bench|iscsi|vhost) ;; *) echo "BENCH_CONFIGS: unknown configuration $c" >&2; exit 2 ;; esac
+    case " $ALL_CONFIGS " in *" $c "*) ;; *) echo "BENCH_CONFIGS: unknown configuration $c" >&2; exit 2 ;; esac
 done
 NEED_DAEMON=0
 case " $CONFIGS " in *" iscsi "*|*" vhost "*) NEED_DAEMON=1 ;; esac
+NEED_BACKEND=0
+case " $CONFIGS " in *" oxt-backend "*) NEED_BACKEND=1 ;; esac
 for n in "$REPS" "$OPS" "$MIB"; do
     [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_REPS, BENCH_OPS and BENCH_MIB are positive integers" >&2; exit 2; }
 done
@@ -75,10 +86,15 @@ RELEASE=()
 [ $PROFILE = release ] && RELEASE=(--release)
 cargo build "${RELEASE[@]}" -p oxtarget --features rbd --bin oxtarget >&2
 cargo build "${RELEASE[@]}" -p oxtarget-integration --bin vhost-loadgen >&2
+fi
+if [ $NEED_BACKEND = 1 ]; then
+say "building the backend's rbd_bench example ($PROFILE)"
+cargo build "${RELEASE[@]}" -p oxtarget-backends --features rbd --example rbd_bench >&2
+fi
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 OXTARGET=$TARGET_DIR/$PROFILE/oxtarget
 LOADGEN=$TARGET_DIR/$PROFILE/vhost-loadgen
-fi
+BACKEND_BENCH=$TARGET_DIR/$PROFILE/examples/rbd_bench
 
 # --- cluster, image, daemon --------------------------------------------------
 WORK=$(mktemp -d /tmp/oxtarget-rbd-bench.XXXXXX)
@@ -185,16 +201,27 @@ FAILED=0
 run_one() { # config rw(randread|randwrite) log
     local cfg=$1 rw=$2 log=$3
     case $cfg in
-        rbd-bench)
-            local type=read
+        rbd-bench|rbd-bench-nocache)
+            local type=read cache=()
             [ "$rw" = randwrite ] && type=write
-            if ! timeout "$LOAD_TIMEOUT" "${RBD[@]}" bench --io-type "$type" --io-size 4K \
+            [ "$cfg" = rbd-bench-nocache ] && cache=(--rbd-cache=false)
+            if ! timeout "$LOAD_TIMEOUT" "${RBD[@]}" bench "${cache[@]}" --io-type "$type" --io-size 4K \
                 --io-threads "$QD" --io-pattern rand --io-total $((OPS * 4096)) \
                 "$CEPH_POOL/$IMG" >"$log" 2>&1; then
                 say "rbd bench failed:"; cat "$log" >&2; FAILED=1; return 0
             fi
             awk '/^elapsed:/ { for (i = 1; i < NF; i++) if ($i == "ops/sec:") v = $(i + 1) }
                 END { if (v != "") print v }' "$log"
+            ;;
+        oxt-backend)
+            local type=read
+            [ "$rw" = randwrite ] && type=write
+            if ! timeout "$LOAD_TIMEOUT" "$BACKEND_BENCH" --conf "$CEPH_CONF" --keyring "$CEPH_KEYRING" \
+                --id "$CEPH_ID" --image "$CEPH_POOL/$IMG" --io-type "$type" --io-size 4K --qd "$QD" \
+                --io-total $((OPS * 4096)) --pattern rand --seconds "$LOAD_TIMEOUT" >"$log" 2>&1; then
+                say "rbd_bench failed:"; cat "$log" >&2; FAILED=1; return 0
+            fi
+            sed -n 's/.* \([0-9.]*\) IOPS.*/\1/p' "$log" | tail -n 1
             ;;
         iscsi)
             local w=()
@@ -256,22 +283,25 @@ function median(s,   n, a, i, t, j) {
     if (!(k in lmax) || $5 > lmax[k]) lmax[k] = $5
 }
 END {
-    printf "| %-18s | %-9s | %9s | %10s | %-9s |\n", "workload", "config", "IOPS", "x rbd bench", "load"
-    printf "|%s|%s|%s|%s|%s|\n", "--------------------", "-----------", "-----------", "-------------", "-----------"
+    printf "| %-18s | %-17s | %9s | %11s | %11s | %-9s |\n", "workload", "config", "IOPS", "x rbd bench", "x nocache", "load"
+    printf "|%s|%s|%s|%s|%s|%s|\n", "--------------------", "-------------------", "-----------", "-------------", "-------------", "-----------"
+    nc = split("rbd-bench rbd-bench-nocache oxt-backend iscsi vhost", cfgs, " ")
     for (w = 1; w <= nw; w++) {
-        wl = worder[w]; base = median(iops[wl SUBSEP "rbd-bench"])
-        for (c = 1; c <= 3; c++) {
-            cfg = (c == 1) ? "rbd-bench" : (c == 2) ? "iscsi" : "vhost"
-            k = wl SUBSEP cfg
+        wl = worder[w]
+        b1 = (wl SUBSEP "rbd-bench" in seen) ? median(iops[wl SUBSEP "rbd-bench"]) : 0
+        b2 = (wl SUBSEP "rbd-bench-nocache" in seen) ? median(iops[wl SUBSEP "rbd-bench-nocache"]) : 0
+        for (c = 1; c <= nc; c++) {
+            cfg = cfgs[c]; k = wl SUBSEP cfg
             if (!(k in seen)) continue
             m = median(iops[k])
-            r = (base > 0) ? sprintf("%.2f", m / base) : "-"
-            printf "| %-18s | %-9s | %9.0f | %11s | %4s-%-4s |\n", wl, cfg, m, r, lmin[k], lmax[k]
+            r1 = (b1 > 0) ? sprintf("%.2f", m / b1) : "-"
+            r2 = (b2 > 0) ? sprintf("%.2f", m / b2) : "-"
+            printf "| %-18s | %-17s | %9.0f | %11s | %11s | %4s-%-4s |\n", wl, cfg, m, r1, r2, lmin[k], lmax[k]
         }
     }
 }' "$RESULTS"
-echo "(x rbd bench: IOPS / rbd bench's with as many I/Os in flight; iscsi: qemu-img bench over"
-echo " libiscsi, one session; vhost: vhost-loadgen, one request queue)"
+echo "(x rbd bench / x nocache: IOPS / rbd bench's, with librbd's default cache / without, as many"
+echo " I/Os in flight; iscsi: qemu-img bench over libiscsi, one session; vhost: vhost-loadgen, one queue)"
 if [ -n "${BENCH_KEEP:-}" ]; then cp "$RESULTS" "$BENCH_KEEP"; fi
 if [ $SMOKE = 1 ]; then
     echo "smoke: every configuration ran without error (tiny loads, the numbers mean nothing)"
