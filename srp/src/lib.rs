@@ -6,4 +6,8 @@
 //! commands and task management to the engine and its answers back to SRP_RSP.
 //! The RDMA transport drives these from its completion queues.
 
+pub mod channels;
+pub mod credits;
+pub mod exec;
 pub mod iu;
+pub mod login;
