@@ -1,1 +1,5 @@
-//! oxtarget: the SRP target (not built yet: issue 7). The crate exists so that the workspace has the design card's layout; it has no code yet.
+//! oxtarget's SRP target (SCSI RDMA Protocol, SRP r16a with SRP-2 immediate
+//! data) for the Linux ib_srp initiator over RDMA/CM. [`rdma`] is a thin layer
+//! over librdmacm and libibverbs.
+
+pub mod rdma;
