@@ -6,7 +6,11 @@
 //! commands and task management to the engine and its answers back to SRP_RSP.
 //! The RDMA transport drives these from its completion queues.
 
+pub mod channels;
+pub mod credits;
+pub mod exec;
 pub mod iu;
+pub mod login;
 
 // The transport (srp-rdma's half).
 pub mod rdma;
