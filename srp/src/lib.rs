@@ -14,3 +14,5 @@ pub mod login;
 
 // The transport (srp-rdma's half).
 pub mod rdma;
+pub mod server;
+pub use server::{Server, ServerConfig, ServerError, SessionInfo, Target};

@@ -94,6 +94,9 @@ pub struct CmEvent {
     /// The connection's private data (the SRP login request, on a connect
     /// request), truncated to what the event reports.
     pub private_data: Vec<u8>,
+    /// The peer's RDMA READ resources and depth (on a connect request).
+    pub responder_resources: u8,
+    pub initiator_depth: u8,
     /// The new id of a connect request; the caller must accept or reject it.
     pub new_id: Option<CmId>,
 }
@@ -140,9 +143,9 @@ impl EventChannel {
         // `conn` (librdmacm fills it for connect request, established, rejected
         // and disconnected; elsewhere it is zeroed), whose pointer and length
         // describe a buffer inside the event.
-        let private_data = unsafe {
+        let (private_data, responder_resources, initiator_depth) = unsafe {
             let conn = e.param.conn;
-            if conn.private_data.is_null() || conn.private_data_len == 0 {
+            let pd = if conn.private_data.is_null() || conn.private_data_len == 0 {
                 Vec::new()
             } else {
                 std::slice::from_raw_parts(
@@ -150,7 +153,8 @@ impl EventChannel {
                     usize::from(conn.private_data_len),
                 )
                 .to_vec()
-            }
+            };
+            (pd, conn.responder_resources, conn.initiator_depth)
         };
         let (context, new_id) = if kind == CmEventKind::ConnectRequest {
             // The context is the listener's: the new id inherits it.
@@ -182,6 +186,8 @@ impl EventChannel {
             status,
             context,
             private_data,
+            responder_resources,
+            initiator_depth,
             new_id,
         }))
     }
