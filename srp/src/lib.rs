@@ -11,3 +11,8 @@ pub mod credits;
 pub mod exec;
 pub mod iu;
 pub mod login;
+
+// The transport (srp-rdma's half).
+pub mod rdma;
+pub mod server;
+pub use server::{Server, ServerConfig, ServerError, SessionInfo, Target};
