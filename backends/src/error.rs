@@ -22,6 +22,14 @@ pub enum BackendError {
     },
     #[error("io_uring: {0}")]
     Uring(io::Error),
+    /// A Ceph RBD image could not be reached, opened or changed: `image` is
+    /// `pool/[namespace/]image[@snapshot]`, `what` the step that failed.
+    #[error("rbd image {image}: cannot {what}: {source}")]
+    Rbd {
+        image: String,
+        what: &'static str,
+        source: io::Error,
+    },
 }
 
 /// What kind of I/O failure, which decides the sense data the initiator sees.

@@ -11,7 +11,9 @@
 //! synchronous block ioctls; both engines run one shared per-operation state machine
 //! (short transfers, end of file, discard fallbacks). [`ram`] and [`null`] complete
 //! inline. [`fault`] wraps any backend to fail, delay or hold chosen operations in
-//! tests. [`open`] builds any of them from a [`BackendSpec`].
+//! tests. [`open`] builds any of them from a [`BackendSpec`]. With the feature `rbd`,
+//! `rbd` opens a Ceph RBD image through librbd, whose own threads complete the
+//! I/O and signal the channel's eventfd.
 
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -27,6 +29,8 @@ mod inline;
 pub mod null;
 mod op;
 pub mod ram;
+#[cfg(feature = "rbd")]
+pub mod rbd;
 mod threadpool;
 mod uring;
 pub use blockdev::{BlockDevBackend, BlockDevOptions};
@@ -35,6 +39,8 @@ pub use fault::{FaultAction, FaultBackend, FaultControl, FaultRule, OpKind, OpMa
 pub use file::{FileBackend, FileOptions};
 pub use null::NullBackend;
 pub use ram::RamBackend;
+#[cfg(feature = "rbd")]
+pub use rbd::{RbdBackend, RbdOptions, RbdTimeouts};
 
 /// What a backend can do beyond reading and writing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,6 +227,22 @@ pub enum BackendSpec {
         inner: Box<BackendSpec>,
         rules: Vec<FaultRule>,
     },
+    /// A Ceph RBD image `pool/[namespace/]image[@snapshot]` (feature `rbd`). A
+    /// snapshot is always opened read-only. `None` for `ceph_conf`, `client_id`,
+    /// `keyring`: librados' defaults (`$CEPH_CONF` or /etc/ceph/ceph.conf, `admin`,
+    /// the keyring ceph.conf names).
+    #[cfg(feature = "rbd")]
+    Rbd {
+        pool: String,
+        image: String,
+        namespace: Option<String>,
+        snapshot: Option<String>,
+        read_only: bool,
+        ceph_conf: Option<PathBuf>,
+        client_id: Option<String>,
+        keyring: Option<PathBuf>,
+        timeouts: RbdTimeouts,
+    },
 }
 
 /// Opens the backend `spec` describes.
@@ -274,6 +296,28 @@ fn open_plain(spec: &BackendSpec) -> Result<Arc<dyn Backend>, BackendError> {
             },
         )?),
         BackendSpec::Fault { .. } => open_with_control(spec)?.0,
+        #[cfg(feature = "rbd")]
+        BackendSpec::Rbd {
+            pool,
+            image,
+            namespace,
+            snapshot,
+            read_only,
+            ceph_conf,
+            client_id,
+            keyring,
+            timeouts,
+        } => Arc::new(RbdBackend::open(&RbdOptions {
+            pool: pool.clone(),
+            image: image.clone(),
+            namespace: namespace.clone(),
+            snapshot: snapshot.clone(),
+            read_only: *read_only,
+            ceph_conf: ceph_conf.clone(),
+            client_id: client_id.clone(),
+            keyring: keyring.clone(),
+            timeouts: *timeouts,
+        })?),
     })
 }
 
