@@ -2,7 +2,7 @@
 # A throwaway one-node Ceph cluster for tests: one mon, one OSD, a pool `rbd`
 # of size 1, no mgr, everything on 127.0.0.1 and everything under one directory.
 #
-#   cluster.sh start DIR [--bluestore] [--port-base N]
+#   cluster.sh start DIR [--bluestore] [--port-base N] [--owner-pid PID]
 #   cluster.sh stop DIR          stop both daemons (by recorded PID), keep DIR
 #   cluster.sh stop-osd DIR      stop the OSD and make sure the mon sees it down
 #   cluster.sh start-osd DIR     start it again and wait until the pool takes I/O
@@ -21,6 +21,10 @@
 # about twice the data written in RSS); --bluestore puts it on a 4 GiB sparse file
 # DIR/osd/block.file instead, and survives stop-osd/start-osd.
 # Without --port-base a free base is picked (nothing listening on N..N+63).
+# With --owner-pid, a watcher (under setsid, PID in DIR/pids/watch.pid) stops the
+# cluster when that process is gone, so a test killed by a signal leaves nothing
+# running; it gives up watching after OWNER_MAX_LIFE seconds (default 7200) and
+# stops the cluster then too.
 #
 # Daemons run in the foreground under setsid, their PIDs in DIR/pids/, logs in
 # DIR/log/. Every wait is bounded; every `ceph` call runs under `timeout`
@@ -30,6 +34,7 @@ set -euo pipefail
 CEPH_TIMEOUT=20      # seconds for one `ceph`/`rados` call
 START_WAIT=90        # seconds for a daemon to come up / the pool to take I/O
 STOP_WAIT=20         # seconds for a daemon to exit after SIGTERM
+OWNER_MAX_LIFE=${OWNER_MAX_LIFE:-7200}
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 log() { echo "cluster.sh: $*" >&2; }
@@ -175,6 +180,18 @@ start_osd_daemon() {
     echo $! >"$DIR/pids/osd.pid"
 }
 
+# Stops the cluster once process OWNER is gone (or after OWNER_MAX_LIFE seconds).
+start_watcher() {
+    local owner=$1
+    pid_alive "$owner" || die "--owner-pid $owner is not running"
+    CLUSTER_SH_WATCHER=1 setsid bash -c '
+        end=$((SECONDS + $3))
+        while kill -0 "$1" 2>/dev/null && ((SECONDS < end)); do sleep 1; done
+        exec "$0" stop "$2"
+    ' "$0" "$owner" "$DIR" "$OWNER_MAX_LIFE" </dev/null >>"$DIR/log/watch.out" 2>&1 &
+    echo $! >"$DIR/pids/watch.pid"
+}
+
 # Waits (bounded) until `ceph osd stat` reports WANT up OSDs.
 wait_osds_up() {
     local want=$1 out end=$((SECONDS + START_WAIT))
@@ -216,12 +233,13 @@ EOF
 }
 
 cmd_start() {
-    local bluestore=0
+    local bluestore=0 owner=
     PORT_BASE=
     while (($#)); do
         case $1 in
             --bluestore) bluestore=1 ;;
             --port-base) shift; PORT_BASE=${1:-} ;;
+            --owner-pid) shift; owner=${1:-} ;;
             *) usage ;;
         esac
         shift
@@ -241,8 +259,12 @@ cmd_start() {
     ((bluestore)) && STORE=bluestore
     MON_HOST="[v2:127.0.0.1:$PORT_BASE,v1:127.0.0.1:$((PORT_BASE + 1))]"
     FSID=$(uuidgen)
+    [[ -z $owner || $owner =~ ^[0-9]+$ ]] || die "--owner-pid must be a PID"
     mkdir -p "$DIR"/{mon,osd,run,log,pids,crash}
     write_conf "$STORE"
+    if [[ -n $owner ]]; then
+        start_watcher "$owner"
+    fi
 
     # One keyring with every key; `ceph-mon --mkfs --keyring` loads them all into
     # the auth database, so no `ceph auth` calls are needed later.
@@ -284,6 +306,13 @@ cmd_start() {
 cmd_stop() {
     stop_daemon osd
     stop_daemon mon
+    local w
+    w=$(read_pid watch)
+    if [[ -z ${CLUSTER_SH_WATCHER:-} ]] && pid_alive "$w" &&
+        grep -qF "$DIR" "/proc/$w/cmdline" 2>/dev/null; then
+        kill -TERM "$w" 2>/dev/null || true
+    fi
+    rm -f "$DIR/pids/watch.pid"
 }
 
 cmd_stop_osd() {

@@ -31,7 +31,7 @@ struct Shared {
 struct OpCtx {
     shared: Arc<Shared>,
     user_data: u64,
-    /// Bytes a successful read or write moved (0 for the others).
+    /// Bytes of the read or write (0 for the others).
     len: usize,
     is_write: bool,
     offset: Option<u64>,
@@ -52,8 +52,13 @@ unsafe extern "C" fn on_complete(c: ffi::RbdCompletionT, arg: *mut c_void) {
     let result = if ret < 0 {
         let errno = i32::try_from(ret.saturating_neg()).unwrap_or(libc::EIO);
         Err(IoError::from_errno(errno, ctx.is_write, ctx.offset))
-    } else {
+    } else if ctx.is_write {
+        // librbd completes a write with 0: all of it was written.
         Ok(ctx.len)
+    } else {
+        // A read completes with the bytes librbd filled (all of them: unwritten
+        // extents read as zeroes); report what it says.
+        Ok(usize::try_from(ret).unwrap_or(0))
     };
     finish(&ctx.shared, ctx.user_data, result);
 }

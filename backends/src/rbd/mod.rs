@@ -12,6 +12,11 @@
 //! `rados_osd_op_timeout` every request (an I/O to a stopped OSD completes with
 //! `ETIMEDOUT`). librbd's own cache is turned off: a write that completes is on
 //! the OSDs, so FUA needs nothing more and a flush is cheap.
+//!
+//! Discard and write zeroes both go to `rbd_aio_write_zeroes`, which removes whole
+//! objects and zeroes the rest: `rbd_aio_discard` skips pieces smaller than
+//! librbd's discard granularity (64 KiB by default), which would keep their data
+//! and break `discard_zeroes` (the test of that fails with `rbd_aio_discard`).
 
 mod channel;
 mod ffi;

@@ -40,7 +40,10 @@ impl Cluster {
             N.fetch_add(1, Ordering::Relaxed)
         ));
         let mut cmd = Command::new("timeout");
-        cmd.args(["300", SCRIPT, "start"]).arg(&dir);
+        // The script stops the cluster if this process dies without stopping it.
+        cmd.args(["300", SCRIPT, "start"])
+            .arg(&dir)
+            .args(["--owner-pid", &std::process::id().to_string()]);
         if bluestore {
             cmd.arg("--bluestore");
         }
