@@ -27,7 +27,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use integration::ceph::{Cluster, Store};
-use iscsi::initiator::{Initiator, InitiatorConfig, InitiatorError, ScsiResult};
+use iscsi::initiator::{Initiator, InitiatorConfig, InitiatorError, ScsiResult, UNIT_ATTENTION};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_oxtarget");
@@ -112,6 +112,14 @@ impl DaemonProc {
 
 impl Drop for DaemonProc {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let mut at = log.len().saturating_sub(4000);
+            while !log.is_char_boundary(at) {
+                at += 1;
+            }
+            eprintln!("--- the daemon's log (tail):\n{}", &log[at..]);
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -260,7 +268,10 @@ fn failed_with_sense(what: &str, r: Result<ScsiResult, InitiatorError>) -> (u8, 
     let key = r
         .sense_key()
         .unwrap_or_else(|| panic!("{what}: sense {r:?}"));
-    assert_ne!(key.0, 0, "{what}: a sense key: {r:?}");
+    assert!(
+        key.0 != 0 && key.0 != UNIT_ATTENTION,
+        "{what}: an error's sense key (not a unit attention): {r:?}"
+    );
     key
 }
 
@@ -294,29 +305,35 @@ fn osd_outage_fails_rbd_io_and_the_daemon_serves_on() {
     write_synced(&mut s, 0, 0, &before);
     assert!(read(&mut s, 0, 0, 8) == before, "RBD LUN before the outage");
 
+    // A second session, logged in (unit attentions cleared) before the outage,
+    // so that what it gets back during the outage is the backend's answer.
+    let mut s2 = session(p, 2, &[0]);
     cluster.stop_osd().expect("stop the OSD");
 
     // While the OSD is down: commands on the RBD LUN are answered with an
-    // error, one after another, on a second session; the RAM LUN keeps
+    // error, one after another, on the second session; the RAM LUN keeps
     // working on the first, at the same time.
     let rbd_io = std::thread::spawn(move || {
-        let mut s2 = session(p, 2, &[]);
+        let start = Instant::now();
         let w = failed_with_sense("WRITE(16)", s2.write16(0, 64, &pattern(64, 1), 512));
+        let w_took = start.elapsed();
         let r = failed_with_sense("READ(16)", s2.read16(0, 0, 8, 512));
-        (w, r)
+        (w, w_took, r, start.elapsed() - w_took)
     });
     let mut ram_ios = 0u32;
+    // Bounded: at most 10000 rounds of 5 ms pauses besides the I/O.
     while !rbd_io.is_finished() && ram_ios < 10_000 {
         let lba = u64::from(ram_ios % 64) * 8;
         let data = pattern(lba, 2);
         write_synced(&mut s, 1, lba, &data);
         assert!(read(&mut s, 1, lba, 8) == data, "RAM LUN during the outage");
         ram_ios += 1;
+        std::thread::sleep(Duration::from_millis(5));
     }
-    let (w, r) = rbd_io.join().expect("RBD I/O thread");
+    let (w, w_took, r, r_took) = rbd_io.join().expect("RBD I/O thread");
     eprintln!(
-        "with the OSD down: WRITE sense {w:02x?}, READ sense {r:02x?}; \
-         {ram_ios} RAM LUN writes and reads meanwhile"
+        "with the OSD down: WRITE failed after {w_took:.1?} with sense {w:02x?}, READ after \
+         {r_took:.1?} with {r:02x?}; {ram_ios} RAM LUN writes and reads meanwhile"
     );
     assert!(ram_ios > 0, "the RAM LUN was used during the outage");
     assert!(d.running(), "the daemon is up: {}", d.log_text());

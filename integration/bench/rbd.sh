@@ -119,7 +119,7 @@ trap cleanup EXIT INT TERM
 say "starting a one-node Ceph cluster ($STORE) in $CLUSTER"
 STORE_ARG=()
 [ "$STORE" = bluestore ] && STORE_ARG=(--bluestore)
-timeout 300 bash integration/ceph/cluster.sh start "$CLUSTER" "${STORE_ARG[@]}" >"$WORK/cluster.out" 2>&1 \
+timeout 300 bash integration/ceph/cluster.sh start "$CLUSTER" "${STORE_ARG[@]}" --owner-pid $$ >"$WORK/cluster.out" 2>&1 \
     || { cat "$WORK/cluster.out" >&2; exit 1; }
 # shellcheck disable=SC1091
 . "$CLUSTER/env"

@@ -2,10 +2,12 @@
 //! `integration/ceph/cluster.sh`: one mon, one OSD, pool `rbd`, everything on
 //! 127.0.0.1 and under one temporary directory.
 //!
-//! [`Cluster::start`] runs `cluster.sh start DIR` and reads `DIR/env`; dropping
-//! the [`Cluster`] runs `cluster.sh stop DIR` and then makes sure, by the PIDs
-//! the script recorded in `DIR/pids/`, that no daemon outlives the test, also
-//! when the test panicked. Every command here runs under a time limit.
+//! [`Cluster::start`] runs `cluster.sh start DIR --owner-pid <this process>` and
+//! reads `DIR/env`; dropping the [`Cluster`] runs `cluster.sh stop DIR` and then
+//! makes sure, by the PIDs the script recorded in `DIR/pids/`, that no daemon
+//! outlives the test, also when the test panicked (and the script's watcher
+//! stops the cluster if the process is killed). Every command here runs under a
+//! time limit.
 //!
 //! ```no_run
 //! use integration::ceph::{Cluster, Store};
@@ -249,6 +251,9 @@ impl Cluster {
         // From here on a failure drops `cluster`, which stops whatever started.
         let mut cmd = Command::new("bash");
         cmd.arg(CLUSTER_SH).arg("start").arg(&path);
+        // A watcher stops the cluster if this process dies without dropping it
+        // (a test killed by a signal or a timeout).
+        cmd.arg("--owner-pid").arg(std::process::id().to_string());
         if store == Store::Bluestore {
             cmd.arg("--bluestore");
         }
