@@ -52,5 +52,7 @@ fn bluestore_cluster_keeps_an_image_across_an_osd_restart_and_stops_on_drop() {
     for p in running {
         assert!(!alive(p), "ceph daemon {p} outlived its cluster");
     }
-    assert!(!dir.exists(), "the cluster's directory is gone");
+    if std::env::var("OXTARGET_KEEP_CEPH").as_deref() != Ok("1") {
+        assert!(!dir.exists(), "the cluster's directory is gone");
+    }
 }
