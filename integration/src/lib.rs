@@ -28,6 +28,7 @@ pub mod error;
 pub mod initramfs;
 pub mod kernel;
 pub mod qemu;
+pub mod rdma;
 pub mod vhost_frontend;
 
 pub use error::{Error, Result};
