@@ -104,6 +104,48 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// The `oxtarget` binary, for tests that run the daemon inside a guest
+/// (`CARGO_BIN_EXE_oxtarget` exists only for the root package's own tests):
+/// `OXTARGET_BIN` if set, else `oxtarget` in the target directory of the
+/// running test executable (`target/<profile>/deps/<test>` ->
+/// `target/<profile>/oxtarget`, so the same profile and `CARGO_TARGET_DIR`).
+/// `cargo build -p oxtarget` makes it; `cargo test --workspace` does too.
+/// The caller should print the path and its age: a stale binary is not
+/// rebuilt by `cargo test -p oxtarget-integration`.
+pub fn oxtarget_binary() -> Result<PathBuf> {
+    let hint = "build it with `cargo build -p oxtarget` (the same profile as the tests) \
+                or set OXTARGET_BIN to the binary"
+        .to_string();
+    let path = match std::env::var_os("OXTARGET_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let exe = std::env::current_exe().map_err(|e| Error::Io {
+                context: "locate the running test executable".into(),
+                source: e,
+            })?;
+            // target/<profile>/deps/<test> -> target/<profile>
+            let profile_dir =
+                exe.parent()
+                    .and_then(Path::parent)
+                    .ok_or_else(|| Error::NotBuilt {
+                        what: "the oxtarget binary".into(),
+                        path: exe.clone(),
+                        hint: hint.clone(),
+                    })?;
+            profile_dir.join("oxtarget")
+        }
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::NotBuilt {
+            what: "the oxtarget binary".into(),
+            path,
+            hint,
+        })
+    }
+}
+
 impl GuestEnv {
     /// Finds QEMU, busybox, qboot and the cached kernel, and extracts the
     /// kernel's vmlinux if it is not cached yet.
