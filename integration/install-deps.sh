@@ -12,6 +12,10 @@
 #   the tools that unpack the kernel), libiscsi-bin, open-iscsi (whose
 #   iscsid/iscsiadm the guest's initramfs carries; no service is started)
 #   and sg3-utils (sg_reset, also for the guest);
+# - installs rdma-core's development files and the soft-RoCE provider (the SRP
+#   transport links libibverbs and librdmacm; the rxe provider goes into the
+#   SRP guest), fio (I/O checks and the SRP benchmark in that guest), and a
+#   one-node Ceph's daemons with librbd's headers (the RBD backend's tests);
 # - downloads the package that linux-image-amd64 depends on (without
 #   installing it) and unpacks it into the guest cache:
 #   $OXTARGET_GUEST_CACHE, default integration/cache/, as kernel/<release>/,
@@ -126,6 +130,15 @@ apt-get install -y -q --no-install-recommends libiscsi-bin
 apt-get install -y -q --no-install-recommends open-iscsi
 # sg3-utils: sg_reset in the guest (LU and target reset through the kernel).
 apt-get install -y -q --no-install-recommends sg3-utils
+# RDMA: the SRP transport builds against libibverbs and librdmacm; the guest
+# that tests it carries the rxe provider (ibverbs-providers), iproute2's rdma
+# tool and fio.
+apt-get install -y -q --no-install-recommends \
+    libibverbs-dev librdmacm-dev ibverbs-providers ibverbs-utils iproute2 fio
+# Ceph for the RBD backend: one mon and one OSD on 127.0.0.1 per test (no
+# service is started by the packages without systemd), librbd to link.
+apt-get install -y -q --no-install-recommends \
+    ceph-mon ceph-osd ceph-common librbd-dev
 
 # --- guest kernel ----------------------------------------------------------
 

@@ -22,7 +22,7 @@ pub const EXIT_UNREACHABLE: u8 = 3;
 
 #[derive(Subcommand)]
 pub enum Group {
-    /// Backends: where LUN data lives (ram, null, file, blockdev).
+    /// Backends: where LUN data lives (ram, null, file, blockdev, rbd).
     #[command(subcommand)]
     Backend(BackendCmd),
     /// LUNs: a backend with a SCSI identity.
@@ -37,6 +37,9 @@ pub enum Group {
     /// vhost-user-blk devices (one LUN each) for QEMU and cloud-hypervisor.
     #[command(subcommand)]
     VhostBlk(VhostBlkCmd),
+    /// SRP targets (SCSI RDMA Protocol, over RDMA CM), their LUN maps and logins.
+    #[command(subcommand)]
+    Srp(SrpCmd),
     /// The running configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -50,12 +53,41 @@ pub enum Group {
     },
 }
 
+/// Where an rbd backend's image is.
+#[derive(clap::Args)]
+pub struct RbdArgs {
+    /// RBD pool (rbd).
+    #[arg(long)]
+    pool: Option<String>,
+    /// RBD image in the pool (rbd).
+    #[arg(long)]
+    image: Option<String>,
+    /// RADOS namespace (rbd).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Snapshot to export read-only (rbd).
+    #[arg(long)]
+    snapshot: Option<String>,
+    /// The cluster's ceph.conf (rbd).
+    #[arg(long)]
+    ceph_conf: Option<String>,
+    /// cephx client id, default admin (rbd).
+    #[arg(long)]
+    client_id: Option<String>,
+    /// cephx keyring (rbd).
+    #[arg(long)]
+    keyring: Option<String>,
+    /// Seconds before an operation the cluster does not answer fails (rbd).
+    #[arg(long)]
+    op_timeout: Option<u32>,
+}
+
 #[derive(Subcommand)]
 pub enum BackendCmd {
     /// Creates a backend.
     Create {
         name: String,
-        /// ram, null, file or blockdev.
+        /// ram, null, file, blockdev or rbd.
         #[arg(long = "type")]
         kind: String,
         /// Size ("1G"); for a file: created with this size if missing.
@@ -72,6 +104,8 @@ pub enum BackendCmd {
         /// uring or threads (file).
         #[arg(long)]
         engine: Option<String>,
+        #[command(flatten)]
+        rbd: Box<RbdArgs>,
     },
     /// Deletes a backend no LUN uses.
     Delete { name: String },
@@ -263,6 +297,37 @@ pub enum VhostBlkCmd {
 }
 
 #[derive(Subcommand)]
+pub enum SrpCmd {
+    /// Creates an SRP target port (initiators name it by id_ext and ioc_guid).
+    Create {
+        name: String,
+        /// 64-bit hex, as the initiator's add_target writes it ("0x...").
+        #[arg(long)]
+        id_ext: String,
+        /// 64-bit hex.
+        #[arg(long)]
+        ioc_guid: String,
+        /// ID=LUN, repeatable.
+        #[arg(long = "lun")]
+        luns: Vec<String>,
+    },
+    /// Deletes a target (its channels are disconnected).
+    Delete { name: String },
+    /// Lists the targets.
+    List,
+    /// Maps LUN at number ID of a target.
+    Map {
+        target: String,
+        id: u64,
+        lun: String,
+    },
+    /// Removes number ID from a target.
+    Unmap { target: String, id: u64 },
+    /// Lists logged-in channels (of one target or all).
+    Sessions { target: Option<String> },
+}
+
+#[derive(Subcommand)]
 pub enum ConfigCmd {
     /// Prints the running configuration as TOML.
     Show,
@@ -324,6 +389,7 @@ fn request(g: Group) -> Result<(String, Value, Show), CliError> {
                 direct,
                 read_only,
                 engine,
+                rbd,
             } => (
                 "backend_create",
                 obj(vec![
@@ -334,6 +400,14 @@ fn request(g: Group) -> Result<(String, Value, Show), CliError> {
                     ("direct", flag(direct)),
                     ("read_only", flag(read_only)),
                     ("engine", s(&engine)),
+                    ("pool", s(&rbd.pool)),
+                    ("image", s(&rbd.image)),
+                    ("namespace", s(&rbd.namespace)),
+                    ("snapshot", s(&rbd.snapshot)),
+                    ("ceph_conf", s(&rbd.ceph_conf)),
+                    ("client_id", s(&rbd.client_id)),
+                    ("keyring", s(&rbd.keyring)),
+                    ("op_timeout", rbd.op_timeout.map(|t| json!(t))),
                 ]),
                 Done(format!("backend {name} created")),
             ),
@@ -595,6 +669,54 @@ fn request(g: Group) -> Result<(String, Value, Show), CliError> {
                 "vhost_blk_list",
                 json!({}),
                 Table(&["name", "socket", "lun", "queues", "connections"]),
+            ),
+        },
+        Group::Srp(c) => match c {
+            SrpCmd::Create {
+                name,
+                id_ext,
+                ioc_guid,
+                luns,
+            } => {
+                let luns = luns
+                    .iter()
+                    .map(|l| mapping(l))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (
+                    "srp_target_create",
+                    obj(vec![
+                        ("name", Some(json!(name))),
+                        ("id_ext", Some(json!(id_ext))),
+                        ("ioc_guid", Some(json!(ioc_guid))),
+                        ("luns", (!luns.is_empty()).then(|| json!(luns))),
+                    ]),
+                    Done(format!("SRP target {name} created")),
+                )
+            }
+            SrpCmd::Delete { name } => (
+                "srp_target_delete",
+                json!({"name": name}),
+                Done(format!("SRP target {name} deleted")),
+            ),
+            SrpCmd::List => (
+                "srp_target_list",
+                json!({}),
+                Table(&["name", "id_ext", "ioc_guid", "luns", "channels"]),
+            ),
+            SrpCmd::Map { target, id, lun } => (
+                "srp_lun_map",
+                json!({"target": target, "id": id, "lun": lun}),
+                Done(format!("LUN {lun} mapped at {id} on SRP target {target}")),
+            ),
+            SrpCmd::Unmap { target, id } => (
+                "srp_lun_unmap",
+                json!({"target": target, "id": id}),
+                Done(format!("LUN {id} unmapped from SRP target {target}")),
+            ),
+            SrpCmd::Sessions { target } => (
+                "srp_session_list",
+                obj(vec![("target", s(&target))]),
+                Table(&["target", "initiator", "channels", "commands", "errors"]),
             ),
         },
         Group::Config(c) => match c {

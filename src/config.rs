@@ -29,6 +29,13 @@ use iscsi::chap::{ChapCredentials, Secret};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
+mod rbd;
+mod srp;
+pub use srp::{
+    check_srp_settings, check_srp_target, parse_guid, RawSrpSettings, RawSrpTarget, SrpSettings,
+    SrpTargetDef, DEFAULT_SRP_PORT,
+};
+
 /// A configuration error, with where it is.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -60,6 +67,8 @@ pub struct RawConfig {
     pub metrics_listen: Option<Spanned<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iscsi: Option<RawIscsiSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub srp: Option<RawSrpSettings>,
     #[serde(default, rename = "backend", skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<RawBackend>,
     #[serde(default, rename = "lun", skip_serializing_if = "Vec::is_empty")]
@@ -74,6 +83,8 @@ pub struct RawConfig {
     pub vhost_scsi: Vec<RawVhostScsi>,
     #[serde(default, rename = "vhost_blk", skip_serializing_if = "Vec::is_empty")]
     pub vhost_blk: Vec<RawVhostBlk>,
+    #[serde(default, rename = "srp_target", skip_serializing_if = "Vec::is_empty")]
+    pub srp_targets: Vec<RawSrpTarget>,
 }
 
 /// Server-wide iSCSI settings.
@@ -172,6 +183,8 @@ pub enum BackendType {
     Null,
     File,
     Blockdev,
+    /// A Ceph RBD image through librbd (built with the `rbd` feature).
+    Rbd,
 }
 
 #[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq)]
@@ -201,6 +214,28 @@ pub struct RawBackend {
     pub read_only: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub engine: Option<EngineName>,
+    /// RBD (`type = "rbd"` only): the pool, the image in it, an optional RADOS
+    /// namespace and snapshot (read-only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<Spanned<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<Spanned<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<Spanned<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<Spanned<String>>,
+    /// RBD: the cluster's ceph.conf (default librados' own search).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ceph_conf: Option<Spanned<PathBuf>>,
+    /// RBD: the cephx client id (default "admin") and its keyring.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<Spanned<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keyring: Option<Spanned<PathBuf>>,
+    /// RBD: seconds an operation may wait for the cluster before it fails
+    /// (default 30).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub op_timeout: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -352,11 +387,13 @@ pub struct Config {
     pub rpc_socket: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
     pub iscsi: IscsiSettings,
+    pub srp: SrpSettings,
     pub backends: Vec<BackendDef>,
     pub luns: Vec<LunDef>,
     pub iscsi_targets: Vec<IscsiTargetDef>,
     pub vhost_scsi: Vec<VhostScsiDef>,
     pub vhost_blk: Vec<VhostBlkDef>,
+    pub srp_targets: Vec<SrpTargetDef>,
     /// The document itself, with generated UUIDs filled in, for saving.
     pub raw: RawConfig,
 }
@@ -550,6 +587,12 @@ pub fn parse(path: &str, text: &str) -> Result<Config, ConfigError> {
         }
         vhost_blk.push(def);
     }
+    let mut srp_targets = Vec::new();
+    for t in &raw.srp_targets {
+        srp_targets.push(check_srp_target(&cx, t)?);
+        check_mapping_luns(&cx, &t.luns, &lun_names)?;
+    }
+    srp::check_unique(&cx, &raw.srp_targets, &srp_targets)?;
     let metrics_listen = match &raw.metrics_listen {
         None => None,
         Some(m) => match m.get_ref().parse::<SocketAddr>() {
@@ -564,6 +607,7 @@ pub fn parse(path: &str, text: &str) -> Result<Config, ConfigError> {
         },
     };
     let iscsi = check_iscsi_settings(&cx, raw.iscsi.as_ref())?;
+    let srp = check_srp_settings(&cx, raw.srp.as_ref())?;
     let mut raw = raw;
     // Generated UUIDs go into the document, so that saving it keeps them.
     for (r, d) in raw.luns.iter_mut().zip(&luns) {
@@ -576,11 +620,13 @@ pub fn parse(path: &str, text: &str) -> Result<Config, ConfigError> {
         rpc_socket: raw.rpc_socket.clone(),
         metrics_listen,
         iscsi,
+        srp,
         backends,
         luns,
         iscsi_targets,
         vhost_scsi,
         vhost_blk,
+        srp_targets,
         raw,
     })
 }
@@ -892,7 +938,20 @@ pub fn backend_spec(cx: &Ctx<'_>, b: &RawBackend) -> Result<BackendSpec, ConfigE
             None => Ok(()),
         }
     };
+    if b.kind != BackendType::Rbd {
+        rbd::reject_keys(cx, b)?;
+    }
     Ok(match b.kind {
+        BackendType::Rbd => {
+            no_path("rbd")?;
+            if let Some(s) = &b.size {
+                return cx.err(
+                    s.span(),
+                    format!("backend {name:?}: an RBD image's size comes from the image"),
+                );
+            }
+            rbd::spec(cx, b)?
+        }
         BackendType::Ram => {
             no_path("ram")?;
             BackendSpec::Ram {

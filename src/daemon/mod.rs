@@ -1,4 +1,4 @@
-//! The running daemon: every backend, LUN, iSCSI target and vhost controller,
+//! The running daemon: every backend, LUN, iSCSI and SRP target and vhost device,
 //! and the operations that change them. The config file and the JSON-RPC
 //! methods both go through these operations, so a change made either way is
 //! checked the same way and is saved the same way.
@@ -26,6 +26,7 @@ use crate::config::{
 
 mod blk;
 pub mod rpc;
+mod srp;
 pub mod stats;
 
 /// Why an operation was refused. Each kind has its JSON-RPC error code.
@@ -99,6 +100,7 @@ struct State {
     targets: BTreeMap<String, TargetObj>,
     vhost: BTreeMap<String, VhostObj>,
     blk: BTreeMap<String, blk::BlkObj>,
+    srp: BTreeMap<String, srp::SrpObj>,
     /// Relative target port identifiers handed out so far (unique per daemon).
     next_port_id: u16,
 }
@@ -125,6 +127,11 @@ impl State {
         for (c, o) in &self.blk {
             if o.raw.lun.get_ref() == name {
                 v.push(format!("vhost-user-blk device {c}"));
+            }
+        }
+        for (t, o) in &self.srp {
+            if o.raw.luns.iter().any(|m| m.get_ref().lun == name) {
+                v.push(format!("SRP target {t}"));
             }
         }
         v
@@ -159,6 +166,8 @@ pub struct Daemon {
     state: Mutex<State>,
     registry: Arc<LunRegistry>,
     iscsi: Server,
+    /// Taken after `state` when both are needed.
+    srp: Mutex<srp::SrpTransport>,
     base: RawConfig,
     pub settings: Settings,
 }
@@ -197,10 +206,12 @@ impl Daemon {
         base.iscsi_targets.clear();
         base.vhost_scsi.clear();
         base.vhost_blk.clear();
+        base.srp_targets.clear();
         let d = Arc::new(Daemon {
             state: Mutex::new(State::default()),
             registry,
             iscsi,
+            srp: Mutex::new(srp::SrpTransport::new(cfg.srp.clone())),
             base,
             settings: Settings {
                 state_dir: cfg.state_dir.clone(),
@@ -227,6 +238,9 @@ impl Daemon {
             for v in cfg.raw.vhost_blk {
                 d.create_vhost_blk(v)?;
             }
+            for t in cfg.raw.srp_targets {
+                d.create_srp_target(t)?;
+            }
             Ok(())
         })();
         if let Err(e) = started {
@@ -238,6 +252,10 @@ impl Daemon {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn srp_transport(&self) -> MutexGuard<'_, srp::SrpTransport> {
+        self.srp.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn registry(&self) -> &Arc<LunRegistry> {
@@ -264,6 +282,8 @@ impl Daemon {
             let _ = self.iscsi.remove_target(&n);
         }
         st.targets.clear();
+        st.srp.clear();
+        self.srp_transport().stop();
         for b in st.backends.values() {
             if let Err(e) = b.backend.sync() {
                 tracing::error!(backend = %b.raw.name.get_ref(), "sync at exit: {e}");
@@ -417,6 +437,9 @@ impl Daemon {
             )));
         }
         for o in st.targets.values_mut() {
+            unmap_all(&mut o.raw.luns, &o.luns, name);
+        }
+        for o in st.srp.values_mut() {
             unmap_all(&mut o.raw.luns, &o.luns, name);
         }
         for o in st.vhost.values_mut() {
@@ -883,6 +906,7 @@ impl Daemon {
         c.iscsi_targets = st.targets.values().map(|t| t.raw.clone()).collect();
         c.vhost_scsi = st.vhost.values().map(|v| v.raw.clone()).collect();
         c.vhost_blk = st.blk.values().map(|b| b.raw.clone()).collect();
+        c.srp_targets = st.srp.values().map(|t| t.raw.clone()).collect();
         c
     }
 

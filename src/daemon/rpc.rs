@@ -199,7 +199,7 @@ pub const METHODS: &[Method] = &[
     Method {
         name: "backend_create",
         help: "Creates a backend (a [[backend]] of the config file).",
-        params: "name, type (ram|null|file|blockdev), size, path, direct, read_only, engine (uring|threads)",
+        params: "name, type (ram|null|file|blockdev|rbd), size, path, direct, read_only, engine (uring|threads); rbd: pool, image, namespace, snapshot, ceph_conf, client_id, keyring, op_timeout",
         handler: |d, p| Ok(d.create_backend_json(&p)?),
     },
     Method {
@@ -424,6 +424,51 @@ pub const METHODS: &[Method] = &[
             no_params(p)?;
             Ok(d.list_vhost_blk())
         },
+    },
+    Method {
+        name: "srp_target_create",
+        help: "Creates an SRP target port (an [[srp_target]] of the config file); the SRP listener ([srp] listen) starts with the first one.",
+        params: "name, id_ext, ioc_guid, luns [{id, lun}]",
+        handler: |d, p| Ok(d.create_srp_target_json(&p)?),
+    },
+    Method {
+        name: "srp_target_delete",
+        help: "Deletes an SRP target; its channels are disconnected.",
+        params: "name",
+        handler: |d, p| Ok(d.delete_srp_target(&params::<Name>(p)?.name)?),
+    },
+    Method {
+        name: "srp_target_list",
+        help: "Lists the SRP targets with their channel counts.",
+        params: "",
+        handler: |d, p| {
+            no_params(p)?;
+            Ok(d.list_srp_targets())
+        },
+    },
+    Method {
+        name: "srp_lun_map",
+        help: "Maps a LUN at a LUN number of an SRP target; its initiators get REPORTED LUNS DATA HAS CHANGED.",
+        params: "target, id, lun",
+        handler: |d, p| {
+            let p: Map = params(p)?;
+            Ok(d.srp_map(&p.target, p.id, Some(&p.lun))?)
+        },
+    },
+    Method {
+        name: "srp_lun_unmap",
+        help: "Removes a LUN number from an SRP target.",
+        params: "target, id",
+        handler: |d, p| {
+            let p: Unmap = params(p)?;
+            Ok(d.srp_map(&p.target, p.id, None)?)
+        },
+    },
+    Method {
+        name: "srp_session_list",
+        help: "Lists SRP logins: each I_T nexus with its channels.",
+        params: "target (optional)",
+        handler: |d, p| Ok(d.srp_sessions(params::<Sessions>(p)?.target.as_deref())),
     },
     Method {
         name: "get_config",
@@ -828,6 +873,22 @@ mod tests {
                 -32001,
             ),
             ("save_config", json!({}), INVALID_PARAMS),
+            (
+                "srp_target_create",
+                json!({"name": "s", "id_ext": "0xno", "ioc_guid": "0x1"}),
+                INVALID_PARAMS,
+            ),
+            (
+                "srp_target_create",
+                json!({"name": "s", "id_ext": "0x1", "ioc_guid": "0x1", "luns": [{"id": 0, "lun": "nope"}]}),
+                -32001,
+            ),
+            ("srp_target_delete", json!({"name": "s"}), -32001),
+            (
+                "srp_lun_map",
+                json!({"target": "s", "id": 0, "lun": "r0"}),
+                -32001,
+            ),
         ] {
             let r = call(&d, method, params.clone());
             assert_eq!(code(&r), want, "{method} {params}: {r}");

@@ -7,7 +7,11 @@
 
 use vm_memory::Bytes;
 
-use crate::request::{check_memory, gather, split_at, Chain, GuestMem, GuestRange, RequestError};
+use smallvec::SmallVec;
+
+use crate::request::{
+    check_memory, gather, split_at, Chain, GuestMem, GuestRange, Ranges, RequestError,
+};
 
 use super::wire::{self, Header, Segment, SegmentError, SECTOR};
 
@@ -39,9 +43,9 @@ pub struct BlkRequest {
     /// The status byte.
     pub status: GuestRange,
     /// Device-readable data after the header.
-    pub data_out: Vec<GuestRange>,
+    pub data_out: Ranges,
     /// Device-writable data before the status byte.
-    pub data_in: Vec<GuestRange>,
+    pub data_in: Ranges,
 }
 
 /// A chain that cannot be executed: answered IOERR if it has a status byte,
@@ -105,8 +109,8 @@ pub fn parse(chain: Chain, mem: &GuestMem) -> Result<BlkRequest, Rejected> {
     Ok(BlkRequest {
         header: Header::parse(&b),
         status,
-        data_out: data_out.to_vec(),
-        data_in: data_in.to_vec(),
+        data_out,
+        data_in,
     })
 }
 
@@ -129,17 +133,21 @@ pub struct Geometry {
 pub enum PlanData {
     None,
     /// The request's own data descriptors (zero copy).
-    Guest(Vec<GuestRange>),
+    Guest(Ranges),
     /// A parameter list built here (UNMAP's descriptors, WRITE SAME's block).
     Bytes(Vec<u8>),
 }
+
+/// A CDB the plans build (10 or 16 bytes): kept inline, no allocation per
+/// request.
+pub type CdbBytes = SmallVec<[u8; 16]>;
 
 /// What to do with a request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Plan {
     /// One SCSI command; `data_in` when it reads into the guest.
     Scsi {
-        cdb: Vec<u8>,
+        cdb: CdbBytes,
         data: PlanData,
         data_in: bool,
     },
@@ -172,8 +180,8 @@ fn blocks(len: u64, geo: &Geometry) -> Result<u32, BlkError> {
     u32::try_from(len / bs).map_err(|_| BlkError::TooLong { len })
 }
 
-fn cdb16(opcode: u8, flags: u8, lba: u64, count: u32) -> Vec<u8> {
-    let mut c = vec![0u8; 16];
+fn cdb16(opcode: u8, flags: u8, lba: u64, count: u32) -> CdbBytes {
+    let mut c = CdbBytes::from_elem(0, 16);
     c[0] = opcode;
     c[1] = flags;
     c[2..10].copy_from_slice(&lba.to_be_bytes());
@@ -329,7 +337,7 @@ fn unmap(segs: &[Segment], geo: &Geometry) -> Result<Plan, BlkError> {
     list[0..2].copy_from_slice(&data_len.to_be_bytes());
     list[2..4].copy_from_slice(&descs.to_be_bytes());
     let param_len = descs + 8;
-    let mut cdb = vec![0u8; 10];
+    let mut cdb = CdbBytes::from_elem(0, 10);
     cdb[0] = UNMAP;
     cdb[7..9].copy_from_slice(&param_len.to_be_bytes());
     Ok(Plan::Scsi {
