@@ -154,17 +154,20 @@ size = "64M"
 [[lun]]
 name = "lun0"
 backend = "ram0"
+uuid = "5a7e0000-0000-4000-8000-000000000000"
+
+[srp]
+listen = ["0.0.0.0:5555"]
+queue_depth = 128
 
 [[srp_target]]
 name = "srp0"
 id_ext = "$OX_GUID"
 ioc_guid = "$OX_GUID"
-listen = ["0.0.0.0:5555"]
-queue_depth = 128
 luns = [{ id = 0, lun = "lun0" }]
 TOML
     mkdir -p /tmp/oxtarget-state
-    oxtarget serve --config /srp.toml >/tmp/oxtarget.log 2>&1 &
+    NO_COLOR=1 oxtarget serve --config /srp.toml >/tmp/oxtarget.log 2>&1 &
     ox=$!
     trap 'sed "s/^/oxtarget: /" /tmp/oxtarget.log >&2' EXIT
     ox_ready() {

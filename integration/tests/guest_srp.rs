@@ -1,7 +1,7 @@
 //! oxtarget's SRP target against the kernel's SRP initiator (ib_srp) over
 //! Soft RoCE (rdma_rxe), in one guest: the daemon runs inside the guest
-//! (`oxtarget serve --config /srp.toml` with an `[[srp_target]]` on RDMA/CM
-//! port 5555), as the kernel's ib_srpt does in `tests/guest_srpt.rs`, and
+//! (`oxtarget serve --config /srp.toml` with an `[[srp_target]]`, `[srp]`
+//! listening on RDMA/CM port 5555), as the kernel's ib_srpt does in `tests/guest_srpt.rs`, and
 //! goes through the same suite (the guest library's `srp_suite`):
 //!
 //! - logins with `ch_count=1` and with two channels (one per vCPU; the
@@ -62,21 +62,25 @@ path = "$hold"
 [[lun]]
 name = "lun0"
 backend = "ram0"
+uuid = "5a7e0000-0000-4000-8000-000000000000"
 
 [[lun]]
 name = "lun1"
 backend = "hold0"
+uuid = "5a7e0000-0000-4000-8000-000000000001"
+
+[srp]
+listen = ["0.0.0.0:5555"]
+queue_depth = 128
 
 [[srp_target]]
 name = "srp0"
 id_ext = "__GUID__"
 ioc_guid = "__GUID__"
-listen = ["0.0.0.0:5555"]
-queue_depth = 128
 luns = [{ id = 0, lun = "lun0" }, { id = 1, lun = "lun1" }]
 EOF
 mkdir -p /tmp/oxtarget-state
-RUST_LOG=info __BIN__ serve --config /srp.toml >/tmp/oxtarget.log 2>&1 &
+NO_COLOR=1 RUST_LOG=info __BIN__ serve --config /srp.toml >/tmp/oxtarget.log 2>&1 &
 ox=$!
 trap 'sed "s/^/oxtarget: /" /tmp/oxtarget.log >&2' EXIT
 # Listening (an RDMA/CM id in LISTEN on port 5555) or gone.
