@@ -249,7 +249,11 @@ say "host load after: $(uptime | sed 's/.*load average: //')"
 
 # --- table -------------------------------------------------------------------------
 echo
-echo "oxtarget ($PROFILE, RAM LUN) vs ib_srpt (rd_mcp), ib_srp over rxe in one TCG guest, median of $REPS"
+if [ "$SRPT_ONLY" = 1 ]; then
+    echo "ib_srpt (rd_mcp) alone (--srpt-only), ib_srp over rxe in one guest, median of $REPS"
+else
+    echo "oxtarget ($PROFILE, RAM LUN) vs ib_srpt (rd_mcp), ib_srp over rxe in one guest, median of $REPS"
+fi
 awk -v srpt_only="$SRPT_ONLY" '
     function median(key,   n, i, j, t, a) {
         n = split(vals[key], a, " ")
