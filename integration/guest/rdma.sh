@@ -136,6 +136,27 @@ srp_login() {
     done
 }
 
+# srp_login_refused KEY PORT ID: a login to GUEST_ADDR:PORT naming target port
+# ID (as id_ext and ioc_guid) that the target does not have, one attempt;
+# prints "KEY refused" when ib_srp's add_target failed and left no remote
+# port, with "KEY-reason 0x..." (the SRP_LOGIN_REJ reason ib_srp logged, if
+# any), "KEY accepted" otherwise (and logs out again).
+srp_login_refused() {
+    _s="id_ext=$3,ioc_guid=$3,dest=$GUEST_ADDR:$2,src=$GUEST_ADDR,ch_count=1"
+    if echo "$_s" 2>/tmp/srp-login.err >$SRP_ADD_TARGET; then
+        echo "$1 accepted"
+        srp_logout
+    elif _no_srp_ports; then
+        echo "srp login to unknown target port $3: $(cat /tmp/srp-login.err)" >&2
+        echo "$1 refused"
+        _r=$(dmesg | grep -o 'SRP LOGIN REJECTED, reason 0x[0-9a-f]*' | tail -n 1)
+        echo "$1-reason ${_r##* }"
+    else
+        echo "$1 accepted"
+        srp_logout
+    fi
+}
+
 # srp_host: the SCSI host number of the (newest) SRP remote port.
 srp_host() {
     _h=
@@ -280,9 +301,11 @@ _log_has_more() {
 # other target); random data written and read back with O_DIRECT and
 # compared; fio's verify from $ch jobs. With one channel also tm_check on the
 # hold LUN (HOLD_NAME is its dm device) and the data read back after it. Then
-# logout. Prints "chN-..." lines (see io_check, fio_verify, tm_check) and
-# "suite done".
+# logout. Before all that, a login naming a target port the target does not
+# have must be refused. Prints "wrong-target-login refused|accepted",
+# "chN-..." lines (see io_check, fio_verify, tm_check) and "suite done".
 srp_suite() {
+    srp_login_refused wrong-target-login "$1" 0x1111111111111111
     for _ch in 1 2; do
         _logins=$(count_log 'Received SRP_LOGIN_REQ')
         if [ $_ch = 1 ]; then

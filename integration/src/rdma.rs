@@ -209,7 +209,9 @@ fn expect_io(run: &GuestRun, key: &str) {
 }
 
 /// Checks the results of the guest library's `srp_suite` (see
-/// `integration/guest/rdma.sh`): for one and for two channels, the data
+/// `integration/guest/rdma.sh`): a login naming a target port the target
+/// does not have refused with SRP_LOGIN_REJ (reason 0x10003, unable to
+/// associate the channel); for one and for two channels, the data
 /// LUN's size (`data_sectors` of 512 bytes), ib_srp's channel count, credits
 /// granted, direct writes read back equal (`cmp`, MD5, fio's verify); with
 /// one channel, ABORT TASK sent on a held command's timeout and answered (no
@@ -226,6 +228,10 @@ pub fn assert_srp_suite(run: &GuestRun, data_sectors: u64, srpt_logins: bool) {
         "the suite did not finish:\n{}",
         run.results
     );
+    expect(run, "wrong-target-login", "refused");
+    // SRP_LOGIN_REJ with UNABLE TO ASSOCIATE CHANNEL WITH I_T NEXUS, as
+    // ib_srpt answers a target port id it does not have.
+    expect(run, "wrong-target-login-reason", "0x00010003");
     for ch in [1u64, 2] {
         let key = |k: &str| format!("ch{ch}-{k}");
         assert_eq!(

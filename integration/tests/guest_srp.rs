@@ -4,6 +4,7 @@
 //! listening on RDMA/CM port 5555), as the kernel's ib_srpt does in `tests/guest_srpt.rs`, and
 //! goes through the same suite (the guest library's `srp_suite`):
 //!
+//! - a login naming a target port the target does not have, refused;
 //! - logins with `ch_count=1` and with two channels (one per vCPU; the
 //!   second channel asks for MULTICHANNEL), the LUN's size, the channel
 //!   count and the credits ib_srp sees;
@@ -103,6 +104,7 @@ srp_suite 5555 __GUID__ 0 131072 1 oxhold
 kill -TERM $ox
 wait $ox && st=0 || st=$?
 echo "oxtarget-exit $st"
+echo "oxtarget-panics $(grep -c panicked /tmp/oxtarget.log || true)"
 "#;
 
 #[test]
@@ -145,5 +147,10 @@ fn kernel_initiator_against_oxtarget_srp_over_rxe() {
         run.field("oxtarget-exit"),
         Some("0"),
         "the daemon's exit status after SIGTERM"
+    );
+    assert_eq!(
+        run.field("oxtarget-panics"),
+        Some("0"),
+        "panics in the daemon's log"
     );
 }
