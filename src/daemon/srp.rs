@@ -55,14 +55,16 @@ impl SrpTransport {
 
 /// The transport calls, in one place.
 mod transport {
+    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     use engine::{LunMap, LunRegistry, TargetPort};
 
     use crate::config::SrpSettings;
 
-    pub struct Server;
+    pub use srp::server::Server;
 
+    /// One login (I_T nexus) of a target: its channels and their counts.
     pub struct Channels {
         pub initiator: String,
         pub channels: usize,
@@ -70,27 +72,58 @@ mod transport {
         pub errors: u64,
     }
 
-    pub fn start(_s: &SrpSettings, _registry: Arc<LunRegistry>) -> Result<Server, String> {
-        Err("this build does not serve SRP yet".into())
+    pub fn start(s: &SrpSettings, registry: Arc<LunRegistry>) -> Result<Server, String> {
+        let cfg = srp::server::ServerConfig {
+            listen: s.listen.clone(),
+            queue_depth: s.queue_depth,
+            ..Default::default()
+        };
+        Server::start(cfg, registry).map_err(|e| e.to_string())
     }
 
-    pub fn shutdown(_s: Server) {}
+    pub fn shutdown(s: Server) {
+        s.shutdown();
+    }
 
     pub fn add_target(
-        _s: &Server,
-        _name: &str,
-        _id_ext: u64,
-        _ioc_guid: u64,
-        _port: Arc<TargetPort>,
-        _luns: Arc<LunMap>,
+        s: &Server,
+        name: &str,
+        id_ext: u64,
+        ioc_guid: u64,
+        port: Arc<TargetPort>,
+        luns: Arc<LunMap>,
     ) -> Result<(), String> {
-        Err("this build does not serve SRP yet".into())
+        s.add_target(srp::server::Target {
+            name: name.to_string(),
+            id_ext,
+            ioc_guid,
+            port,
+            luns,
+        })
+        .map_err(|e| e.to_string())
     }
 
-    pub fn remove_target(_s: &Server, _name: &str) {}
+    pub fn remove_target(s: &Server, name: &str) {
+        if let Err(e) = s.remove_target(name) {
+            tracing::warn!(target = %name, "SRP target removal: {e}");
+        }
+    }
 
-    pub fn sessions(_s: &Server, _target: &str) -> Vec<Channels> {
-        Vec::new()
+    /// The target's logins, one entry per I_T nexus.
+    pub fn sessions(s: &Server, target: &str) -> Vec<Channels> {
+        let mut by_nexus: BTreeMap<u64, Channels> = BTreeMap::new();
+        for c in s.sessions_list().into_iter().filter(|c| c.target == target) {
+            let e = by_nexus.entry(c.nexus).or_insert_with(|| Channels {
+                initiator: c.initiator.clone(),
+                channels: 0,
+                commands: 0,
+                errors: 0,
+            });
+            e.channels += 1;
+            e.commands += c.commands;
+            e.errors += c.errors;
+        }
+        by_nexus.into_values().collect()
     }
 }
 
