@@ -42,7 +42,7 @@ const RAM_SECTORS: u64 = 131_072;
 /// The guest's script: the daemon's config (with the dm device's path,
 /// known only in the guest), the daemon in the background, the suite, and
 /// the daemon stopped with SIGTERM (its exit status reported). Its log goes
-/// to the console whatever happens.
+/// to the console as it is written.
 const SCRIPT: &str = r#"
 rxe_up
 hold=$(dm_zero_device oxhold 65536)
@@ -83,7 +83,9 @@ EOF
 mkdir -p /tmp/oxtarget-state
 NO_COLOR=1 RUST_LOG=info __BIN__ serve --config /srp.toml >/tmp/oxtarget.log 2>&1 &
 ox=$!
-trap 'sed "s/^/oxtarget: /" /tmp/oxtarget.log >&2' EXIT
+# The daemon's log, live on the console (still there when a hang ends in the
+# harness's timeout).
+tail -f /tmp/oxtarget.log | sed 's/^/oxtarget: /' >&2 &
 # Listening (an RDMA/CM id in LISTEN on port 5555) or gone.
 ox_ready() {
     ! kill -0 $ox 2>/dev/null || rdma resource show cm_id 2>/dev/null | grep LISTEN | grep -q ':5555'
