@@ -610,7 +610,7 @@ impl CmLoop {
         };
         let mut res = res;
         let mut id = id;
-        if let Err(e) = res.create_qp(&mut id, ev.responder_resources) {
+        if let Err(e) = res.create_qp(&mut id) {
             return Err((
                 id,
                 rej(rej_reason::INSUFFICIENT_RESOURCES),
@@ -624,6 +624,20 @@ impl CmLoop {
                 format!("posting receives: {e}"),
             ));
         }
+        let Some(conn) = res.accept_params(ev.initiator_depth) else {
+            return Err((
+                id,
+                rej(rej_reason::UNABLE_TO_ESTABLISH),
+                "the initiator allows no RDMA READ (responder resources 0)".into(),
+            ));
+        };
+        tracing::debug!(
+            "srp: login: {:?}, RDMA READ depth {} (offered {}), send queue {}",
+            accepted.params,
+            conn.initiator_depth,
+            ev.initiator_depth,
+            res.sq_size
+        );
         let ch = self.shared.next_channel.fetch_add(1, Ordering::Relaxed);
         let reg = match live.channels.register(
             req.initiator_port_id,
@@ -657,10 +671,7 @@ impl CmLoop {
                 ))
             }
         };
-        if let Err(e) = id.accept(
-            &accepted.rsp.encode(),
-            res.accept_params(ev.responder_resources),
-        ) {
+        if let Err(e) = id.accept(&accepted.rsp.encode(), conn) {
             // The initiator hears nothing more of this id; it times out.
             live.channels.unregister(ch);
             tracing::info!("srp: accept failed: {e}");

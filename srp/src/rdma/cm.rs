@@ -94,7 +94,11 @@ pub struct CmEvent {
     /// The connection's private data (the SRP login request, on a connect
     /// request), truncated to what the event reports.
     pub private_data: Vec<u8>,
-    /// The peer's RDMA READ resources and depth (on a connect request).
+    /// On a connect request, from our side's point of view (the CM swaps the
+    /// peer's fields): `responder_resources` is the RDMA READs the peer wants
+    /// to have outstanding against us (its initiator depth), `initiator_depth`
+    /// the RDMA READs it lets us have outstanding against it (its responder
+    /// resources).
     pub responder_resources: u8,
     pub initiator_depth: u8,
     /// The new id of a connect request; the caller must accept or reject it.
