@@ -26,8 +26,7 @@ pub(super) mod wr {
     pub const RECV: u64 = 1 << 56;
     pub const SEND: u64 = 2 << 56;
     pub const READ: u64 = 3 << 56;
-    pub const DRAIN_RECV: u64 = 4 << 56;
-    pub const DRAIN_SEND: u64 = 5 << 56;
+    pub const DRAIN_SEND: u64 = 4 << 56;
     const KIND: u64 = 0xff << 56;
 
     pub fn kind(id: u64) -> u64 {
