@@ -612,21 +612,21 @@ impl CmLoop {
         let mut id = id;
         if let Err(e) = res.create_qp(&mut id) {
             return Err((
-                id,
+                without_qp(id),
                 rej(rej_reason::INSUFFICIENT_RESOURCES),
                 format!("QP: {e}"),
             ));
         }
         if let Err(e) = res.post_all_receives(&id) {
             return Err((
-                id,
+                without_qp(id),
                 rej(rej_reason::INSUFFICIENT_RESOURCES),
                 format!("posting receives: {e}"),
             ));
         }
         let Some(conn) = res.accept_params(ev.initiator_depth) else {
             return Err((
-                id,
+                without_qp(id),
                 rej(rej_reason::UNABLE_TO_ESTABLISH),
                 "the initiator allows no RDMA READ (responder resources 0)".into(),
             ));
@@ -646,13 +646,19 @@ impl CmLoop {
             accepted.multichannel,
         ) {
             Ok(r) => r,
-            Err(e) => return Err((id, rej(rej_reason::CHANNEL_LIMIT_REACHED), e.to_string())),
+            Err(e) => {
+                return Err((
+                    without_qp(id),
+                    rej(rej_reason::CHANNEL_LIMIT_REACHED),
+                    e.to_string(),
+                ))
+            }
         };
         self.shared.kill(&reg.disconnect);
         accepted.note_terminated(reg.disconnect.len());
         let unregister = |id| {
             live.channels.unregister(ch);
-            id
+            without_qp(id)
         };
         if let Err(e) = id.migrate(&res.events) {
             return Err((
@@ -722,6 +728,13 @@ impl CmLoop {
         }
         Ok(ch)
     }
+}
+
+/// An id whose login failed after its QP was made: the QP goes first, while
+/// the receive ring its posted receives name is still registered.
+fn without_qp(mut id: CmId) -> CmId {
+    id.destroy_qp();
+    id
 }
 
 fn reject(id: &mut CmId, rej: &LoginRej) {

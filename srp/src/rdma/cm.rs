@@ -12,6 +12,8 @@ use std::os::fd::RawFd;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use super::verbs::{Cq, DeviceLimits, Pd, QpCaps, SendOp, SendWr};
 use super::{ffi, set_nonblocking, RdmaError};
 
@@ -543,7 +545,9 @@ impl CmId {
         if wrs.is_empty() {
             return Ok(());
         }
-        let mut sges: Vec<ffi::ibv_sge> = wrs
+        // Chains are short (a SEND, or a few RDMA READs/WRITEs before it): on
+        // the stack, without an allocation per post.
+        let mut sges: SmallVec<[ffi::ibv_sge; 8]> = wrs
             .iter()
             .map(|w| ffi::ibv_sge {
                 addr: w.local_addr,
@@ -552,7 +556,8 @@ impl CmId {
             })
             .collect();
         // SAFETY: ibv_send_wr is plain old data; zero is valid.
-        let mut raw: Vec<ffi::ibv_send_wr> = vec![unsafe { std::mem::zeroed() }; wrs.len()];
+        let zero: ffi::ibv_send_wr = unsafe { std::mem::zeroed() };
+        let mut raw: SmallVec<[ffi::ibv_send_wr; 8]> = smallvec::smallvec![zero; wrs.len()];
         for (i, w) in wrs.iter().enumerate() {
             let r = &mut raw[i];
             r.wr_id = w.wr_id;
