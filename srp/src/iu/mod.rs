@@ -10,6 +10,8 @@
 
 mod cmd;
 mod login;
+#[cfg(test)]
+mod proptests;
 mod rsp;
 mod small;
 mod wire;
