@@ -454,8 +454,12 @@ impl Channel {
         let bytes: &[u8] = unsafe { std::slice::from_raw_parts(base, len) };
         match iu::parse(bytes, &self.ctx.params) {
             Ok(Iu::Cmd(cmd)) => {
+                // Where the immediate data sits in the buffer (the parser hands
+                // back a part of `bytes`).
                 let imm = match &cmd.data {
-                    DataXfer::Immediate(d) => Some((d.as_ptr() as usize - base as usize, d.len())),
+                    DataXfer::Immediate(d) => (d.as_ptr() as usize)
+                        .checked_sub(base as usize)
+                        .map(|off| (off, d.len())),
                     _ => None,
                 };
                 self.on_cmd(idx32, &cmd, imm);
