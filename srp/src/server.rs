@@ -15,7 +15,10 @@
 //! Memory per channel is fixed at login: `queue_depth` receive buffers of
 //! `max_it_iu_len` bytes, `queue_depth + 1` send buffers of 512 bytes, and a
 //! data region of `data_pool` bytes from which each command takes one
-//! contiguous run (commands that find none wait in order).
+//! contiguous run (commands that find none wait in order). With the defaults
+//! (128, 8276 → 8320-byte buffers, 4 MiB) that is 1.02 MiB + 65 KiB + 4 MiB,
+//! about 5.1 MiB of registered memory per channel; a command moves at most
+//! `max_transfer` (default 4 MiB, the whole pool).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -94,8 +97,11 @@ impl Default for ServerConfig {
             listen: vec![SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))],
             queue_depth: 128,
             max_it_iu_len: login::DEFAULT_MAX_IT_IU_LEN,
+            // ib_srp sends at most 512 KiB per command (its max_sectors on
+            // rxe); 4 MiB holds 32 such commands, or every command of a full
+            // queue of 64 KiB ones.
             max_transfer: 4 << 20,
-            data_pool: 8 << 20,
+            data_pool: 4 << 20,
             max_channels_per_nexus: crate::channels::DEFAULT_MAX_CHANNELS,
             max_channels: 256,
         }
