@@ -27,7 +27,8 @@
 #   --profile P      cargo profile of oxtarget: release (default) or debug
 #   --no-build       use the already built binaries
 #   --srpt-only      ib_srpt alone (while the daemon has no SRP target); no ratio
-#   --keep-logs DIR  keep the guest's results and this script's work files in DIR
+#   --keep-logs DIR  keep this script's work files and the guest's run directory
+#                    (console log, results) in DIR
 #   --only REGEX     only the workloads whose name matches (grep -E)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -72,7 +73,11 @@ done
 say() { printf '==> %s\n' "$*" >&2; }
 
 WORK=$(mktemp -d /tmp/oxtarget-srp-bench.XXXXXX)
-[ -n "$LOGDIR" ] && mkdir -p "$LOGDIR"
+if [ -n "$LOGDIR" ]; then
+    mkdir -p "$LOGDIR"
+    # The guest's run directory (console, results, QEMU's command line) too.
+    export OXTARGET_GUEST_RUNS=$LOGDIR
+fi
 cleanup() {
     local rc=$?
     if [ -n "$LOGDIR" ]; then cp -r "$WORK"/. "$LOGDIR"/; fi
