@@ -122,10 +122,13 @@ fn kernel_initiator_against_oxtarget_srp_over_rxe() {
         .and_then(|t| SystemTime::now().duration_since(t).ok())
         .map_or_else(|| "?".into(), |d| format!("{} s", d.as_secs()));
     eprintln!("oxtarget binary: {} (built {age} ago)", bin.display());
+    // The shared RDMA archive, and the daemon (which changes with every
+    // build) unpacked over it for this run only.
     let initramfs = Initramfs::rdma()
-        .binary_at(&bin, GUEST_BIN)
         .build(env)
-        .unwrap_or_else(|e| panic!("building the RDMA initramfs with {}: {e}", bin.display()));
+        .unwrap_or_else(|e| panic!("building the RDMA initramfs: {e}"));
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let small = integration::strip_debug_copy(&bin, tmp.path());
     let script = format!(
         "{SCRIPT_PROLOGUE}{}",
         SCRIPT
@@ -133,7 +136,10 @@ fn kernel_initiator_against_oxtarget_srp_over_rxe() {
             .replace("__BIN__", GUEST_BIN)
     );
     let run = env
-        .run(&RdmaGuest::config(&initramfs, script))
+        .run(
+            &RdmaGuest::config(&initramfs, script)
+                .overlay(Initramfs::new().binary_at(&small, GUEST_BIN)),
+        )
         .and_then(GuestRun::check)
         .unwrap_or_else(|e| panic!("{e}"));
     eprintln!(

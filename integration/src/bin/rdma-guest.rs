@@ -72,12 +72,18 @@ fn run(args: &Args) -> Result<i32, Error> {
         context: format!("read {}", args.script.display()),
         source: e,
     })?;
-    let mut initramfs = Initramfs::rdma();
-    if let Some(bin) = &args.oxtarget {
-        initramfs = initramfs.binary_at(bin, "/usr/bin/oxtarget");
-    }
-    let initramfs = initramfs.build(&env)?;
+    let initramfs = Initramfs::rdma().build(&env)?;
     let mut config = RdmaGuest::config(&initramfs, format!("{SCRIPT_PROLOGUE}{body}"));
+    // The daemon, which changes with every build, goes over the shared
+    // archive for this run only.
+    let tmp = tempfile::tempdir().map_err(|e| Error::Io {
+        context: "create a temporary directory".into(),
+        source: e,
+    })?;
+    if let Some(bin) = &args.oxtarget {
+        let small = integration::strip_debug_copy(bin, tmp.path());
+        config = config.overlay(Initramfs::new().binary_at(small, "/usr/bin/oxtarget"));
+    }
     if let Some(timeout) = args.timeout {
         config = config.timeout(timeout);
     }
