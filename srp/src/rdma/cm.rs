@@ -12,6 +12,8 @@ use std::os::fd::RawFd;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use super::verbs::{Cq, DeviceLimits, Pd, QpCaps, SendOp, SendWr};
 use super::{ffi, set_nonblocking, RdmaError};
 
@@ -94,7 +96,11 @@ pub struct CmEvent {
     /// The connection's private data (the SRP login request, on a connect
     /// request), truncated to what the event reports.
     pub private_data: Vec<u8>,
-    /// The peer's RDMA READ resources and depth (on a connect request).
+    /// On a connect request, from our side's point of view (the CM swaps the
+    /// peer's fields): `responder_resources` is the RDMA READs the peer wants
+    /// to have outstanding against us (its initiator depth), `initiator_depth`
+    /// the RDMA READs it lets us have outstanding against it (its responder
+    /// resources).
     pub responder_resources: u8,
     pub initiator_depth: u8,
     /// The new id of a connect request; the caller must accept or reject it.
@@ -539,7 +545,9 @@ impl CmId {
         if wrs.is_empty() {
             return Ok(());
         }
-        let mut sges: Vec<ffi::ibv_sge> = wrs
+        // Chains are short (a SEND, or a few RDMA READs/WRITEs before it): on
+        // the stack, without an allocation per post.
+        let mut sges: SmallVec<[ffi::ibv_sge; 8]> = wrs
             .iter()
             .map(|w| ffi::ibv_sge {
                 addr: w.local_addr,
@@ -548,7 +556,8 @@ impl CmId {
             })
             .collect();
         // SAFETY: ibv_send_wr is plain old data; zero is valid.
-        let mut raw: Vec<ffi::ibv_send_wr> = vec![unsafe { std::mem::zeroed() }; wrs.len()];
+        let zero: ffi::ibv_send_wr = unsafe { std::mem::zeroed() };
+        let mut raw: SmallVec<[ffi::ibv_send_wr; 8]> = smallvec::smallvec![zero; wrs.len()];
         for (i, w) in wrs.iter().enumerate() {
             let r = &mut raw[i];
             r.wr_id = w.wr_id;

@@ -14,9 +14,9 @@
 //!
 //! A disconnect (from the initiator, the administrator, or a newer
 //! single-channel login of the same initiator) moves the QP to the error state;
-//! the channel then waits for the flush of two marker work requests (so every
-//! earlier one has completed), drops its engine worker and destroys its verbs
-//! objects, QP first.
+//! the channel then waits until every receive it posted has come back flushed
+//! and a marker SEND behind everything on the send queue has too (at most 5
+//! s), drops its engine worker and destroys its verbs objects, QP first.
 
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
@@ -136,7 +136,8 @@ struct Channel {
     events: Vec<Event>,
     next_cred_tag: u64,
     closing: Option<Instant>,
-    drained_recv: bool,
+    /// Receives posted and not yet completed (flushed ones included).
+    recv_posted: u32,
     drained_send: bool,
     left: bool,
     res: Resources,
@@ -208,7 +209,7 @@ impl Channel {
             events: Vec::new(),
             next_cred_tag: 0,
             closing: None,
-            drained_recv: false,
+            recv_posted: res.rq_size,
             drained_send: false,
             left: false,
             res,
@@ -224,7 +225,7 @@ impl Channel {
         let mut evs = vec![EpollEvent::default(); 8];
         loop {
             let timeout = match self.closing {
-                Some(_) if self.drained_recv && self.drained_send => return Ok(()),
+                Some(_) if self.recv_posted == 0 && self.drained_send => return Ok(()),
                 Some(since) => {
                     let left = DRAIN_TIMEOUT.saturating_sub(since.elapsed());
                     if left.is_zero() {
@@ -295,11 +296,12 @@ impl Channel {
         // Moves the QP to the error state: everything posted flushes.
         let _ = self.id.disconnect();
         self.leave();
-        // Markers behind everything posted: their flush means the queues are
-        // empty. A marker that cannot be posted cannot be waited for.
-        if self.id.post_recv(wr::DRAIN_RECV, 0, 0, 0).is_err() {
-            self.drained_recv = true;
-        }
+        // The receive queue is flushed when the QP enters the error state;
+        // the channel counts its receives back. The send queue gets a marker
+        // behind everything posted: its flush means the queue is empty (a
+        // marker that cannot be posted cannot be waited for). A receive
+        // marker would not do: rxe (6.1) flushes receives posted after the
+        // error only when something else wakes its responder.
         let marker = SendWr {
             wr_id: wr::DRAIN_SEND,
             op: SendOp::Send,
@@ -369,8 +371,10 @@ impl Channel {
     fn on_wc(&mut self, wc: &Wc) {
         let kind = wr::kind(wc.wr_id);
         let idx = wr::index(wc.wr_id);
+        if kind == wr::RECV {
+            self.recv_posted = self.recv_posted.saturating_sub(1);
+        }
         match kind {
-            wr::DRAIN_RECV => self.drained_recv = true,
             wr::DRAIN_SEND => self.drained_send = true,
             // Flushes after a disconnect are expected; anything else ends
             // the channel.
@@ -425,8 +429,9 @@ impl Channel {
         if self.closing.is_some() {
             return;
         }
-        if let Err(e) = self.res.post_recv(&self.id, idx) {
-            self.close(&format!("repost receive: {e}"));
+        match self.res.post_recv(&self.id, idx) {
+            Ok(()) => self.recv_posted += 1,
+            Err(e) => self.close(&format!("repost receive: {e}")),
         }
     }
 
@@ -449,8 +454,12 @@ impl Channel {
         let bytes: &[u8] = unsafe { std::slice::from_raw_parts(base, len) };
         match iu::parse(bytes, &self.ctx.params) {
             Ok(Iu::Cmd(cmd)) => {
+                // Where the immediate data sits in the buffer (the parser hands
+                // back a part of `bytes`).
                 let imm = match &cmd.data {
-                    DataXfer::Immediate(d) => Some((d.as_ptr() as usize - base as usize, d.len())),
+                    DataXfer::Immediate(d) => (d.as_ptr() as usize)
+                        .checked_sub(base as usize)
+                        .map(|off| (off, d.len())),
                     _ => None,
                 };
                 self.on_cmd(idx32, &cmd, imm);

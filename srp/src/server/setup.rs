@@ -26,8 +26,7 @@ pub(super) mod wr {
     pub const RECV: u64 = 1 << 56;
     pub const SEND: u64 = 2 << 56;
     pub const READ: u64 = 3 << 56;
-    pub const DRAIN_RECV: u64 = 4 << 56;
-    pub const DRAIN_SEND: u64 = 5 << 56;
+    pub const DRAIN_SEND: u64 = 4 << 56;
     const KIND: u64 = 0xff << 56;
 
     pub fn kind(id: u64) -> u64 {
@@ -114,7 +113,7 @@ impl Resources {
     }
 
     /// Creates the RC QP on `id` (one CQ for both queues).
-    pub fn create_qp(&mut self, id: &mut CmId, _peer_rd: u8) -> Result<(), RdmaError> {
+    pub fn create_qp(&mut self, id: &mut CmId) -> Result<(), RdmaError> {
         let caps = QpCaps {
             max_send_wr: self.sq_size,
             max_recv_wr: self.rq_size.saturating_add(1),
@@ -147,13 +146,17 @@ impl Resources {
     }
 
     /// The accept's connection parameters: we issue the RDMA READs, so our
-    /// initiator depth is at most what the initiator grants as responder.
-    pub fn accept_params(&self, peer_responder_resources: u8) -> AcceptParams {
+    /// initiator depth is at most what the initiator grants as responder
+    /// (`granted`: the connect request event's `initiator_depth`, which the
+    /// CM has already turned to our point of view). ib_srp grants 4; with 0
+    /// no RDMA READ could ever run, so the login is refused instead.
+    pub fn accept_params(&self, granted: u8) -> Option<AcceptParams> {
         let dev = u8::try_from(self.limits.max_qp_init_rd_atom).unwrap_or(u8::MAX);
-        AcceptParams {
+        let depth = granted.min(dev).min(MAX_RD_ATOM);
+        (depth > 0).then_some(AcceptParams {
             responder_resources: MAX_RD_ATOM,
-            initiator_depth: peer_responder_resources.min(dev).min(MAX_RD_ATOM),
+            initiator_depth: depth,
             rnr_retry_count: 7,
-        }
+        })
     }
 }
