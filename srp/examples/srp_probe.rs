@@ -364,8 +364,12 @@ fn bufs(list: &[RemoteBuf], indirect: bool) -> RemoteBufs {
     }
 }
 
-/// What a conforming target answers (ib_srpt's behaviour where SRP leaves
-/// room): the value of each key, or `None` for keys that only inform.
+/// What oxtarget answers: the value of each key, or `None` for keys that
+/// only inform. The kernel's ib_srpt (6.1) differs on three: it grants all
+/// its receives as credits (`login-req-lim` 128, no spare for CRED_RSP),
+/// runs a command with a reserved task attribute as if it were valid
+/// (`bad-iu-status` 0), and answers ABORT TASK of an unknown tag with
+/// FAILED (`tm-abort-none-code` 5) where SAM-5 says FUNCTION COMPLETE.
 fn expected(key: &str) -> Option<&'static str> {
     Some(match key {
         "reject-unknown-target" => "0x00010003",
