@@ -132,6 +132,8 @@ struct Channel {
     sq_free: u32,
     /// Chains waiting for send queue room, oldest first.
     backlog: VecDeque<Vec<SendWr>>,
+    /// The work requests of one post (reused).
+    batch: Vec<SendWr>,
     wcs: Vec<Wc>,
     events: Vec<Event>,
     next_cred_tag: u64,
@@ -205,6 +207,7 @@ impl Channel {
             waiting: VecDeque::new(),
             sq_free,
             backlog: VecDeque::new(),
+            batch: Vec::new(),
             wcs: Vec::with_capacity(32),
             events: Vec::new(),
             next_cred_tag: 0,
@@ -261,6 +264,7 @@ impl Channel {
             }
             more_cq = if cq { self.on_cq() } else { false };
             self.pump_worker(worker);
+            self.flush_backlog();
         }
     }
 
@@ -332,15 +336,11 @@ impl Channel {
 
     /// Handles what the CQ holds; true if it stopped with more to do.
     fn on_cq(&mut self) -> bool {
-        loop {
-            match self.res.comp.take_event() {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => {
-                    self.close(&format!("completion channel: {e}"));
-                    break;
-                }
-            }
+        // One notification per arming, and we arm once per round: one read
+        // (a second would only find EAGAIN; the fd is level-triggered, so a
+        // notification left over wakes us again).
+        if let Err(e) = self.res.comp.take_event() {
+            self.close(&format!("completion channel: {e}"));
         }
         if let Err(e) = self.res.cq.req_notify() {
             self.close(&format!("CQ notify: {e}"));
@@ -361,6 +361,7 @@ impl Channel {
             }
             self.wcs = wcs;
             self.pump_worker(false);
+            self.flush_backlog();
             if n == 0 {
                 return false;
             }
@@ -400,7 +401,6 @@ impl Channel {
             self.res.pool.free(e);
             self.start_waiting();
         }
-        self.flush_backlog();
     }
 
     fn on_read_done(&mut self, slot: usize) {
@@ -408,7 +408,6 @@ impl Channel {
             return;
         };
         self.sq_free += std::mem::take(&mut c.read_chain);
-        self.flush_backlog();
         if self.closing.is_none() {
             self.submit(slot);
         }
@@ -901,34 +900,39 @@ impl Channel {
         self.queue_chain(chain);
     }
 
-    /// Posts a chain now if the send queue has room and nothing waits ahead of
-    /// it; otherwise queues it.
+    /// Queues a chain; `flush_backlog` posts it (with whatever else is ready)
+    /// at the end of the current batch of completions.
     fn queue_chain(&mut self, chain: Vec<SendWr>) {
         if self.closing.is_some() {
             return;
         }
         self.backlog.push_back(chain);
-        self.flush_backlog();
     }
 
+    /// Posts the queued chains that fit the send queue, in order, with one
+    /// `ibv_post_send` (one doorbell for a batch of responses and READs).
     fn flush_backlog(&mut self) {
+        if self.closing.is_some() {
+            self.backlog.clear();
+            return;
+        }
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.clear();
         while let Some(c) = self.backlog.front() {
-            if self.closing.is_some() {
-                self.backlog.clear();
-                return;
-            }
             let n = u32::try_from(c.len()).unwrap_or(u32::MAX);
             if n > self.sq_free {
-                return;
+                break;
             }
-            let Some(c) = self.backlog.pop_front() else {
-                return;
-            };
             self.sq_free -= n;
-            if let Err(e) = self.id.post_send(&c) {
-                self.close(&format!("post send: {e}"));
-                return;
+            if let Some(c) = self.backlog.pop_front() {
+                batch.extend_from_slice(&c);
             }
         }
+        if !batch.is_empty() {
+            if let Err(e) = self.id.post_send(&batch) {
+                self.close(&format!("post send: {e}"));
+            }
+        }
+        self.batch = batch;
     }
 }
