@@ -21,6 +21,18 @@ const CHUNK: usize = 4096;
 /// 4 responder resources, as ib_srpt asks).
 const MAX_RD_ATOM: u8 = 4;
 
+/// The accept's parameters for an initiator that grants `granted` RDMA READs
+/// on a device that can issue `dev_max` at once; `None` if that is none.
+fn accept_params(granted: u8, dev_max: u32) -> Option<AcceptParams> {
+    let dev = u8::try_from(dev_max).unwrap_or(u8::MAX);
+    let depth = granted.min(dev).min(MAX_RD_ATOM);
+    (depth > 0).then_some(AcceptParams {
+        responder_resources: MAX_RD_ATOM,
+        initiator_depth: depth,
+        rnr_retry_count: 7,
+    })
+}
+
 /// What a work request id says: kind in the top byte, index below.
 pub(super) mod wr {
     pub const RECV: u64 = 1 << 56;
@@ -151,12 +163,38 @@ impl Resources {
     /// CM has already turned to our point of view). ib_srp grants 4; with 0
     /// no RDMA READ could ever run, so the login is refused instead.
     pub fn accept_params(&self, granted: u8) -> Option<AcceptParams> {
-        let dev = u8::try_from(self.limits.max_qp_init_rd_atom).unwrap_or(u8::MAX);
-        let depth = granted.min(dev).min(MAX_RD_ATOM);
-        (depth > 0).then_some(AcceptParams {
-            responder_resources: MAX_RD_ATOM,
-            initiator_depth: depth,
-            rnr_retry_count: 7,
-        })
+        accept_params(granted, self.limits.max_qp_init_rd_atom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rdma_read_depth_is_what_both_sides_allow() {
+        // ib_srp grants 4; rxe can issue 128.
+        assert_eq!(accept_params(4, 128).map(|p| p.initiator_depth), Some(4));
+        assert_eq!(accept_params(16, 128).map(|p| p.initiator_depth), Some(4));
+        assert_eq!(accept_params(2, 128).map(|p| p.initiator_depth), Some(2));
+        assert_eq!(accept_params(4, 1).map(|p| p.initiator_depth), Some(1));
+        assert_eq!(
+            accept_params(4, 100_000).map(|p| p.initiator_depth),
+            Some(4)
+        );
+        // Without RDMA READ no write could run: refuse the login.
+        assert!(accept_params(0, 128).is_none());
+        assert!(accept_params(4, 0).is_none());
+    }
+
+    #[test]
+    fn work_request_ids_keep_kind_and_index_apart() {
+        for kind in [wr::RECV, wr::SEND, wr::READ, wr::DRAIN_SEND] {
+            for idx in [0usize, 1, 127, (1 << 56) - 1] {
+                let id = kind | idx as u64;
+                assert_eq!(wr::kind(id), kind);
+                assert_eq!(wr::index(id), idx);
+            }
+        }
     }
 }
