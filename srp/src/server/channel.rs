@@ -10,7 +10,13 @@
 //! go out chained ahead of the SRP_RSP's SEND, of which only the SEND is
 //! signalled: RC ordering delivers the data before the response. Each response
 //! returns one credit (plus those of aborted commands). Chains that do not fit
-//! the send queue wait in order; so do commands that find no run.
+//! the send queue wait in order; so do commands that find no run. The work
+//! requests queued while a batch of completions is handled go out in one post.
+//!
+//! Receive completions always wake the thread; send completions (SENDs, the
+//! last READ of a chain) only while something waits for one (a run, room in
+//! the send queue, send buffers running low, the drain); otherwise they are
+//! reaped along with the receives. That halves the wake-ups per command.
 //!
 //! A disconnect (from the initiator, the administrator, or a newer
 //! single-channel login of the same initiator) moves the QP to the error state;
@@ -140,6 +146,9 @@ struct Channel {
     closing: Option<Instant>,
     /// Receives posted and not yet completed (flushed ones included).
     recv_posted: u32,
+    /// Notification requested on the CQ and not consumed since.
+    recv_armed: bool,
+    send_armed: bool,
     drained_send: bool,
     left: bool,
     res: Resources,
@@ -208,11 +217,13 @@ impl Channel {
             sq_free,
             backlog: VecDeque::new(),
             batch: Vec::new(),
-            wcs: Vec::with_capacity(32),
+            wcs: Vec::with_capacity(64),
             events: Vec::new(),
             next_cred_tag: 0,
             closing: None,
             recv_posted: res.rq_size,
+            recv_armed: false,
+            send_armed: false,
             drained_send: false,
             left: false,
             res,
@@ -221,10 +232,7 @@ impl Channel {
     }
 
     fn run(&mut self) -> Result<(), ChannelError> {
-        // Completions that came before the first request for notification
-        // raise no event: arm, then look.
-        self.res.cq.req_notify()?;
-        let mut more_cq = self.on_cq();
+        let mut more_cq = self.arm();
         let mut evs = vec![EpollEvent::default(); 8];
         loop {
             let timeout = match self.closing {
@@ -253,7 +261,10 @@ impl Channel {
             for ev in &evs[..n] {
                 match ev.data() {
                     KEY_CM => self.on_cm(),
-                    KEY_CQ => cq = true,
+                    KEY_CQ => {
+                        self.take_cq_event();
+                        cq = true;
+                    }
                     KEY_WORKER => worker = true,
                     KEY_KILL => {
                         let _ = self.ctx.kill.read();
@@ -262,9 +273,10 @@ impl Channel {
                     _ => {}
                 }
             }
-            more_cq = if cq { self.on_cq() } else { false };
+            more_cq = cq && self.poll_cqs();
             self.pump_worker(worker);
             self.flush_backlog();
+            more_cq |= self.arm();
         }
     }
 
@@ -334,39 +346,78 @@ impl Channel {
 
     // ---- completions ----
 
-    /// Handles what the CQ holds; true if it stopped with more to do.
-    fn on_cq(&mut self) -> bool {
-        // One notification per arming, and we arm once per round: one read
-        // (a second would only find EAGAIN; the fd is level-triggered, so a
-        // notification left over wakes us again).
+    /// Consumes the completion channel's notification. One per arming, and
+    /// we arm each CQ at most once per round: one read (a second would only
+    /// find EAGAIN; the fd is level-triggered, so one left over wakes us
+    /// again). Whichever CQ it was, both count as unarmed.
+    fn take_cq_event(&mut self) {
         if let Err(e) = self.res.comp.take_event() {
             self.close(&format!("completion channel: {e}"));
         }
-        if let Err(e) = self.res.cq.req_notify() {
-            self.close(&format!("CQ notify: {e}"));
-        }
-        for _ in 0..CQ_ROUNDS {
-            let mut wcs = std::mem::take(&mut self.wcs);
-            wcs.clear();
-            let n = match self.res.cq.poll(32, &mut wcs) {
-                Ok(n) => n,
-                Err(e) => {
-                    self.close(&format!("CQ poll: {e}"));
-                    self.wcs = wcs;
-                    return false;
-                }
-            };
-            for wc in &wcs {
-                self.on_wc(wc);
+        self.recv_armed = false;
+        self.send_armed = false;
+    }
+
+    /// Whether something waits for a send completion: then send completions
+    /// must wake the channel. Otherwise they are reaped when receives wake it,
+    /// which saves a wake-up (and its system calls) per response.
+    fn need_send_events(&self) -> bool {
+        self.closing.is_some()
+            || !self.waiting.is_empty()
+            || !self.backlog.is_empty()
+            || self.free_sends.len() < self.sends.len() / 2
+    }
+
+    /// Before sleeping: arms the receive CQ, and the send CQ if something
+    /// waits for it, then looks once more (a completion that came before the
+    /// arming raises no event). True if it found something (handled).
+    fn arm(&mut self) -> bool {
+        if !self.recv_armed {
+            if let Err(e) = self.res.recv_cq.req_notify() {
+                self.close(&format!("CQ notify: {e}"));
             }
-            self.wcs = wcs;
-            self.pump_worker(false);
-            self.flush_backlog();
-            if n == 0 {
+            self.recv_armed = true;
+        }
+        if !self.send_armed && self.need_send_events() {
+            if let Err(e) = self.res.send_cq.req_notify() {
+                self.close(&format!("CQ notify: {e}"));
+            }
+            self.send_armed = true;
+        }
+        self.poll_round() > 0
+    }
+
+    /// Handles what both CQs hold; true if it stopped with more to do.
+    fn poll_cqs(&mut self) -> bool {
+        for _ in 0..CQ_ROUNDS {
+            if self.poll_round() == 0 {
                 return false;
             }
         }
         true
+    }
+
+    /// One round: up to 32 completions of each CQ, the engine's answers, and
+    /// one post of what they queued. Returns the completions handled.
+    fn poll_round(&mut self) -> usize {
+        let mut wcs = std::mem::take(&mut self.wcs);
+        wcs.clear();
+        let polled = self
+            .res
+            .send_cq
+            .poll(32, &mut wcs)
+            .and_then(|_| self.res.recv_cq.poll(32, &mut wcs));
+        if let Err(e) = polled {
+            self.close(&format!("CQ poll: {e}"));
+        }
+        let n = wcs.len();
+        for wc in &wcs {
+            self.on_wc(wc);
+        }
+        self.wcs = wcs;
+        self.pump_worker(false);
+        self.flush_backlog();
+        n
     }
 
     fn on_wc(&mut self, wc: &Wc) {

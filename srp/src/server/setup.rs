@@ -56,7 +56,11 @@ pub(crate) struct Resources {
     pub recv: Mr,
     pub send: Mr,
     pub data: Mr,
-    pub cq: Arc<Cq>,
+    /// Completions of the send queue (SENDs, RDMA READs): they wake the
+    /// channel only when it waits for one.
+    pub send_cq: Arc<Cq>,
+    /// Completions of the receive queue: every one wakes the channel.
+    pub recv_cq: Arc<Cq>,
     pub comp: Arc<CompChannel>,
     pub pd: Arc<Pd>,
     /// The channel's own CM event channel (the id migrates to it).
@@ -91,19 +95,21 @@ impl Resources {
         let recv_total = rq
             .checked_mul(recv_len)
             .ok_or(too_big("receive ring", usize::MAX))?;
-        let send_slots = rq_size.saturating_add(1);
-        let send_total = (rq + 1)
+        // Responses in flight are at most the credits granted; completed ones
+        // are reaped at least once per batch of 32 receives: twice the queue
+        // depth never runs out.
+        let send_slots = rq_size.saturating_mul(2).saturating_add(1);
+        let send_total = usize::try_from(send_slots)
+            .map_err(|_| too_big("send ring", usize::MAX))?
             .checked_mul(SEND_SLOT)
             .ok_or(too_big("send ring", usize::MAX))?;
         let pd = id.alloc_pd()?;
         let comp = id.comp_channel()?;
         let want_sq = rq_size.saturating_mul(4).saturating_add(8);
         let sq = want_sq.min(limits.max_qp_wr);
-        let cqe = sq
-            .saturating_add(rq_size)
-            .saturating_add(2)
-            .min(limits.max_cqe.max(1));
-        let cq = id.create_cq(cqe, &comp)?;
+        let max_cqe = limits.max_cqe.max(1);
+        let send_cq = id.create_cq(sq.saturating_add(1).min(max_cqe), &comp)?;
+        let recv_cq = id.create_cq(rq_size.saturating_add(2).min(max_cqe), &comp)?;
         let recv = Mr::new(&pd, recv_total, 0)?;
         let send = Mr::new(&pd, send_total, 0)?;
         let data = Mr::new(&pd, cfg.data_pool, 0)?;
@@ -111,7 +117,8 @@ impl Resources {
             recv,
             send,
             data,
-            cq,
+            send_cq,
+            recv_cq,
             comp,
             pd,
             events: EventChannel::new()?,
@@ -124,14 +131,14 @@ impl Resources {
         })
     }
 
-    /// Creates the RC QP on `id` (one CQ for both queues).
+    /// Creates the RC QP on `id`.
     pub fn create_qp(&mut self, id: &mut CmId) -> Result<(), RdmaError> {
         let caps = QpCaps {
             max_send_wr: self.sq_size,
             max_recv_wr: self.rq_size.saturating_add(1),
             max_send_sge: 1,
         };
-        let got = id.create_qp(&self.pd, &self.cq, &self.cq, caps)?;
+        let got = id.create_qp(&self.pd, &self.send_cq, &self.recv_cq, caps)?;
         self.sq_size = got.max_send_wr.min(caps.max_send_wr);
         Ok(())
     }
