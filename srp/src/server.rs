@@ -13,12 +13,13 @@
 //! kill eventfd. Nothing busy-polls.
 //!
 //! Memory per channel is fixed at login: `queue_depth` receive buffers of
-//! `max_it_iu_len` bytes, `queue_depth + 1` send buffers of 512 bytes, and a
-//! data region of `data_pool` bytes from which each command takes one
-//! contiguous run (commands that find none wait in order). With the defaults
-//! (128, 8276 → 8320-byte buffers, 4 MiB) that is 1.02 MiB + 65 KiB + 4 MiB,
-//! about 5.1 MiB of registered memory per channel; a command moves at most
-//! `max_transfer` (default 4 MiB, the whole pool).
+//! `max_it_iu_len` bytes (rounded up to 64), `2 × queue_depth + 1` send
+//! buffers of 512 bytes, and a data region of `data_pool` bytes from which
+//! each command takes one contiguous run (commands that find none wait in
+//! order). With the defaults (128, 8276 → 8320-byte buffers, 4 MiB) that is
+//! 1.02 MiB + 128.5 KiB + 4 MiB, about 5.15 MiB of registered memory per
+//! channel; a command moves at most `max_transfer` (default 4 MiB, the whole
+//! pool).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

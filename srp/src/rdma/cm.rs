@@ -50,8 +50,8 @@ impl std::fmt::Debug for EventChannel {
     }
 }
 
-/// The kinds of CM events a passive side sees (the rest are reported as
-/// `Other`).
+/// The kinds of CM events a passive side (and a simple active side) sees;
+/// the rest are reported as `Other`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CmEventKind {
     ConnectRequest,
@@ -63,6 +63,10 @@ pub enum CmEventKind {
     DeviceRemoval,
     TimewaitExit,
     AddrChange,
+    AddrResolved,
+    AddrError,
+    RouteResolved,
+    RouteError,
     Other(u32),
 }
 
@@ -78,6 +82,10 @@ impl CmEventKind {
             ffi::RDMA_CM_EVENT_DEVICE_REMOVAL => CmEventKind::DeviceRemoval,
             ffi::RDMA_CM_EVENT_TIMEWAIT_EXIT => CmEventKind::TimewaitExit,
             ffi::RDMA_CM_EVENT_ADDR_CHANGE => CmEventKind::AddrChange,
+            ffi::RDMA_CM_EVENT_ADDR_RESOLVED => CmEventKind::AddrResolved,
+            ffi::RDMA_CM_EVENT_ADDR_ERROR => CmEventKind::AddrError,
+            ffi::RDMA_CM_EVENT_ROUTE_RESOLVED => CmEventKind::RouteResolved,
+            ffi::RDMA_CM_EVENT_ROUTE_ERROR => CmEventKind::RouteError,
             other => CmEventKind::Other(other),
         }
     }
@@ -354,6 +362,67 @@ impl CmId {
                     source,
                 },
             });
+        }
+        Ok(())
+    }
+
+    /// Active side: resolves `dst` (from `src`, if given) to a device and
+    /// port; `AddrResolved` (or `AddrError`) follows on the event channel.
+    pub fn resolve_addr(
+        &mut self,
+        src: Option<SocketAddr>,
+        dst: SocketAddr,
+        timeout_ms: i32,
+    ) -> Result<(), RdmaError> {
+        let mut s = src.map(to_sockaddr);
+        let mut d = to_sockaddr(dst);
+        let sp = s.as_mut().map_or(std::ptr::null_mut(), |s| {
+            (s as *mut libc::sockaddr_storage).cast()
+        });
+        // SAFETY: the id is alive; the sockaddrs are valid (or NULL for the
+        // source) for the call, which copies them.
+        let r = unsafe {
+            ffi::rdma_resolve_addr(
+                self.ptr.as_ptr(),
+                sp,
+                (&mut d as *mut libc::sockaddr_storage).cast(),
+                timeout_ms,
+            )
+        };
+        if r != 0 {
+            return Err(RdmaError::errno("rdma_resolve_addr"));
+        }
+        Ok(())
+    }
+
+    /// Active side: resolves the route; `RouteResolved` follows.
+    pub fn resolve_route(&mut self, timeout_ms: i32) -> Result<(), RdmaError> {
+        // SAFETY: the id is alive and its address resolved.
+        if unsafe { ffi::rdma_resolve_route(self.ptr.as_ptr(), timeout_ms) } != 0 {
+            return Err(RdmaError::errno("rdma_resolve_route"));
+        }
+        Ok(())
+    }
+
+    /// Active side: sends the connect request with `private_data`;
+    /// `Established` (its private data: the reply's) or `Rejected` (the
+    /// reject's) follows.
+    pub fn connect(&mut self, private_data: &[u8], p: AcceptParams) -> Result<(), RdmaError> {
+        let len = u8::try_from(private_data.len())
+            .map_err(|_| RdmaError::PrivateDataTooLong(private_data.len()))?;
+        // SAFETY: rdma_conn_param is plain old data; zero is valid.
+        let mut param: ffi::rdma_conn_param = unsafe { std::mem::zeroed() };
+        param.private_data = private_data.as_ptr().cast();
+        param.private_data_len = len;
+        param.responder_resources = p.responder_resources;
+        param.initiator_depth = p.initiator_depth;
+        param.flow_control = 1;
+        param.retry_count = 7;
+        param.rnr_retry_count = p.rnr_retry_count;
+        // SAFETY: the id is alive; `param` and its private data live across
+        // the call (librdmacm copies them).
+        if unsafe { ffi::rdma_connect(self.ptr.as_ptr(), &mut param) } != 0 {
+            return Err(RdmaError::errno("rdma_connect"));
         }
         Ok(())
     }
