@@ -133,8 +133,11 @@ apt-get install -y -q --no-install-recommends sg3-utils
 # RDMA: the SRP transport builds against libibverbs and librdmacm; the guest
 # that tests it carries the rxe provider (ibverbs-providers), iproute2's rdma
 # tool and fio.
+# dmsetup holds a command back in that guest (a suspended dm-zero device) for
+# the task management test; objcopy strips the daemon copied into it.
 apt-get install -y -q --no-install-recommends \
-    libibverbs-dev librdmacm-dev ibverbs-providers ibverbs-utils iproute2 fio
+    libibverbs-dev librdmacm-dev ibverbs-providers ibverbs-utils iproute2 fio \
+    dmsetup binutils
 # Ceph for the RBD backend: one mon and one OSD on 127.0.0.1 per test (no
 # service is started by the packages without systemd), librbd to link.
 apt-get install -y -q --no-install-recommends \

@@ -92,6 +92,32 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                     v.luns.len()
                 );
             }
+            for v in &c.vhost_blk {
+                println!(
+                    "vhost-user-blk {}: socket {}, {} queues, LUN {}",
+                    v.name,
+                    v.socket.display(),
+                    v.queues,
+                    v.lun
+                );
+            }
+            for t in &c.srp_targets {
+                println!(
+                    "srp target {}: id_ext {:#018x}, ioc_guid {:#018x}, {} LUNs",
+                    t.name,
+                    t.id_ext,
+                    t.ioc_guid,
+                    t.luns.len()
+                );
+            }
+            if !c.srp_targets.is_empty() {
+                let l: Vec<String> = c.srp.listen.iter().map(|a| a.to_string()).collect();
+                println!(
+                    "srp listener: {}, queue depth {}",
+                    l.join(" "),
+                    c.srp.queue_depth
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

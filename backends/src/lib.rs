@@ -150,7 +150,21 @@ pub trait Backend: Send + Sync {
     fn sync(&self) -> Result<(), BackendError> {
         Ok(())
     }
+
+    /// Registers `notify`, to be called when the store changes size by another
+    /// client's hand (a shared image resized elsewhere), so that the LUN can tell
+    /// its initiators. The backend calls it from a thread of its own, never from
+    /// inside `submit` or `reap` and never while it holds a lock a caller of
+    /// `size` would need. Stores that cannot learn of such a change ignore it
+    /// (the default); their size is still asked afresh where it matters.
+    fn watch_resize(&self, notify: ResizeNotifier) {
+        let _ = notify;
+    }
 }
+
+/// Called when a store's size changed by another client's hand
+/// ([`Backend::watch_resize`]).
+pub type ResizeNotifier = Arc<dyn Fn() + Send + Sync>;
 
 /// Per-thread I/O queue of one backend. Not shared between threads.
 pub trait IoChannel {

@@ -264,6 +264,14 @@ impl Lun {
             name: lun.config.name.clone(),
             source,
         })?;
+        // A shared store resized by another client (an RBD image) is a capacity
+        // change like our own resize. Weak: the backend outlives no LUN by this.
+        let weak = Arc::downgrade(&lun);
+        lun.backend.watch_resize(Arc::new(move || {
+            if let Some(l) = weak.upgrade() {
+                l.capacity_changed();
+            }
+        }));
         Ok(lun)
     }
 
@@ -467,5 +475,69 @@ mod tests {
             1,
             "dropped listener pruned"
         );
+    }
+
+    /// A RAM store that another client can resize behind the LUN's back, and
+    /// that tells whoever watches (as an RBD image's header watch does).
+    struct Shared {
+        ram: RamBackend,
+        notify: Mutex<Option<backends::ResizeNotifier>>,
+    }
+
+    impl Backend for Shared {
+        fn size(&self) -> u64 {
+            self.ram.size()
+        }
+        fn capabilities(&self) -> backends::Capabilities {
+            self.ram.capabilities()
+        }
+        fn open_channel(
+            &self,
+            n: &vmm_sys_util::eventfd::EventFd,
+        ) -> Result<Box<dyn backends::IoChannel>, backends::BackendError> {
+            self.ram.open_channel(n)
+        }
+        fn block_status(
+            &self,
+            offset: u64,
+            len: u64,
+        ) -> Result<backends::Extent, backends::BackendError> {
+            self.ram.block_status(offset, len)
+        }
+        fn resize(&self, new_size: u64) -> Result<(), backends::BackendError> {
+            self.ram.resize(new_size)
+        }
+        fn describe(&self) -> String {
+            "shared".into()
+        }
+        fn watch_resize(&self, notify: backends::ResizeNotifier) {
+            *self.notify.lock().unwrap() = Some(notify);
+        }
+    }
+
+    #[test]
+    fn a_resize_by_another_client_is_a_capacity_change() {
+        let store = Arc::new(Shared {
+            ram: RamBackend::new(1 << 20),
+            notify: Mutex::new(None),
+        });
+        let lun = Lun::new(LunConfig::new("l", [4; 16]), store.clone()).unwrap();
+        let a = Arc::new(Count::default());
+        lun.subscribe_capacity(&a);
+        // The other client grows the store; the backend's watch fires.
+        store.ram.resize(4 << 20).unwrap();
+        let notify = store
+            .notify
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("the LUN watches");
+        notify();
+        assert_eq!(a.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(a.blocks.load(Ordering::SeqCst), (4 << 20) / 512);
+        // Once the LUN is gone the watch does nothing (and keeps nothing alive).
+        drop(lun);
+        notify();
+        assert_eq!(a.calls.load(Ordering::SeqCst), 1);
     }
 }

@@ -61,6 +61,16 @@ pub enum Error {
         /// ldd's exit status and stderr.
         detail: String,
     },
+    /// A binary of this workspace that a test runs is not built.
+    #[error("{what} not found at {}: {hint}", path.display())]
+    NotBuilt {
+        /// The binary.
+        what: String,
+        /// Where it was looked for.
+        path: PathBuf,
+        /// How to build it or point the test at it.
+        hint: String,
+    },
     /// A guest path is not absolute or otherwise unusable in the archive.
     #[error("bad guest path {0:?}: must be absolute, without `..`")]
     BadGuestPath(String),

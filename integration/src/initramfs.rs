@@ -347,6 +347,41 @@ impl Initramfs {
             },
         )?;
 
+        self.add_extras(&mut tree)?;
+
+        tree.insert(
+            "/init",
+            Node::File {
+                mode: 0o755,
+                data: init_script().into_bytes(),
+            },
+        )?;
+
+        let mut writer = Writer::new();
+        for (path, node) in &tree.nodes {
+            writer.add(&path.to_string_lossy(), node);
+        }
+        Ok(writer.finish())
+    }
+}
+
+impl Initramfs {
+    /// An archive of this spec's extras only (binaries with their
+    /// libraries, files, links, trees; no busybox, /init or modules), to be
+    /// unpacked over a full archive: the kernel unpacks concatenated
+    /// archives in order, later files replacing earlier ones. See
+    /// [`crate::GuestConfig::overlay`].
+    pub fn overlay_archive(&self) -> Result<Vec<u8>> {
+        let mut tree = Tree::default();
+        self.add_extras(&mut tree)?;
+        let mut writer = Writer::new();
+        for (path, node) in &tree.nodes {
+            writer.add(&path.to_string_lossy(), node);
+        }
+        Ok(writer.finish())
+    }
+
+    fn add_extras(&self, tree: &mut Tree) -> Result<()> {
         for extra in &self.extras {
             match extra {
                 Extra::Host {
@@ -371,20 +406,7 @@ impl Initramfs {
                 Extra::Tree { host, guest } => tree.add_host_tree(host, guest)?,
             }
         }
-
-        tree.insert(
-            "/init",
-            Node::File {
-                mode: 0o755,
-                data: init_script().into_bytes(),
-            },
-        )?;
-
-        let mut writer = Writer::new();
-        for (path, node) in &tree.nodes {
-            writer.add(&path.to_string_lossy(), node);
-        }
-        Ok(writer.finish())
+        Ok(())
     }
 }
 

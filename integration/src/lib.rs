@@ -30,6 +30,7 @@ pub mod initramfs;
 pub mod kernel;
 pub mod libiscsi_suite;
 pub mod qemu;
+pub mod rdma;
 pub mod vhost_frontend;
 
 pub use error::{Error, Result};
@@ -103,6 +104,69 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
+}
+
+/// The `oxtarget` binary, for tests that run the daemon inside a guest
+/// (`CARGO_BIN_EXE_oxtarget` exists only for the root package's own tests):
+/// `OXTARGET_BIN` if set, else `oxtarget` in the target directory of the
+/// running test executable (`target/<profile>/deps/<test>` ->
+/// `target/<profile>/oxtarget`, so the same profile and `CARGO_TARGET_DIR`).
+/// `cargo build -p oxtarget` makes it; `cargo test --workspace` does too.
+/// The caller should print the path and its age: a stale binary is not
+/// rebuilt by `cargo test -p oxtarget-integration`.
+pub fn oxtarget_binary() -> Result<PathBuf> {
+    let hint = "build it with `cargo build -p oxtarget` (the same profile as the tests) \
+                or set OXTARGET_BIN to the binary"
+        .to_string();
+    let path = match std::env::var_os("OXTARGET_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let exe = std::env::current_exe().map_err(|e| Error::Io {
+                context: "locate the running test executable".into(),
+                source: e,
+            })?;
+            // target/<profile>/deps/<test> -> target/<profile>
+            let profile_dir =
+                exe.parent()
+                    .and_then(Path::parent)
+                    .ok_or_else(|| Error::NotBuilt {
+                        what: "the oxtarget binary".into(),
+                        path: exe.clone(),
+                        hint: hint.clone(),
+                    })?;
+            profile_dir.join("oxtarget")
+        }
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::NotBuilt {
+            what: "the oxtarget binary".into(),
+            path,
+            hint,
+        })
+    }
+}
+
+/// A copy of `binary` in `dir` without its DWARF debug info (`objcopy
+/// --strip-debug`: the symbols stay, so a backtrace in the guest still names
+/// functions), to keep what goes into a guest small: a debug build of the
+/// daemon is about 90 MB, 20 MB without. Falls back to `binary` itself when
+/// objcopy is missing or fails.
+pub fn strip_debug_copy(binary: &Path, dir: &Path) -> PathBuf {
+    let name = binary.file_name().unwrap_or_else(|| "binary".as_ref());
+    let out = dir.join(name);
+    let stripped = std::process::Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(binary)
+        .arg(&out)
+        .status()
+        .is_ok_and(|s| s.success());
+    if stripped {
+        out
+    } else {
+        binary.to_path_buf()
+    }
 }
 
 impl GuestEnv {

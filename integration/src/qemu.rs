@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{io, Error, Result, RunReport};
 use crate::initramfs::{EXIT_MARKER, INSMOD_FAILED_MARKER};
-use crate::{Accel, GuestEnv};
+use crate::{Accel, GuestEnv, Initramfs};
 
 /// Default hard timeout of one guest run.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -32,6 +32,7 @@ pub struct GuestConfig {
     cmdline: Vec<String>,
     fw_cfg: Vec<(String, PathBuf)>,
     args: Vec<OsString>,
+    overlay: Option<Initramfs>,
 }
 
 impl GuestConfig {
@@ -51,6 +52,7 @@ impl GuestConfig {
             cmdline: Vec::new(),
             fw_cfg: Vec::new(),
             args: Vec::new(),
+            overlay: None,
         }
     }
 
@@ -85,6 +87,16 @@ impl GuestConfig {
     /// in the initramfs or on a disk.
     pub fn fw_cfg_file(mut self, name: impl Into<String>, host: impl AsRef<Path>) -> Self {
         self.fw_cfg.push((name.into(), host.as_ref().to_path_buf()));
+        self
+    }
+
+    /// Files unpacked over the initramfs for this run only: the extras of
+    /// `overlay` (see [`Initramfs::overlay_archive`]) are archived at run
+    /// time and appended to a copy of the initramfs in the run directory.
+    /// For a binary that changes from build to build (the oxtarget daemon),
+    /// so the cached archive stays one file instead of one per build.
+    pub fn overlay(mut self, overlay: Initramfs) -> Self {
+        self.overlay = Some(overlay);
         self
     }
 
@@ -245,6 +257,26 @@ impl GuestEnv {
         let results_path = dir.join("results.txt");
         let qemu_log = dir.join("qemu.log");
         fs::write(&script, &config.script).map_err(io(format!("write {}", script.display())))?;
+        let initrd = match &config.overlay {
+            None => config.initramfs.clone(),
+            Some(overlay) => {
+                // The kernel unpacks concatenated newc archives in order.
+                let combined = dir.join("initrd.cpio");
+                fs::copy(&config.initramfs, &combined).map_err(io(format!(
+                    "copy {} to {}",
+                    config.initramfs.display(),
+                    combined.display()
+                )))?;
+                let extra = overlay.overlay_archive()?;
+                let mut file = fs::OpenOptions::new()
+                    .append(true)
+                    .open(&combined)
+                    .map_err(io(format!("open {}", combined.display())))?;
+                std::io::Write::write_all(&mut file, &extra)
+                    .map_err(io(format!("append the overlay to {}", combined.display())))?;
+                combined
+            }
+        };
 
         let mut cmd = Command::new(&self.qemu);
         cmd.args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
@@ -271,7 +303,7 @@ impl GuestEnv {
         cmd.arg("-kernel")
             .arg(&self.vmlinux)
             .arg("-initrd")
-            .arg(&config.initramfs)
+            .arg(&initrd)
             .args(["-append", &append])
             .args([
                 "-chardev",

@@ -142,3 +142,42 @@ fn qemu_refusing_its_arguments_is_reported() {
         let _ = std::fs::remove_dir_all(&report.dir);
     }
 }
+
+/// An overlay is unpacked over the initramfs for one run: its files replace
+/// the archive's (the generated /etc/passwd here), its new files appear with
+/// their modes, a host binary at a new path runs, and the cached archive is
+/// left as it was.
+#[test]
+fn overlay_files_go_over_the_archive_for_one_run() {
+    let Some(env) = GuestEnv::require() else {
+        return;
+    };
+    let initramfs = Initramfs::standard()
+        .build(env)
+        .unwrap_or_else(|e| panic!("building the initramfs: {e}"));
+    let before = std::fs::read(&initramfs).expect("the cached archive");
+    let overlay = Initramfs::new()
+        .bytes("/etc/passwd", "root:x:0:0:overlaid:/root:/bin/sh\n", 0o644)
+        .bytes("/opt/overlay/new", "new file\n", 0o600)
+        .binary_at(ISCSIADM, "/opt/overlay/iscsiadm");
+    let script = r#"
+echo "passwd $(cut -d: -f5 /etc/passwd)"
+echo "new $(cat /opt/overlay/new) $(stat -c %a /opt/overlay/new)"
+echo "version $(/opt/overlay/iscsiadm --version)"
+"#;
+    let run = env
+        .run(&GuestConfig::new(&initramfs, script).overlay(overlay))
+        .and_then(integration::GuestRun::check)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(run.field("passwd"), Some("overlaid"));
+    assert_eq!(run.field("new"), Some("new file 600"));
+    assert!(
+        run.field("version").is_some_and(|v| v.contains("iscsiadm")),
+        "a binary of the overlay runs:\n{}",
+        run.results
+    );
+    assert!(
+        std::fs::read(&initramfs).expect("the cached archive") == before,
+        "the cached archive is unchanged"
+    );
+}

@@ -3,12 +3,13 @@
 //!
 //! ```text
 //! srp_serve [--listen ADDR:PORT | --port PORT] [--id-ext HEX] [--ioc-guid HEX]
-//!           [--size MIB] [--queue-depth N] [--null]
+//!           [--size MIB] [--queue-depth N] [--null] [--blockdev PATH]
 //! ```
 //!
 //! Defaults: `0.0.0.0:5555`, id_ext = ioc_guid = `0x0002c90300a1b2c3`, 64 MiB,
 //! queue depth 128. `--null` serves a null LUN (reads zeroes, drops writes)
-//! for benchmarks. It prints the line to write to
+//! for benchmarks. `--blockdev` adds LUN 1 on a block device (O_DIRECT), e.g.
+//! a dm device whose I/O the test suspends to exercise task management. It prints the line to write to
 //! `/sys/class/infiniband_srp/srp-<dev>-1/add_target`, then `READY`, and serves
 //! until killed. `RUST_LOG=srp=debug` shows logins and channel ends.
 
@@ -28,6 +29,7 @@ struct Args {
     mib: u64,
     queue_depth: u32,
     null: bool,
+    blockdev: Option<std::path::PathBuf>,
 }
 
 fn hex(s: &str) -> Result<u64, String> {
@@ -43,6 +45,7 @@ fn parse() -> Result<Args, String> {
         mib: 64,
         queue_depth: 128,
         null: false,
+        blockdev: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -59,6 +62,7 @@ fn parse() -> Result<Args, String> {
             "--id-ext" => a.id_ext = hex(&v)?,
             "--ioc-guid" => a.ioc_guid = hex(&v)?,
             "--size" => a.mib = v.parse().map_err(|e| format!("{v}: {e}"))?,
+            "--blockdev" => a.blockdev = Some(v.into()),
             "--queue-depth" => a.queue_depth = v.parse().map_err(|e| format!("{v}: {e}"))?,
             _ => return Err(format!("unknown flag {flag}")),
         }
@@ -100,6 +104,29 @@ fn main() -> ExitCode {
     registry.add(lun.clone());
     let luns = LunMap::new();
     luns.insert(0, lun);
+    if let Some(path) = &a.blockdev {
+        let spec = backends::BackendSpec::BlockDev {
+            path: path.clone(),
+            read_only: false,
+        };
+        let mut uuid1 = uuid;
+        uuid1[15] = 1;
+        let lun1 = backends::open(&spec)
+            .map_err(|e| e.to_string())
+            .and_then(|b| {
+                Lun::new(LunConfig::new("srp0-lun1", uuid1), b).map_err(|e| e.to_string())
+            });
+        match lun1 {
+            Ok(l) => {
+                registry.add(l.clone());
+                luns.insert(1, l);
+            }
+            Err(e) => {
+                eprintln!("srp_serve: {}: {e}", path.display());
+                return ExitCode::from(1);
+            }
+        }
+    }
     let target = Target {
         name: "srp0".into(),
         id_ext: a.id_ext,

@@ -13,9 +13,13 @@
 //! kill eventfd. Nothing busy-polls.
 //!
 //! Memory per channel is fixed at login: `queue_depth` receive buffers of
-//! `max_it_iu_len` bytes, `queue_depth + 1` send buffers of 512 bytes, and a
-//! data region of `data_pool` bytes from which each command takes one
-//! contiguous run (commands that find none wait in order).
+//! `max_it_iu_len` bytes (rounded up to 64), `2 × queue_depth + 1` send
+//! buffers of 512 bytes, and a data region of `data_pool` bytes from which
+//! each command takes one contiguous run (commands that find none wait in
+//! order). With the defaults (128, 8276 → 8320-byte buffers, 4 MiB) that is
+//! 1.02 MiB + 128.5 KiB + 4 MiB, about 5.15 MiB of registered memory per
+//! channel; a command moves at most `max_transfer` (default 4 MiB, the whole
+//! pool).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -94,8 +98,11 @@ impl Default for ServerConfig {
             listen: vec![SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))],
             queue_depth: 128,
             max_it_iu_len: login::DEFAULT_MAX_IT_IU_LEN,
+            // ib_srp sends at most 512 KiB per command (its max_sectors on
+            // rxe); 4 MiB holds 32 such commands, or every command of a full
+            // queue of 64 KiB ones.
             max_transfer: 4 << 20,
-            data_pool: 8 << 20,
+            data_pool: 4 << 20,
             max_channels_per_nexus: crate::channels::DEFAULT_MAX_CHANNELS,
             max_channels: 256,
         }
@@ -610,20 +617,34 @@ impl CmLoop {
         };
         let mut res = res;
         let mut id = id;
-        if let Err(e) = res.create_qp(&mut id, ev.responder_resources) {
+        if let Err(e) = res.create_qp(&mut id) {
             return Err((
-                id,
+                without_qp(id),
                 rej(rej_reason::INSUFFICIENT_RESOURCES),
                 format!("QP: {e}"),
             ));
         }
         if let Err(e) = res.post_all_receives(&id) {
             return Err((
-                id,
+                without_qp(id),
                 rej(rej_reason::INSUFFICIENT_RESOURCES),
                 format!("posting receives: {e}"),
             ));
         }
+        let Some(conn) = res.accept_params(ev.initiator_depth) else {
+            return Err((
+                without_qp(id),
+                rej(rej_reason::UNABLE_TO_ESTABLISH),
+                "the initiator allows no RDMA READ (responder resources 0)".into(),
+            ));
+        };
+        tracing::debug!(
+            "srp: login: {:?}, RDMA READ depth {} (offered {}), send queue {}",
+            accepted.params,
+            conn.initiator_depth,
+            ev.initiator_depth,
+            res.sq_size
+        );
         let ch = self.shared.next_channel.fetch_add(1, Ordering::Relaxed);
         let reg = match live.channels.register(
             req.initiator_port_id,
@@ -632,13 +653,19 @@ impl CmLoop {
             accepted.multichannel,
         ) {
             Ok(r) => r,
-            Err(e) => return Err((id, rej(rej_reason::CHANNEL_LIMIT_REACHED), e.to_string())),
+            Err(e) => {
+                return Err((
+                    without_qp(id),
+                    rej(rej_reason::CHANNEL_LIMIT_REACHED),
+                    e.to_string(),
+                ))
+            }
         };
         self.shared.kill(&reg.disconnect);
         accepted.note_terminated(reg.disconnect.len());
         let unregister = |id| {
             live.channels.unregister(ch);
-            id
+            without_qp(id)
         };
         if let Err(e) = id.migrate(&res.events) {
             return Err((
@@ -657,10 +684,7 @@ impl CmLoop {
                 ))
             }
         };
-        if let Err(e) = id.accept(
-            &accepted.rsp.encode(),
-            res.accept_params(ev.responder_resources),
-        ) {
+        if let Err(e) = id.accept(&accepted.rsp.encode(), conn) {
             // The initiator hears nothing more of this id; it times out.
             live.channels.unregister(ch);
             tracing::info!("srp: accept failed: {e}");
@@ -711,6 +735,13 @@ impl CmLoop {
         }
         Ok(ch)
     }
+}
+
+/// An id whose login failed after its QP was made: the QP goes first, while
+/// the receive ring its posted receives name is still registered.
+fn without_qp(mut id: CmId) -> CmId {
+    id.destroy_qp();
+    id
 }
 
 fn reject(id: &mut CmId, rej: &LoginRej) {

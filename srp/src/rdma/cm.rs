@@ -12,6 +12,8 @@ use std::os::fd::RawFd;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use super::verbs::{Cq, DeviceLimits, Pd, QpCaps, SendOp, SendWr};
 use super::{ffi, set_nonblocking, RdmaError};
 
@@ -48,8 +50,8 @@ impl std::fmt::Debug for EventChannel {
     }
 }
 
-/// The kinds of CM events a passive side sees (the rest are reported as
-/// `Other`).
+/// The kinds of CM events a passive side (and a simple active side) sees;
+/// the rest are reported as `Other`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CmEventKind {
     ConnectRequest,
@@ -61,6 +63,10 @@ pub enum CmEventKind {
     DeviceRemoval,
     TimewaitExit,
     AddrChange,
+    AddrResolved,
+    AddrError,
+    RouteResolved,
+    RouteError,
     Other(u32),
 }
 
@@ -76,6 +82,10 @@ impl CmEventKind {
             ffi::RDMA_CM_EVENT_DEVICE_REMOVAL => CmEventKind::DeviceRemoval,
             ffi::RDMA_CM_EVENT_TIMEWAIT_EXIT => CmEventKind::TimewaitExit,
             ffi::RDMA_CM_EVENT_ADDR_CHANGE => CmEventKind::AddrChange,
+            ffi::RDMA_CM_EVENT_ADDR_RESOLVED => CmEventKind::AddrResolved,
+            ffi::RDMA_CM_EVENT_ADDR_ERROR => CmEventKind::AddrError,
+            ffi::RDMA_CM_EVENT_ROUTE_RESOLVED => CmEventKind::RouteResolved,
+            ffi::RDMA_CM_EVENT_ROUTE_ERROR => CmEventKind::RouteError,
             other => CmEventKind::Other(other),
         }
     }
@@ -94,7 +104,11 @@ pub struct CmEvent {
     /// The connection's private data (the SRP login request, on a connect
     /// request), truncated to what the event reports.
     pub private_data: Vec<u8>,
-    /// The peer's RDMA READ resources and depth (on a connect request).
+    /// On a connect request, from our side's point of view (the CM swaps the
+    /// peer's fields): `responder_resources` is the RDMA READs the peer wants
+    /// to have outstanding against us (its initiator depth), `initiator_depth`
+    /// the RDMA READs it lets us have outstanding against it (its responder
+    /// resources).
     pub responder_resources: u8,
     pub initiator_depth: u8,
     /// The new id of a connect request; the caller must accept or reject it.
@@ -352,6 +366,67 @@ impl CmId {
         Ok(())
     }
 
+    /// Active side: resolves `dst` (from `src`, if given) to a device and
+    /// port; `AddrResolved` (or `AddrError`) follows on the event channel.
+    pub fn resolve_addr(
+        &mut self,
+        src: Option<SocketAddr>,
+        dst: SocketAddr,
+        timeout_ms: i32,
+    ) -> Result<(), RdmaError> {
+        let mut s = src.map(to_sockaddr);
+        let mut d = to_sockaddr(dst);
+        let sp = s.as_mut().map_or(std::ptr::null_mut(), |s| {
+            (s as *mut libc::sockaddr_storage).cast()
+        });
+        // SAFETY: the id is alive; the sockaddrs are valid (or NULL for the
+        // source) for the call, which copies them.
+        let r = unsafe {
+            ffi::rdma_resolve_addr(
+                self.ptr.as_ptr(),
+                sp,
+                (&mut d as *mut libc::sockaddr_storage).cast(),
+                timeout_ms,
+            )
+        };
+        if r != 0 {
+            return Err(RdmaError::errno("rdma_resolve_addr"));
+        }
+        Ok(())
+    }
+
+    /// Active side: resolves the route; `RouteResolved` follows.
+    pub fn resolve_route(&mut self, timeout_ms: i32) -> Result<(), RdmaError> {
+        // SAFETY: the id is alive and its address resolved.
+        if unsafe { ffi::rdma_resolve_route(self.ptr.as_ptr(), timeout_ms) } != 0 {
+            return Err(RdmaError::errno("rdma_resolve_route"));
+        }
+        Ok(())
+    }
+
+    /// Active side: sends the connect request with `private_data`;
+    /// `Established` (its private data: the reply's) or `Rejected` (the
+    /// reject's) follows.
+    pub fn connect(&mut self, private_data: &[u8], p: AcceptParams) -> Result<(), RdmaError> {
+        let len = u8::try_from(private_data.len())
+            .map_err(|_| RdmaError::PrivateDataTooLong(private_data.len()))?;
+        // SAFETY: rdma_conn_param is plain old data; zero is valid.
+        let mut param: ffi::rdma_conn_param = unsafe { std::mem::zeroed() };
+        param.private_data = private_data.as_ptr().cast();
+        param.private_data_len = len;
+        param.responder_resources = p.responder_resources;
+        param.initiator_depth = p.initiator_depth;
+        param.flow_control = 1;
+        param.retry_count = 7;
+        param.rnr_retry_count = p.rnr_retry_count;
+        // SAFETY: the id is alive; `param` and its private data live across
+        // the call (librdmacm copies them).
+        if unsafe { ffi::rdma_connect(self.ptr.as_ptr(), &mut param) } != 0 {
+            return Err(RdmaError::errno("rdma_connect"));
+        }
+        Ok(())
+    }
+
     /// Starts listening for connect requests.
     pub fn listen(&mut self, backlog: i32) -> Result<(), RdmaError> {
         // SAFETY: the id is alive and bound.
@@ -539,7 +614,9 @@ impl CmId {
         if wrs.is_empty() {
             return Ok(());
         }
-        let mut sges: Vec<ffi::ibv_sge> = wrs
+        // Chains are short (a SEND, or a few RDMA READs/WRITEs before it): on
+        // the stack, without an allocation per post.
+        let mut sges: SmallVec<[ffi::ibv_sge; 8]> = wrs
             .iter()
             .map(|w| ffi::ibv_sge {
                 addr: w.local_addr,
@@ -548,7 +625,8 @@ impl CmId {
             })
             .collect();
         // SAFETY: ibv_send_wr is plain old data; zero is valid.
-        let mut raw: Vec<ffi::ibv_send_wr> = vec![unsafe { std::mem::zeroed() }; wrs.len()];
+        let zero: ffi::ibv_send_wr = unsafe { std::mem::zeroed() };
+        let mut raw: SmallVec<[ffi::ibv_send_wr; 8]> = smallvec::smallvec![zero; wrs.len()];
         for (i, w) in wrs.iter().enumerate() {
             let r = &mut raw[i];
             r.wr_id = w.wr_id;

@@ -904,6 +904,20 @@ extern "C" {
     pub fn rdma_bind_addr(id: *mut rdma_cm_id, addr: *mut sockaddr) -> ::core::ffi::c_int;
 }
 extern "C" {
+    pub fn rdma_resolve_addr(
+        id: *mut rdma_cm_id,
+        src_addr: *mut sockaddr,
+        dst_addr: *mut sockaddr,
+        timeout_ms: ::core::ffi::c_int,
+    ) -> ::core::ffi::c_int;
+}
+extern "C" {
+    pub fn rdma_resolve_route(
+        id: *mut rdma_cm_id,
+        timeout_ms: ::core::ffi::c_int,
+    ) -> ::core::ffi::c_int;
+}
+extern "C" {
     pub fn rdma_create_qp(
         id: *mut rdma_cm_id,
         pd: *mut ibv_pd,
@@ -912,6 +926,12 @@ extern "C" {
 }
 extern "C" {
     pub fn rdma_destroy_qp(id: *mut rdma_cm_id);
+}
+extern "C" {
+    pub fn rdma_connect(
+        id: *mut rdma_cm_id,
+        conn_param: *mut rdma_conn_param,
+    ) -> ::core::ffi::c_int;
 }
 extern "C" {
     pub fn rdma_listen(id: *mut rdma_cm_id, backlog: ::core::ffi::c_int) -> ::core::ffi::c_int;

@@ -39,6 +39,11 @@ pub use verbs::{
 
 use thiserror::Error;
 
+/// `Mr::new`'s `remote` access bits: the peer may read the region with RDMA
+/// READ / write it with RDMA WRITE (an initiator's data buffers).
+pub const ACCESS_REMOTE_READ: u32 = ffi::IBV_ACCESS_REMOTE_READ;
+pub const ACCESS_REMOTE_WRITE: u32 = ffi::IBV_ACCESS_REMOTE_WRITE;
+
 /// What went wrong in a verbs or CM call.
 #[derive(Debug, Error)]
 pub enum RdmaError {

@@ -10,13 +10,19 @@
 //! go out chained ahead of the SRP_RSP's SEND, of which only the SEND is
 //! signalled: RC ordering delivers the data before the response. Each response
 //! returns one credit (plus those of aborted commands). Chains that do not fit
-//! the send queue wait in order; so do commands that find no run.
+//! the send queue wait in order; so do commands that find no run. The work
+//! requests queued while a batch of completions is handled go out in one post.
+//!
+//! Receive completions always wake the thread; send completions (SENDs, the
+//! last READ of a chain) only while something waits for one (a run, room in
+//! the send queue, send buffers running low, the drain); otherwise they are
+//! reaped along with the receives. That halves the wake-ups per command.
 //!
 //! A disconnect (from the initiator, the administrator, or a newer
 //! single-channel login of the same initiator) moves the QP to the error state;
-//! the channel then waits for the flush of two marker work requests (so every
-//! earlier one has completed), drops its engine worker and destroys its verbs
-//! objects, QP first.
+//! the channel then waits until every receive it posted has come back flushed
+//! and a marker SEND behind everything on the send queue has too (at most 5
+//! s), drops its engine worker and destroys its verbs objects, QP first.
 
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
@@ -132,11 +138,17 @@ struct Channel {
     sq_free: u32,
     /// Chains waiting for send queue room, oldest first.
     backlog: VecDeque<Vec<SendWr>>,
+    /// The work requests of one post (reused).
+    batch: Vec<SendWr>,
     wcs: Vec<Wc>,
     events: Vec<Event>,
     next_cred_tag: u64,
     closing: Option<Instant>,
-    drained_recv: bool,
+    /// Receives posted and not yet completed (flushed ones included).
+    recv_posted: u32,
+    /// Notification requested on the CQ and not consumed since.
+    recv_armed: bool,
+    send_armed: bool,
     drained_send: bool,
     left: bool,
     res: Resources,
@@ -204,11 +216,14 @@ impl Channel {
             waiting: VecDeque::new(),
             sq_free,
             backlog: VecDeque::new(),
-            wcs: Vec::with_capacity(32),
+            batch: Vec::new(),
+            wcs: Vec::with_capacity(64),
             events: Vec::new(),
             next_cred_tag: 0,
             closing: None,
-            drained_recv: false,
+            recv_posted: res.rq_size,
+            recv_armed: false,
+            send_armed: false,
             drained_send: false,
             left: false,
             res,
@@ -217,14 +232,11 @@ impl Channel {
     }
 
     fn run(&mut self) -> Result<(), ChannelError> {
-        // Completions that came before the first request for notification
-        // raise no event: arm, then look.
-        self.res.cq.req_notify()?;
-        let mut more_cq = self.on_cq();
+        let mut more_cq = self.arm();
         let mut evs = vec![EpollEvent::default(); 8];
         loop {
             let timeout = match self.closing {
-                Some(_) if self.drained_recv && self.drained_send => return Ok(()),
+                Some(_) if self.recv_posted == 0 && self.drained_send => return Ok(()),
                 Some(since) => {
                     let left = DRAIN_TIMEOUT.saturating_sub(since.elapsed());
                     if left.is_zero() {
@@ -249,7 +261,10 @@ impl Channel {
             for ev in &evs[..n] {
                 match ev.data() {
                     KEY_CM => self.on_cm(),
-                    KEY_CQ => cq = true,
+                    KEY_CQ => {
+                        self.take_cq_event();
+                        cq = true;
+                    }
                     KEY_WORKER => worker = true,
                     KEY_KILL => {
                         let _ = self.ctx.kill.read();
@@ -258,8 +273,10 @@ impl Channel {
                     _ => {}
                 }
             }
-            more_cq = if cq { self.on_cq() } else { false };
+            more_cq = cq && self.poll_cqs();
             self.pump_worker(worker);
+            self.flush_backlog();
+            more_cq |= self.arm();
         }
     }
 
@@ -295,11 +312,12 @@ impl Channel {
         // Moves the QP to the error state: everything posted flushes.
         let _ = self.id.disconnect();
         self.leave();
-        // Markers behind everything posted: their flush means the queues are
-        // empty. A marker that cannot be posted cannot be waited for.
-        if self.id.post_recv(wr::DRAIN_RECV, 0, 0, 0).is_err() {
-            self.drained_recv = true;
-        }
+        // The receive queue is flushed when the QP enters the error state;
+        // the channel counts its receives back. The send queue gets a marker
+        // behind everything posted: its flush means the queue is empty (a
+        // marker that cannot be posted cannot be waited for). A receive
+        // marker would not do: rxe (6.1) flushes receives posted after the
+        // error only when something else wakes its responder.
         let marker = SendWr {
             wr_id: wr::DRAIN_SEND,
             op: SendOp::Send,
@@ -328,49 +346,87 @@ impl Channel {
 
     // ---- completions ----
 
-    /// Handles what the CQ holds; true if it stopped with more to do.
-    fn on_cq(&mut self) -> bool {
-        loop {
-            match self.res.comp.take_event() {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => {
-                    self.close(&format!("completion channel: {e}"));
-                    break;
-                }
+    /// Consumes the completion channel's notification. One per arming, and
+    /// we arm each CQ at most once per round: one read (a second would only
+    /// find EAGAIN; the fd is level-triggered, so one left over wakes us
+    /// again). Whichever CQ it was, both count as unarmed.
+    fn take_cq_event(&mut self) {
+        if let Err(e) = self.res.comp.take_event() {
+            self.close(&format!("completion channel: {e}"));
+        }
+        self.recv_armed = false;
+        self.send_armed = false;
+    }
+
+    /// Whether something waits for a send completion: then send completions
+    /// must wake the channel. Otherwise they are reaped when receives wake it,
+    /// which saves a wake-up (and its system calls) per response.
+    fn need_send_events(&self) -> bool {
+        self.closing.is_some()
+            || !self.waiting.is_empty()
+            || !self.backlog.is_empty()
+            || self.free_sends.len() < self.sends.len() / 2
+    }
+
+    /// Before sleeping: arms the receive CQ, and the send CQ if something
+    /// waits for it, then looks once more (a completion that came before the
+    /// arming raises no event). True if it found something (handled).
+    fn arm(&mut self) -> bool {
+        if !self.recv_armed {
+            if let Err(e) = self.res.recv_cq.req_notify() {
+                self.close(&format!("CQ notify: {e}"));
             }
+            self.recv_armed = true;
         }
-        if let Err(e) = self.res.cq.req_notify() {
-            self.close(&format!("CQ notify: {e}"));
+        if !self.send_armed && self.need_send_events() {
+            if let Err(e) = self.res.send_cq.req_notify() {
+                self.close(&format!("CQ notify: {e}"));
+            }
+            self.send_armed = true;
         }
+        self.poll_round() > 0
+    }
+
+    /// Handles what both CQs hold; true if it stopped with more to do.
+    fn poll_cqs(&mut self) -> bool {
         for _ in 0..CQ_ROUNDS {
-            let mut wcs = std::mem::take(&mut self.wcs);
-            wcs.clear();
-            let n = match self.res.cq.poll(32, &mut wcs) {
-                Ok(n) => n,
-                Err(e) => {
-                    self.close(&format!("CQ poll: {e}"));
-                    self.wcs = wcs;
-                    return false;
-                }
-            };
-            for wc in &wcs {
-                self.on_wc(wc);
-            }
-            self.wcs = wcs;
-            self.pump_worker(false);
-            if n == 0 {
+            if self.poll_round() == 0 {
                 return false;
             }
         }
         true
     }
 
+    /// One round: up to 32 completions of each CQ, the engine's answers, and
+    /// one post of what they queued. Returns the completions handled.
+    fn poll_round(&mut self) -> usize {
+        let mut wcs = std::mem::take(&mut self.wcs);
+        wcs.clear();
+        let polled = self
+            .res
+            .send_cq
+            .poll(32, &mut wcs)
+            .and_then(|_| self.res.recv_cq.poll(32, &mut wcs));
+        if let Err(e) = polled {
+            self.close(&format!("CQ poll: {e}"));
+        }
+        let n = wcs.len();
+        for wc in &wcs {
+            self.on_wc(wc);
+        }
+        self.wcs = wcs;
+        self.pump_worker(false);
+        self.flush_backlog();
+        n
+    }
+
     fn on_wc(&mut self, wc: &Wc) {
         let kind = wr::kind(wc.wr_id);
         let idx = wr::index(wc.wr_id);
+        if kind == wr::RECV {
+            self.recv_posted = self.recv_posted.saturating_sub(1);
+        }
         match kind {
-            wr::DRAIN_RECV => self.drained_recv = true,
             wr::DRAIN_SEND => self.drained_send = true,
             // Flushes after a disconnect are expected; anything else ends
             // the channel.
@@ -396,7 +452,6 @@ impl Channel {
             self.res.pool.free(e);
             self.start_waiting();
         }
-        self.flush_backlog();
     }
 
     fn on_read_done(&mut self, slot: usize) {
@@ -404,7 +459,6 @@ impl Channel {
             return;
         };
         self.sq_free += std::mem::take(&mut c.read_chain);
-        self.flush_backlog();
         if self.closing.is_none() {
             self.submit(slot);
         }
@@ -425,8 +479,9 @@ impl Channel {
         if self.closing.is_some() {
             return;
         }
-        if let Err(e) = self.res.post_recv(&self.id, idx) {
-            self.close(&format!("repost receive: {e}"));
+        match self.res.post_recv(&self.id, idx) {
+            Ok(()) => self.recv_posted += 1,
+            Err(e) => self.close(&format!("repost receive: {e}")),
         }
     }
 
@@ -449,8 +504,12 @@ impl Channel {
         let bytes: &[u8] = unsafe { std::slice::from_raw_parts(base, len) };
         match iu::parse(bytes, &self.ctx.params) {
             Ok(Iu::Cmd(cmd)) => {
+                // Where the immediate data sits in the buffer (the parser hands
+                // back a part of `bytes`).
                 let imm = match &cmd.data {
-                    DataXfer::Immediate(d) => Some((d.as_ptr() as usize - base as usize, d.len())),
+                    DataXfer::Immediate(d) => (d.as_ptr() as usize)
+                        .checked_sub(base as usize)
+                        .map(|off| (off, d.len())),
                     _ => None,
                 };
                 self.on_cmd(idx32, &cmd, imm);
@@ -892,34 +951,39 @@ impl Channel {
         self.queue_chain(chain);
     }
 
-    /// Posts a chain now if the send queue has room and nothing waits ahead of
-    /// it; otherwise queues it.
+    /// Queues a chain; `flush_backlog` posts it (with whatever else is ready)
+    /// at the end of the current batch of completions.
     fn queue_chain(&mut self, chain: Vec<SendWr>) {
         if self.closing.is_some() {
             return;
         }
         self.backlog.push_back(chain);
-        self.flush_backlog();
     }
 
+    /// Posts the queued chains that fit the send queue, in order, with one
+    /// `ibv_post_send` (one doorbell for a batch of responses and READs).
     fn flush_backlog(&mut self) {
+        if self.closing.is_some() {
+            self.backlog.clear();
+            return;
+        }
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.clear();
         while let Some(c) = self.backlog.front() {
-            if self.closing.is_some() {
-                self.backlog.clear();
-                return;
-            }
             let n = u32::try_from(c.len()).unwrap_or(u32::MAX);
             if n > self.sq_free {
-                return;
+                break;
             }
-            let Some(c) = self.backlog.pop_front() else {
-                return;
-            };
             self.sq_free -= n;
-            if let Err(e) = self.id.post_send(&c) {
-                self.close(&format!("post send: {e}"));
-                return;
+            if let Some(c) = self.backlog.pop_front() {
+                batch.extend_from_slice(&c);
             }
         }
+        if !batch.is_empty() {
+            if let Err(e) = self.id.post_send(&batch) {
+                self.close(&format!("post send: {e}"));
+            }
+        }
+        self.batch = batch;
     }
 }
