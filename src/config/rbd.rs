@@ -164,6 +164,29 @@ pub fn spec(cx: &Ctx<'_>, b: &RawBackend) -> Result<BackendSpec, ConfigError> {
     )
 }
 
+#[cfg(feature = "rbd")]
+pub fn spec(cx: &Ctx<'_>, b: &RawBackend) -> Result<BackendSpec, ConfigError> {
+    let k = keys(cx, b)?;
+    // One figure for the admin: connecting, monitor and OSD operations each
+    // give up after it.
+    let t = std::time::Duration::from_secs(u64::from(k.op_timeout));
+    Ok(BackendSpec::Rbd {
+        pool: k.pool,
+        image: k.image,
+        namespace: k.namespace,
+        snapshot: k.snapshot,
+        read_only: k.read_only,
+        ceph_conf: k.ceph_conf,
+        client_id: Some(k.client_id),
+        keyring: k.keyring,
+        timeouts: backends::RbdTimeouts {
+            connect: t,
+            mon_op: t,
+            osd_op: t,
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::parse;
