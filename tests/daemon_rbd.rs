@@ -13,8 +13,10 @@
 //!   key registered through one is not seen through the other, and its
 //!   reservation does not hold off the other daemon's initiators: this test
 //!   asserts that, so a change here is seen;
-//! - a cluster that cannot be reached: creating the backend is refused with an
-//!   error naming the pool and the image, and the daemon keeps running.
+//! - a cluster that cannot be reached: creating the backend at run time is
+//!   refused with an error naming the pool and the image, and the daemon keeps
+//!   running; the same backend in the config file stops `serve` (bounded by
+//!   `op_timeout`) with that error, as any backend that cannot be opened does.
 //!
 //! Run: `cargo test -p oxtarget --features rbd --test daemon_rbd -- --nocapture`
 //! (needs Ceph: ceph-mon ceph-osd ceph-common librbd-dev).
@@ -588,4 +590,68 @@ fn unreachable_cluster_is_refused_and_the_daemon_runs_on() {
     assert!(read(&mut s, 0, 8, 8) == data);
     drop(s);
     assert!(d.terminate().success(), "clean exit: {}", d.log_text());
+}
+
+/// The same unreachable cluster named in the config file: the daemon does not
+/// hang at start (connecting is bounded by `op_timeout`) and, as it does for
+/// any backend it cannot open at start ("on an error nothing keeps running"),
+/// exits with an error naming the pool and the image, leaving no RPC socket.
+/// (At run time, above, the same refusal leaves the daemon running.)
+#[test]
+fn unreachable_cluster_in_the_config_stops_the_start_with_its_name() {
+    if std::env::var("OXTARGET_SKIP_CEPH").as_deref() == Ok("1") {
+        eprintln!("OXTARGET_SKIP_CEPH=1: skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (conf, keyring) = unreachable_cluster(dir.path());
+    let far = format!(
+        "[[backend]]\nname = \"far\"\ntype = \"rbd\"\npool = \"farpool\"\nimage = \"farimage\"\n\
+         ceph_conf = \"{}\"\nkeyring = \"{}\"\nop_timeout = {OP_TIMEOUT}\n",
+        conf.display(),
+        keyring.display()
+    );
+    let (config, socket) = write_config(
+        dir.path(),
+        &[("ram0", ram_backend_toml("ram0")), ("far", far)],
+    );
+    let log = dir.path().join("log");
+    let out = std::fs::File::create(&log).expect("log");
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("log"))
+        .stderr(out)
+        .spawn()
+        .expect("start oxtarget");
+    let mut d = DaemonProc {
+        child: Some(child),
+        socket: socket.clone(),
+        log,
+    };
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            break s;
+        }
+        assert!(
+            start.elapsed() < LIMIT,
+            "serve neither exited nor failed within {LIMIT:?}: {}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    d.child = None;
+    let text = d.log_text();
+    eprintln!(
+        "serve with an unreachable cluster: {status} after {:.1?}",
+        start.elapsed()
+    );
+    assert!(!status.success(), "{text}");
+    assert!(
+        text.contains("farpool") && text.contains("farimage"),
+        "the error names the pool and the image: {text}"
+    );
+    assert!(!socket.exists(), "no RPC socket left behind");
 }
