@@ -47,6 +47,10 @@ pub enum IoErrorKind {
     Canceled,
     /// The operation is not supported (e.g. discard on a file system without holes).
     Unsupported,
+    /// The store did not answer in time (`ETIMEDOUT`: librados' OSD op timeout, a
+    /// block device's command timeout). Nothing says the medium is bad: the
+    /// initiator may retry (ABORTED COMMAND).
+    TimedOut,
     /// Anything else (HARDWARE ERROR).
     Other,
 }
@@ -76,6 +80,7 @@ impl IoError {
             libc::ECANCELED => IoErrorKind::Canceled,
             libc::EOPNOTSUPP | libc::ENOTTY => IoErrorKind::Unsupported,
             libc::EFBIG => IoErrorKind::OutOfRange,
+            libc::ETIMEDOUT => IoErrorKind::TimedOut,
             libc::EIO | libc::ENODATA | libc::EILSEQ if is_write => IoErrorKind::Write,
             libc::EIO | libc::ENODATA | libc::EILSEQ => IoErrorKind::Read,
             _ => IoErrorKind::Other,
@@ -99,3 +104,19 @@ impl std::fmt::Display for IoError {
 }
 
 impl std::error::Error for IoError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errnos_classify() {
+        let kind = |errno, write| IoError::from_errno(errno, write, None).kind;
+        assert_eq!(kind(libc::ETIMEDOUT, false), IoErrorKind::TimedOut);
+        assert_eq!(kind(libc::ETIMEDOUT, true), IoErrorKind::TimedOut);
+        assert_eq!(kind(libc::EIO, false), IoErrorKind::Read);
+        assert_eq!(kind(libc::EIO, true), IoErrorKind::Write);
+        assert_eq!(kind(libc::ENOSPC, true), IoErrorKind::NoSpace);
+        assert_eq!(kind(libc::EPERM, true), IoErrorKind::Other);
+    }
+}

@@ -6,7 +6,9 @@ mod support;
 
 use std::time::Duration;
 
-use backends::{Backend, BackendError, BackendSpec, IoErrorKind, IoOp, RbdBackend, RbdTimeouts};
+use backends::{
+    Backend, BackendError, BackendSpec, ExtentState, IoErrorKind, IoOp, RbdBackend, RbdTimeouts,
+};
 use support::{image_name, iov, reap_n, run_one, shared};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -39,13 +41,157 @@ fn open_reports_size_and_capabilities() {
     assert_eq!(b.describe(), format!("rbd:rbd/{name}"));
     let caps = b.capabilities();
     assert!(caps.discard && caps.discard_zeroes && caps.write_zeroes && caps.flush);
-    assert!(!caps.read_only && !caps.block_status);
+    assert!(!caps.read_only && caps.block_status);
     assert_eq!(caps.optimal_transfer, 4 << 20, "default object size");
     assert!(caps.max_transfer >= 1 << 20);
+    // A new image holds no data; past the end is an error, not a panic.
+    assert_eq!(
+        b.block_status(0, 4096).unwrap().state,
+        ExtentState::Deallocated
+    );
     assert!(matches!(
-        b.block_status(0, 4096),
-        Err(BackendError::Unsupported { .. })
+        b.block_status(64 * MIB, 4096),
+        Err(BackendError::Config(_))
     ));
+    assert!(b.block_status(u64::MAX, u64::MAX).is_err());
+}
+
+/// Runs one discard, write zeroes or write of `fill` bytes and checks it worked.
+fn must(ch: &mut dyn backends::IoChannel, efd: &EventFd, op: IoOp, fill: Option<(u8, usize)>) {
+    let mut buf = fill.map(|(b, n)| vec![b; n]).unwrap_or_default();
+    let want = buf.len();
+    let v: Vec<libc::iovec> = if buf.is_empty() {
+        Vec::new()
+    } else {
+        vec![iov(&mut buf)]
+    };
+    // SAFETY: `buf` outlives the call, which waits for the completion.
+    let done = unsafe { run_one(ch, efd, op, &v) };
+    assert_eq!(done.result, Ok(want), "{op:?}");
+}
+
+fn status(b: &RbdBackend, offset: u64) -> (u64, u64, ExtentState) {
+    let e = b.block_status(offset, 512).unwrap();
+    assert_eq!(e.offset, offset);
+    assert!(e.len > 0 && e.offset + e.len <= b.size(), "{e:?}");
+    (e.offset, e.offset + e.len, e.state)
+}
+
+#[test]
+fn block_status_follows_writes_and_discards() {
+    use ExtentState::{Deallocated as D, Mapped as M};
+    let name = new_image("status", 64);
+    let b = RbdBackend::open(&shared().options(&name)).unwrap();
+    let efd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let mut ch = b.open_channel(&efd).unwrap();
+    let obj = 4 * MIB;
+    // Nothing written: deallocated over the whole window (8 objects).
+    assert_eq!(status(&b, 0), (0, 8 * obj, D));
+    assert_eq!(
+        status(&b, 60 * MIB),
+        (60 * MIB, 64 * MIB, D),
+        "clipped at the end"
+    );
+
+    // 64 KiB inside object 1.
+    let w = |offset| IoOp::Write { offset, fua: false };
+    must(&mut *ch, &efd, w(obj + 8192), Some((0xa1, 64 << 10)));
+    let (_, end, st) = status(&b, 0);
+    assert_eq!(st, D);
+    assert!(
+        (obj..=obj + 8192).contains(&end),
+        "hole ends where object 1's data starts: {end}"
+    );
+    let (_, end, st) = status(&b, obj + 8192);
+    assert_eq!(st, M);
+    assert!(end >= obj + 8192 + (64 << 10) && end <= 2 * obj, "{end}");
+
+    // Objects 3 to 5 whole, and object 10.
+    must(&mut *ch, &efd, w(3 * obj), Some((0xb2, 3 * obj as usize)));
+    must(&mut *ch, &efd, w(10 * obj), Some((0xc3, 4096)));
+    assert_eq!(
+        status(&b, 3 * obj),
+        (3 * obj, 6 * obj, M),
+        "touching objects merge"
+    );
+    assert_eq!(status(&b, 4 * obj + 512), (4 * obj + 512, 6 * obj, M));
+
+    // A discard of object 4 whole deallocates it.
+    must(
+        &mut *ch,
+        &efd,
+        IoOp::Discard {
+            offset: 4 * obj,
+            len: obj,
+        },
+        None,
+    );
+    assert_eq!(status(&b, 3 * obj), (3 * obj, 4 * obj, M));
+    assert_eq!(status(&b, 4 * obj), (4 * obj, 5 * obj, D));
+    assert_eq!(status(&b, 5 * obj), (5 * obj, 6 * obj, M));
+
+    // Zeroes inside an object read back as zeroes but keep it allocated: mapped.
+    must(
+        &mut *ch,
+        &efd,
+        IoOp::WriteZeroes {
+            offset: 3 * obj + MIB,
+            len: MIB,
+        },
+        None,
+    );
+    assert_eq!(status(&b, 3 * obj + MIB), (3 * obj + MIB, 4 * obj, M));
+
+    // An unaligned discard across objects: object 3 loses its tail (cut at 2
+    // MiB), object 5 goes whole; the data after it is object 10's.
+    must(
+        &mut *ch,
+        &efd,
+        IoOp::Discard {
+            offset: 3 * obj + 2 * MIB,
+            len: 3 * obj - 2 * MIB,
+        },
+        None,
+    );
+    assert_eq!(status(&b, 3 * obj), (3 * obj, 3 * obj + 2 * MIB, M));
+    assert_eq!(
+        status(&b, 3 * obj + 2 * MIB),
+        (3 * obj + 2 * MIB, 10 * obj, D)
+    );
+    assert_eq!(status(&b, 10 * obj), (10 * obj, 10 * obj + 4096, M));
+
+    // The data left reads back, the rest as zeroes.
+    let mut back = vec![0x55u8; obj as usize];
+    // SAFETY: `back` outlives the call.
+    let done = unsafe {
+        run_one(
+            &mut *ch,
+            &efd,
+            IoOp::Read { offset: 3 * obj },
+            &[iov(&mut back)],
+        )
+    };
+    assert_eq!(done.result, Ok(obj as usize));
+    let mib = MIB as usize;
+    assert!(back[..mib].iter().all(|&x| x == 0xb2));
+    assert!(back[mib..2 * mib].iter().all(|&x| x == 0));
+    assert!(back[2 * mib..].iter().all(|&x| x == 0));
+
+    // A whole-image discard in object-aligned pieces (as the engine's BLOCK ERASE
+    // cuts it) leaves nothing mapped.
+    for i in 0..16 {
+        must(
+            &mut *ch,
+            &efd,
+            IoOp::Discard {
+                offset: i * obj,
+                len: obj,
+            },
+            None,
+        );
+    }
+    assert_eq!(status(&b, 0), (0, 8 * obj, D));
+    assert_eq!(status(&b, 8 * obj), (8 * obj, 16 * obj, D));
 }
 
 #[test]

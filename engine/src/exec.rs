@@ -282,6 +282,16 @@ pub fn io_error_sense(e: &IoError, block_size: u32, write: bool) -> CmdError {
         ),
         K::OutOfRange => Sense::illegal(asc::LBA_OUT_OF_RANGE),
         K::Canceled => Sense::new(SenseKey::AbortedCommand, asc::NO_ADDITIONAL_SENSE),
+        // The store did not answer in time (an OSD down, a path failing over):
+        // nothing says the medium is bad, so not MEDIUM or HARDWARE ERROR, which
+        // initiators give up on; ABORTED COMMAND is retried (as SPDK reports a
+        // failed bdev I/O; tcmu-runner's RBD handler answers BUSY). Not 2Eh
+        // (COMMAND TIMEOUT ...): Linux reads those as command duration limit
+        // expiries and fails them at once.
+        K::TimedOut => Sense::new(
+            SenseKey::AbortedCommand,
+            asc::LOGICAL_UNIT_COMMUNICATION_TIME_OUT,
+        ),
         K::Unsupported | K::Other if write => Sense::new(SenseKey::MediumError, asc::WRITE_ERROR),
         K::Unsupported | K::Other => {
             Sense::new(SenseKey::HardwareError, asc::INTERNAL_TARGET_FAILURE)
@@ -318,6 +328,52 @@ impl Job for SingleIo {
 
     fn range(&self) -> Option<LbaRange> {
         self.range
+    }
+}
+
+#[cfg(test)]
+mod io_error_sense_tests {
+    use super::io_error_sense;
+    use crate::sense::{asc, CmdError, SenseKey};
+    use backends::{IoError, IoErrorKind};
+
+    fn sense_of(errno: i32, write: bool) -> (SenseKey, crate::sense::Asc) {
+        let e = IoError::from_errno(errno, write, Some(8 * 512));
+        match io_error_sense(&e, 512, write) {
+            CmdError::Check(s) => (s.key, s.asc),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_backend_timeout_is_a_retriable_aborted_command() {
+        // librados' OSD op timeout completes an RBD op with ETIMEDOUT.
+        assert_eq!(
+            IoError::from_errno(libc::ETIMEDOUT, false, None).kind,
+            IoErrorKind::TimedOut
+        );
+        for write in [false, true] {
+            assert_eq!(
+                sense_of(libc::ETIMEDOUT, write),
+                (
+                    SenseKey::AbortedCommand,
+                    asc::LOGICAL_UNIT_COMMUNICATION_TIME_OUT
+                )
+            );
+        }
+        // Real medium errors and unknown failures keep their sense.
+        assert_eq!(
+            sense_of(libc::EIO, false),
+            (SenseKey::MediumError, asc::UNRECOVERED_READ_ERROR)
+        );
+        assert_eq!(
+            sense_of(libc::EIO, true),
+            (SenseKey::MediumError, asc::WRITE_ERROR)
+        );
+        assert_eq!(
+            sense_of(libc::EPERM, false),
+            (SenseKey::HardwareError, asc::INTERNAL_TARGET_FAILURE)
+        );
     }
 }
 

@@ -48,6 +48,7 @@ pub mod asc {
     pub const LUN_NOT_READY_MANUAL_INTERVENTION: Asc = Asc(0x04, 0x03);
     pub const LUN_NOT_READY_FORMAT_IN_PROGRESS: Asc = Asc(0x04, 0x04);
     pub const LUN_NOT_READY_SANITIZE_IN_PROGRESS: Asc = Asc(0x04, 0x1b);
+    pub const LOGICAL_UNIT_COMMUNICATION_TIME_OUT: Asc = Asc(0x08, 0x01);
     pub const WRITE_ERROR: Asc = Asc(0x0c, 0x00);
     pub const UNRECOVERED_READ_ERROR: Asc = Asc(0x11, 0x00);
     pub const MISCOMPARE_DURING_VERIFY: Asc = Asc(0x1d, 0x00);

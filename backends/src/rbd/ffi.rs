@@ -63,6 +63,12 @@ extern "C" {
     pub fn rados_ioctx_set_namespace(io: RadosIoctxT, nspace: *const c_char);
 }
 
+/// The callback of `rbd_diff_iterate2`: one extent (offset, length, whether it
+/// holds data), on the calling thread; a negative return stops the iteration and
+/// becomes the call's return value.
+pub type RbdDiffCallback =
+    unsafe extern "C" fn(off: u64, len: usize, exists: c_int, arg: *mut c_void) -> c_int;
+
 #[link(name = "rbd")]
 extern "C" {
     pub fn rbd_open(
@@ -82,6 +88,20 @@ extern "C" {
     pub fn rbd_stat(image: RbdImageT, info: *mut RbdImageInfo, infosize: usize) -> c_int;
     pub fn rbd_resize(image: RbdImageT, size: u64) -> c_int;
     pub fn rbd_flush(image: RbdImageT) -> c_int;
+    /// Calls `cb` for the extents of `[ofs, ofs + len)` that hold data (with
+    /// `fromsnapname` NULL: against nothing, i.e. every allocated extent), in no
+    /// promised order. `whole_object` 0 asks the OSDs for the extents inside each
+    /// object instead of reporting whole objects.
+    pub fn rbd_diff_iterate2(
+        image: RbdImageT,
+        fromsnapname: *const c_char,
+        ofs: u64,
+        len: u64,
+        include_parent: u8,
+        whole_object: u8,
+        cb: RbdDiffCallback,
+        arg: *mut c_void,
+    ) -> c_int;
     pub fn rbd_update_watch(
         image: RbdImageT,
         handle: *mut u64,

@@ -2,14 +2,15 @@
 //! and torn down in reverse order (unwatch, close, destroy the context, shut the
 //! client down) when the last channel and the backend have let go of them.
 
-use std::ffi::c_void;
+use std::ffi::{c_int, c_void};
 use std::io;
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::ffi;
+use super::status::{Reported, MAX_EXTENTS};
 use super::{cstring, rbd_err, RbdOptions};
 use crate::BackendError;
 
@@ -58,6 +59,22 @@ unsafe extern "C" fn on_update(arg: *mut c_void) {
     let w = unsafe { &*arg.cast::<SizeState>() };
     w.stale.store(true, Ordering::Release);
     w.events.fetch_add(1, Ordering::AcqRel);
+}
+
+/// `rbd_diff_iterate2`'s callback: records one extent; stops the iteration
+/// (with `ECANCELED`) once `MAX_EXTENTS` are recorded.
+unsafe extern "C" fn on_extent(off: u64, len: usize, exists: c_int, arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the `Mutex<Reported>` `data_extents` passed, alive for the
+    // whole call that calls back.
+    let acc = unsafe { &*arg.cast::<Mutex<Reported>>() };
+    let mut rep = acc.lock().unwrap_or_else(PoisonError::into_inner);
+    if rep.extents.len() >= MAX_EXTENTS {
+        rep.overflow = true;
+        return -libc::ECANCELED;
+    }
+    let len = u64::try_from(len).unwrap_or(u64::MAX);
+    rep.extents.push((off, len, exists != 0));
+    0
 }
 
 impl Image {
@@ -254,6 +271,26 @@ impl Image {
         }
         self.live_size();
         Ok(())
+    }
+
+    /// The extents of `[offset, offset + len)` that hold data, as librbd reports
+    /// them (`rbd_diff_iterate2` against nothing, parent included, extents
+    /// inside objects); at most `status::MAX_EXTENTS` of them.
+    pub fn data_extents(&self, offset: u64, len: u64) -> io::Result<Reported> {
+        let acc = Mutex::new(Reported::default());
+        let arg = std::ptr::from_ref(&acc).cast_mut().cast::<c_void>();
+        // SAFETY: the image is open; `on_extent` only reads `arg` as the
+        // `Mutex<Reported>` that lives on this stack frame until the call has
+        // returned (librbd calls back only during it), and locks it, so calls
+        // from any of librbd's threads are safe.
+        let r = unsafe {
+            ffi::rbd_diff_iterate2(self.image, ptr::null(), offset, len, 1, 0, on_extent, arg)
+        };
+        let rep = acc.into_inner().unwrap_or_else(PoisonError::into_inner);
+        if r < 0 && !(r == -libc::ECANCELED && rep.overflow) {
+            return Err(errno(r));
+        }
+        Ok(rep)
     }
 
     pub fn flush(&self) -> io::Result<()> {

@@ -57,14 +57,22 @@ fn overwrite_params(list: &[u8], bs: usize) -> Result<(u8, bool, Vec<u8>), Sense
 }
 
 /// BLOCK ERASE of `total` bytes as deallocation (or zeroing) pieces of whole
-/// blocks.
-fn erase_phases(total: u64, bs: u64, discard: bool) -> Vec<Phase> {
+/// blocks, each a multiple of `unit` (the backend's preferred I/O size, when it
+/// is whole blocks) too: a store that allocates in units deallocates only whole
+/// ones (an RBD image removes an object discarded whole, and only zeroes one
+/// discarded in parts, which GET LBA STATUS then still reports mapped).
+fn erase_phases(total: u64, bs: u64, unit: u64, discard: bool) -> Vec<Phase> {
     let bs = bs.max(1);
+    let unit = if unit > bs && unit.is_multiple_of(bs) {
+        unit
+    } else {
+        bs
+    };
     let piece = total
         .div_ceil(ERASE_PIECES)
         .max(1 << 20)
-        .div_ceil(bs)
-        .saturating_mul(bs);
+        .div_ceil(unit)
+        .saturating_mul(unit);
     let mut phases = Vec::new();
     let mut off = 0;
     while off < total {
@@ -119,7 +127,8 @@ pub(super) fn sanitize(ctx: &mut CmdCtx<'_>) -> ExecResult {
             if pll != 0 {
                 return Err(Sense::invalid_cdb_field(7, None).into());
             }
-            erase_phases(total, bs as u64, lun.config.thin)
+            let unit = u64::from(lun.backend.capabilities().optimal_transfer);
+            erase_phases(total, bs as u64, unit, lun.config.thin)
         }
         EXIT_FAILURE_MODE => {
             if pll != 0 {
@@ -542,9 +551,9 @@ mod tests {
 
     #[test]
     fn block_erase_is_cut_into_pieces_of_whole_blocks() {
-        let p = erase_phases(10 << 30, 4096, true);
+        let p = erase_phases(10 << 30, 4096, 0, true);
         assert_eq!(p.len(), ERASE_PIECES as usize);
-        let small = erase_phases((3 << 20) + 512, 512, false);
+        let small = erase_phases((3 << 20) + 512, 512, 0, false);
         assert_eq!(small.len(), 4);
         let mut next = 0;
         for ph in &small {
@@ -556,7 +565,36 @@ mod tests {
             next = off + len;
         }
         assert_eq!(next, (3 << 20) + 512);
-        assert!(erase_phases(0, 512, true).is_empty());
+        assert!(erase_phases(0, 512, 0, true).is_empty());
+    }
+
+    #[test]
+    fn block_erase_pieces_are_whole_units_of_the_backend() {
+        // 64 MiB over 4 MiB units (an RBD image's objects): 16 pieces, each
+        // starting and ending on a unit, where 1 MiB pieces would cut each
+        // object in four.
+        let p = erase_phases(64 << 20, 512, 4 << 20, true);
+        assert_eq!(p.len(), 16);
+        let mut next = 0;
+        for ph in &p {
+            let Phase::Zero { off, len, .. } = ph else {
+                panic!("{ph:?}")
+            };
+            assert_eq!((*off, *len), (next, 4 << 20));
+            next = off + len;
+        }
+        // The last piece is cut at the end of the LUN.
+        let p = erase_phases((10 << 20) + 4096, 4096, 4 << 20, true);
+        let lens: Vec<u64> = p
+            .iter()
+            .map(|ph| match ph {
+                Phase::Zero { len, .. } => *len,
+                _ => panic!("{ph:?}"),
+            })
+            .collect();
+        assert_eq!(lens, vec![4 << 20, 4 << 20, (2 << 20) + 4096]);
+        // A unit that is not whole blocks is ignored.
+        assert_eq!(erase_phases(64 << 20, 4096, 1000, true).len(), 64);
     }
 
     #[test]
