@@ -41,6 +41,9 @@ if [ "$(id -u)" = 0 ]; then integration/bench/iscsi-vs-tgtd.sh --smoke; else ech
 step "SRP benchmark smoke: ib_srp in a TCG guest against oxtarget and the kernel's ib_srpt (asserts no ratio)"
 integration/bench/srp-vs-ib_srpt.sh --smoke
 
+step "RBD benchmark smoke: rbd bench, the backend alone and the daemon's RBD LUN over iSCSI and vhost-user-scsi on one throwaway Ceph (asserts no ratio)"
+integration/bench/rbd.sh --smoke
+
 step "vhost-user-blk benchmark smoke: oxtarget (blk, scsi) and qemu-storage-daemon (asserts no ratio)"
 integration/bench/vhost-blk.sh --smoke
 
