@@ -434,6 +434,11 @@ fn resize_own_and_by_another_client() {
     let c = shared();
     let name = new_image("resize", 8);
     let b = RbdBackend::open(&c.options(&name)).unwrap();
+    let told = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t = told.clone();
+    b.watch_resize(std::sync::Arc::new(move || {
+        t.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }));
     b.resize(16 * MIB).unwrap();
     assert_eq!(b.size(), 16 * MIB);
     assert_eq!(b.size_cached(), 16 * MIB);
@@ -454,6 +459,13 @@ fn resize_own_and_by_another_client() {
     }
     assert!(b.update_events() > 0);
     assert_eq!(b.size(), 32 * MIB);
+    // The LUN above is told of the other client's resize (its own resize it
+    // already knows of, so that one may be told or not).
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    while told.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(std::time::Instant::now() < end, "watch_resize not called");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let efd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let mut ch = b.open_channel(&efd).unwrap();
     let mut buf = pattern(4096, 9);

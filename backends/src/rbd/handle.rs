@@ -6,7 +6,7 @@ use std::ffi::{c_int, c_void};
 use std::io;
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::ffi;
@@ -22,6 +22,36 @@ pub(crate) struct SizeState {
     stale: AtomicBool,
     /// Header changes seen, for tests and logs.
     events: AtomicU64,
+    /// Wakes the resize watcher thread ([`Image::wait_header_change`]).
+    wake: Mutex<Wake>,
+    woken: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Wake {
+    /// A header change the watcher has not looked at yet.
+    pending: bool,
+    /// The image is closed: the watcher ends.
+    closed: bool,
+}
+
+impl SizeState {
+    fn signal(&self, closed: bool) {
+        let mut w = self.wake.lock().unwrap_or_else(PoisonError::into_inner);
+        w.pending = true;
+        w.closed |= closed;
+        self.woken.notify_all();
+    }
+
+    /// Waits for a header change; false once the image is closed.
+    pub fn wait_header_change(&self) -> bool {
+        let mut w = self.wake.lock().unwrap_or_else(PoisonError::into_inner);
+        while !w.pending && !w.closed {
+            w = self.woken.wait(w).unwrap_or_else(PoisonError::into_inner);
+        }
+        w.pending = false;
+        !w.closed
+    }
 }
 
 pub(crate) struct Image {
@@ -59,6 +89,8 @@ unsafe extern "C" fn on_update(arg: *mut c_void) {
     let w = unsafe { &*arg.cast::<SizeState>() };
     w.stale.store(true, Ordering::Release);
     w.events.fetch_add(1, Ordering::AcqRel);
+    // Only a wake-up: the watcher thread asks librbd for the size.
+    w.signal(false);
 }
 
 /// `rbd_diff_iterate2`'s callback: records one extent; stops the iteration
@@ -236,6 +268,11 @@ impl Image {
         self.sizes.events.load(Ordering::Acquire)
     }
 
+    /// The state the header watch signals, for a thread that waits on it.
+    pub fn sizes(&self) -> Arc<SizeState> {
+        self.sizes.clone()
+    }
+
     fn size(&self) -> io::Result<u64> {
         let mut size = 0u64;
         // SAFETY: the image is open; `size` is a valid u64 to write.
@@ -313,6 +350,7 @@ impl Drop for Image {
             // drops only after this function.
             unsafe { ffi::rbd_update_unwatch(self.image, handle) };
         }
+        self.sizes.signal(true);
         if !self.image.is_null() {
             // SAFETY: the image is open and nothing else uses it any more.
             unsafe { ffi::rbd_close(self.image) };

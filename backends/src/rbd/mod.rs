@@ -31,6 +31,7 @@ mod status;
 use std::ffi::CString;
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -111,6 +112,9 @@ impl RbdOptions {
 /// One open RBD image.
 pub struct RbdBackend {
     image: Arc<Image>,
+    /// The size the LUN above knows of: set by our own resize, so the resize
+    /// watcher tells only of changes made by other clients.
+    known_size: Arc<AtomicU64>,
     spec: String,
     read_only: bool,
     obj_size: u64,
@@ -145,6 +149,7 @@ impl RbdBackend {
         let image = Image::open(opts, &spec, read_only)?;
         let obj_size = image.object_size().unwrap_or(4 << 20);
         Ok(RbdBackend {
+            known_size: Arc::new(AtomicU64::new(image.live_size())),
             image: Arc::new(image),
             spec,
             read_only,
@@ -229,6 +234,32 @@ impl Backend for RbdBackend {
         Ok(status::first_extent(offset, end, self.obj_size, &reported))
     }
 
+    /// A thread waits on the image's header watch and, when another client
+    /// changed the size, asks librbd for it (never from librbd's notification
+    /// thread, which could wait on itself) and calls `notify`. It ends when the
+    /// image closes.
+    fn watch_resize(&self, notify: crate::ResizeNotifier) {
+        let sizes = self.image.sizes();
+        let image = Arc::downgrade(&self.image);
+        let known = self.known_size.clone();
+        let spawned = std::thread::Builder::new()
+            .name("rbd-watch".into())
+            .spawn(move || {
+                while sizes.wait_header_change() {
+                    let Some(img) = image.upgrade() else { break };
+                    let now = img.live_size();
+                    drop(img);
+                    if known.swap(now, Ordering::AcqRel) != now {
+                        notify();
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            // Not fatal: the size is still asked afresh before a range is refused.
+            tracing::warn!(image = %self.spec, "no resize watcher thread: {e}");
+        }
+    }
+
     fn resize(&self, new_size: u64) -> Result<(), BackendError> {
         if self.read_only {
             return Err(BackendError::Unsupported {
@@ -237,7 +268,9 @@ impl Backend for RbdBackend {
         }
         self.image
             .resize(new_size)
-            .map_err(|e| rbd_err(&self.spec, "resize", e))
+            .map_err(|e| rbd_err(&self.spec, "resize", e))?;
+        self.known_size.store(new_size, Ordering::Release);
+        Ok(())
     }
 
     fn describe(&self) -> String {
