@@ -351,6 +351,15 @@ fn mapping(s: &str) -> Result<Value, CliError> {
     Ok(json!({"id": id, "lun": lun}))
 }
 
+/// A `luns` parameter from repeated `--lun ID=LUN` (absent when none).
+fn mappings(luns: &[String]) -> Result<Option<Value>, CliError> {
+    let v = luns
+        .iter()
+        .map(|l| mapping(l))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((!v.is_empty()).then(|| json!(v)))
+}
+
 /// Builds params from (key, value) pairs, leaving out absent ones.
 fn obj(pairs: Vec<(&str, Option<Value>)>) -> Value {
     let mut m = Map::new();
@@ -489,10 +498,7 @@ fn request(g: Group) -> Result<(String, Value, Show), CliError> {
                     chap_user,
                     chap_secret,
                 } => {
-                    let luns = luns
-                        .iter()
-                        .map(|l| mapping(l))
-                        .collect::<Result<Vec<_>, _>>()?;
+                    let luns = mappings(&luns)?;
                     (
                         "iscsi_target_create",
                         obj(vec![
@@ -500,7 +506,7 @@ fn request(g: Group) -> Result<(String, Value, Show), CliError> {
                             ("portals", Some(json!(portals))),
                             ("alias", s(&alias)),
                             ("acl", (!acl.is_empty()).then(|| json!(acl))),
-                            ("luns", (!luns.is_empty()).then(|| json!(luns))),
+                            ("luns", luns),
                             ("chap_user", s(&chap_user)),
                             ("chap_secret", s(&chap_secret)),
                         ]),
@@ -602,17 +608,14 @@ fn request(g: Group) -> Result<(String, Value, Show), CliError> {
                 queues,
                 luns,
             } => {
-                let luns = luns
-                    .iter()
-                    .map(|l| mapping(l))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let luns = mappings(&luns)?;
                 (
                     "vhost_scsi_create",
                     obj(vec![
                         ("name", Some(json!(name))),
                         ("socket", Some(json!(socket))),
                         ("queues", queues.map(|q| json!(q))),
-                        ("luns", (!luns.is_empty()).then(|| json!(luns))),
+                        ("luns", luns),
                     ]),
                     Done(format!("vhost controller {name} listening on {socket}")),
                 )
@@ -678,17 +681,14 @@ fn request(g: Group) -> Result<(String, Value, Show), CliError> {
                 ioc_guid,
                 luns,
             } => {
-                let luns = luns
-                    .iter()
-                    .map(|l| mapping(l))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let luns = mappings(&luns)?;
                 (
                     "srp_target_create",
                     obj(vec![
                         ("name", Some(json!(name))),
                         ("id_ext", Some(json!(id_ext))),
                         ("ioc_guid", Some(json!(ioc_guid))),
-                        ("luns", (!luns.is_empty()).then(|| json!(luns))),
+                        ("luns", luns),
                     ]),
                     Done(format!("SRP target {name} created")),
                 )
