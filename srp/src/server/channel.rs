@@ -13,10 +13,11 @@
 //! the send queue wait in order; so do commands that find no run. The work
 //! requests queued while a batch of completions is handled go out in one post.
 //!
-//! Receive completions always wake the thread; send completions (SENDs, the
-//! last READ of a chain) only while something waits for one (a run, room in
-//! the send queue, send buffers running low, the drain); otherwise they are
-//! reaped along with the receives. That halves the wake-ups per command.
+//! Receive completions always wake the thread; send completions only while
+//! something waits for one (an RDMA READ chain, whose last READ's completion
+//! lets its command run; a run; room in the send queue; send buffers running
+//! low; the drain); otherwise (SENDs of responses) they are reaped along with
+//! the receives. That halves the wake-ups per command.
 //!
 //! A disconnect (from the initiator, the administrator, or a newer
 //! single-channel login of the same initiator) moves the QP to the error state;
@@ -136,6 +137,9 @@ struct Channel {
     waiting: VecDeque<u32>,
     /// Send queue entries free (one kept for the drain marker).
     sq_free: u32,
+    /// RDMA READ chains posted whose completion has not been seen: each
+    /// holds a command that runs only once its data is in.
+    reads_in_flight: u32,
     /// Chains waiting for send queue room, oldest first.
     backlog: VecDeque<Vec<SendWr>>,
     /// The work requests of one post (reused).
@@ -215,6 +219,7 @@ impl Channel {
             free_sends: (0..nsends).rev().collect(),
             waiting: VecDeque::new(),
             sq_free,
+            reads_in_flight: 0,
             backlog: VecDeque::new(),
             batch: Vec::new(),
             wcs: Vec::with_capacity(64),
@@ -363,6 +368,7 @@ impl Channel {
     /// which saves a wake-up (and its system calls) per response.
     fn need_send_events(&self) -> bool {
         self.closing.is_some()
+            || self.reads_in_flight > 0
             || !self.waiting.is_empty()
             || !self.backlog.is_empty()
             || self.free_sends.len() < self.sends.len() / 2
@@ -455,6 +461,7 @@ impl Channel {
     }
 
     fn on_read_done(&mut self, slot: usize) {
+        self.reads_in_flight = self.reads_in_flight.saturating_sub(1);
         let Some(Some(c)) = self.cmds.get_mut(slot) else {
             return;
         };
@@ -693,6 +700,7 @@ impl Channel {
         if let Some(Some(c)) = self.cmds.get_mut(slot) {
             c.read_chain = n;
         }
+        self.reads_in_flight = self.reads_in_flight.saturating_add(1);
         self.queue_chain(chain);
     }
 
