@@ -10,7 +10,7 @@
 #
 # Workloads (fio, libaio, O_DIRECT, time-based, in the guest):
 #   4k-randread-qd32, 4k-randwrite-qd32, 128k-seqread-qd8, 128k-seqwrite-qd8.
-# Repetitions interleave the targets (which goes first alternates); the table shows
+# Repetitions interleave the targets (which goes first rotates); the table shows
 # medians: IOPS, MB/s (10^6 bytes), guest CPU per I/O (all busy time of the guest's
 # vCPUs over the run from /proc/stat, divided by the I/Os: initiator, rxe and target
 # together, since ib_srpt is in the kernel), and the ratios oxtarget/ib_srpt.
@@ -219,14 +219,17 @@ esac
 # Busy jiffies of all vCPUs (everything but idle and iowait).
 busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
 hz=100
-n=0
 for rep in $(seq $REPS); do
+    wi=0
     for w in $WORKLOADS; do
+        wi=$((wi + 1))
         IFS='|' read -r name rw bs qd <<W
 $w
 W
-        n=$((n + 1))
-        if [ $((n % 2)) = 1 ]; then order=$TARGETS; else order=$(echo $TARGETS | awk '{ for (i = NF; i > 0; i--) printf "%s ", $i }'); fi
+        # The targets' order rotates by rep + workload: each workload sees every
+        # target go first in turn (alternating by load number alone gave each
+        # workload the same order in every rep when their number is even).
+        order=$(echo $TARGETS | awk -v k=$((rep + wi)) '{ for (i = 0; i < NF; i++) printf "%s ", $(((i + k) % NF) + 1) }')
         for t in $order; do
             for p in $oxs; do kill -0 $p 2>/dev/null || { echo "a daemon died" >&2; exit 1; }; done
             eval disk=\$disk_$t
