@@ -10,7 +10,7 @@
 #
 # Workloads (fio, libaio, O_DIRECT, time-based, in the guest):
 #   4k-randread-qd32, 4k-randwrite-qd32, 128k-seqread-qd8, 128k-seqwrite-qd8.
-# Repetitions interleave the targets (which goes first alternates); the table shows
+# Repetitions interleave the targets (which goes first rotates); the table shows
 # medians: IOPS, MB/s (10^6 bytes), guest CPU per I/O (all busy time of the guest's
 # vCPUs over the run from /proc/stat, divided by the I/Os: initiator, rxe and target
 # together, since ib_srpt is in the kernel), and the ratios oxtarget/ib_srpt.
@@ -30,6 +30,9 @@
 #   --keep-logs DIR  keep this script's work files and the guest's run directory
 #                    (console log, results) in DIR
 #   --only REGEX     only the workloads whose name matches (grep -E)
+#   --baseline PATH  also an older oxtarget binary ("oxbase", its own daemon on port
+#                    5557), interleaved with the others: before/after in one run, with
+#                    the tables oxbase vs ib_srpt and oxtarget vs oxbase
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -42,6 +45,7 @@ BUILD=1
 SRPT_ONLY=0
 LOGDIR=""
 ONLY=""
+BASELINE=""
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -54,6 +58,7 @@ while [ $# -gt 0 ]; do
         --srpt-only) SRPT_ONLY=1 ;;
         --keep-logs) LOGDIR=$2; shift ;;
         --only) ONLY=$2; shift ;;
+        --baseline) BASELINE=$2; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown option $1 (try --help)" >&2; exit 2 ;;
     esac
@@ -105,6 +110,13 @@ if [ "$SRPT_ONLY" = 0 ]; then
     [ -x "$OXTARGET" ] || { echo "$OXTARGET is not built (or set OXTARGET_BIN)" >&2; exit 1; }
     RUNNER_ARGS+=(--oxtarget "$OXTARGET")
 fi
+if [ -n "$BASELINE" ]; then
+    [ "$SRPT_ONLY" = 0 ] || { echo "--baseline needs oxtarget (not --srpt-only)" >&2; exit 2; }
+    [ -x "$BASELINE" ] || { echo "--baseline $BASELINE is not an executable" >&2; exit 2; }
+    # rdma-guest puts a --binary at /usr/bin/ under its file name.
+    cp "$BASELINE" "$WORK/oxtarget-base"
+    RUNNER_ARGS+=(--binary "$WORK/oxtarget-base")
+fi
 
 # --- workloads ---------------------------------------------------------------------
 # name|fio rw|block size|depth
@@ -120,7 +132,7 @@ for w in "${ALL_WORKLOADS[@]}"; do
     WORKLOADS="$WORKLOADS $w"
 done
 [ -n "$WORKLOADS" ] || { echo "no workload matches --only $ONLY" >&2; exit 2; }
-if [ "$SRPT_ONLY" = 1 ]; then TARGETS="srpt"; else TARGETS="oxtarget srpt"; fi
+if [ "$SRPT_ONLY" = 1 ]; then TARGETS="srpt"; elif [ -n "$BASELINE" ]; then TARGETS="oxtarget oxbase srpt"; else TARGETS="oxtarget srpt"; fi
 nloads=$(( REPS * $(wc -w <<<"$WORKLOADS") * $(wc -w <<<"$TARGETS") ))
 # Boot, setup and logins take under a minute under TCG; each load its run time plus
 # fio's start and the target switch.
@@ -128,6 +140,7 @@ GUEST_TIMEOUT=$(( 180 + nloads * (SECONDS_PER_LOAD + 30) ))
 
 # --- the guest's script --------------------------------------------------------------
 OX_GUID=0x0002c90300a1b2c3
+BASE_GUID=0x0002c90300a1b2c4
 cat >"$WORK/script.sh" <<EOF
 REPS=$REPS
 SECS=$SECONDS_PER_LOAD
@@ -135,6 +148,7 @@ WORKLOADS="$WORKLOADS"
 TARGETS="$TARGETS"
 CH="${CH_COUNT:+ch_count=$CH_COUNT}"
 OX_GUID=$OX_GUID
+BASE_GUID=$BASE_GUID
 EOF
 cat >>"$WORK/script.sh" <<'EOF'
 rxe_up
@@ -145,11 +159,13 @@ srp_login 5556 $guid $guid $CH
 srpt_host=$(srp_host)
 disk_srpt=$(srp_disk $srpt_host 0)
 echo "srpt-disk $disk_srpt $(cat /sys/block/$disk_srpt/size) sectors, $(cat /sys/class/scsi_host/host$srpt_host/ch_count) channels"
-ox=
-case " $TARGETS " in *" oxtarget "*)
-    cat >/srp.toml <<TOML
-state_dir = "/tmp/oxtarget-state"
-rpc_socket = "/run/oxtarget.sock"
+# ox_start NAME BINARY PORT GUID: a daemon serving a 64 MiB RAM LUN on PORT as
+# target port GUID, with its own state and RPC socket; ib_srp logs in; sets
+# disk_NAME and pid_NAME.
+ox_start() {
+    cat >/srp-$1.toml <<TOML
+state_dir = "/tmp/$1-state"
+rpc_socket = "/run/$1.sock"
 
 [[backend]]
 name = "ram0"
@@ -162,44 +178,60 @@ backend = "ram0"
 uuid = "5a7e0000-0000-4000-8000-000000000000"
 
 [srp]
-listen = ["0.0.0.0:5555"]
+listen = ["0.0.0.0:$3"]
 queue_depth = 128
 
 [[srp_target]]
 name = "srp0"
-id_ext = "$OX_GUID"
-ioc_guid = "$OX_GUID"
+id_ext = "$4"
+ioc_guid = "$4"
 luns = [{ id = 0, lun = "lun0" }]
 TOML
-    mkdir -p /tmp/oxtarget-state
-    NO_COLOR=1 oxtarget serve --config /srp.toml >/tmp/oxtarget.log 2>&1 &
-    ox=$!
-    trap 'sed "s/^/oxtarget: /" /tmp/oxtarget.log >&2' EXIT
-    ox_ready() {
-        ! kill -0 $ox 2>/dev/null || rdma resource show cm_id 2>/dev/null | grep LISTEN | grep -q ':5555'
+    mkdir -p /tmp/$1-state
+    NO_COLOR=1 $2 serve --config /srp-$1.toml >/tmp/$1.log 2>&1 &
+    eval pid_$1=$!
+    _pid=$!
+    _port=$3
+    _ready() {
+        ! kill -0 $_pid 2>/dev/null || rdma resource show cm_id 2>/dev/null | grep LISTEN | grep -q ":$_port"
     }
-    wait_for 300 ox_ready || true
-    kill -0 $ox 2>/dev/null || { echo "oxtarget died at start" >&2; exit 1; }
-    srp_login 5555 $OX_GUID $OX_GUID $CH
-    ox_host=$(srp_host)
-    disk_oxtarget=$(srp_disk $ox_host 0)
-    echo "oxtarget-disk $disk_oxtarget $(cat /sys/block/$disk_oxtarget/size) sectors, $(cat /sys/class/scsi_host/host$ox_host/ch_count) channels"
+    wait_for 300 _ready || true
+    kill -0 $_pid 2>/dev/null || { echo "$1 died at start" >&2; exit 1; }
+    srp_login $3 $4 $4 $CH
+    _host=$(srp_host)
+    _disk=$(srp_disk $_host 0)
+    eval disk_$1=$_disk
+    echo "$1-disk $_disk $(cat /sys/block/$_disk/size) sectors, $(cat /sys/class/scsi_host/host$_host/ch_count) channels"
+}
+oxs=
+case " $TARGETS " in *" oxtarget "*)
+    trap 'for l in /tmp/oxtarget.log /tmp/oxbase.log; do [ -e $l ] && sed "s|^|${l#/tmp/}: |" $l >&2; done' EXIT
+    ox_start oxtarget oxtarget 5555 $OX_GUID
+    oxs="$pid_oxtarget"
+    ;;
+esac
+case " $TARGETS " in *" oxbase "*)
+    ox_start oxbase oxtarget-base 5557 $BASE_GUID
+    oxs="$oxs $pid_oxbase"
     ;;
 esac
 
 # Busy jiffies of all vCPUs (everything but idle and iowait).
 busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
 hz=100
-n=0
 for rep in $(seq $REPS); do
+    wi=0
     for w in $WORKLOADS; do
+        wi=$((wi + 1))
         IFS='|' read -r name rw bs qd <<W
 $w
 W
-        n=$((n + 1))
-        if [ $((n % 2)) = 1 ]; then order=$TARGETS; else order=$(echo $TARGETS | awk '{ for (i = NF; i > 0; i--) printf "%s ", $i }'); fi
+        # The targets' order rotates by rep + workload: each workload sees every
+        # target go first in turn (alternating by load number alone gave each
+        # workload the same order in every rep when their number is even).
+        order=$(echo $TARGETS | awk -v k=$((rep + wi)) '{ for (i = 0; i < NF; i++) printf "%s ", $(((i + k) % NF) + 1) }')
         for t in $order; do
-            if [ -n "$ox" ] && ! kill -0 $ox 2>/dev/null; then echo "oxtarget died" >&2; exit 1; fi
+            for p in $oxs; do kill -0 $p 2>/dev/null || { echo "a daemon died" >&2; exit 1; }; done
             eval disk=\$disk_$t
             b0=$(busy)
             if ! fio --name=$name --filename=/dev/$disk --direct=1 --ioengine=libaio \
@@ -224,11 +256,11 @@ W
     done
 done
 srp_logout
-if [ -n "$ox" ]; then
-    kill -TERM $ox
-    wait $ox && st=0 || st=$?
+for p in $oxs; do
+    kill -TERM $p
+    wait $p && st=0 || st=$?
     echo "oxtarget-exit $st"
-fi
+done
 echo "bench done"
 EOF
 
@@ -246,25 +278,22 @@ if [ $status != 0 ] || ! grep -qx 'bench done' "$WORK/results"; then
     exit 1
 fi
 grep '^rdma-guest' "$WORK/runner.log" >&2 || true
-if grep -q '^oxtarget-exit ' "$WORK/results" && ! grep -qx 'oxtarget-exit 0' "$WORK/results"; then
+if grep '^oxtarget-exit ' "$WORK/results" | grep -qvx 'oxtarget-exit 0'; then
     echo "oxtarget did not exit cleanly: $(grep '^oxtarget-exit' "$WORK/results")" >&2
     exit 1
 fi
 say "host load after: $(uptime | sed 's/.*load average: //')"
 
 # --- table -------------------------------------------------------------------------
-echo
-if [ "$SRPT_ONLY" = 1 ]; then
-    echo "ib_srpt (rd_mcp) alone (--srpt-only), ib_srp over rxe in one guest, median of $REPS"
-else
-    echo "oxtarget ($PROFILE, RAM LUN) vs ib_srpt (rd_mcp), ib_srp over rxe in one guest, median of $REPS"
-fi
-awk -v srpt_only="$SRPT_ONLY" '
-    function median(key,   n, i, j, t, a) {
-        n = split(vals[key], a, " ")
+# table A B: medians of targets A and B (oxtarget, oxbase, srpt) side by side, with
+# the ratios A/B.
+table() {
+    awk -v srpt_only="$SRPT_ONLY" -v a="$1" -v b="$2" '
+    function median(key,   n, i, j, t, x) {
+        n = split(vals[key], x, " ")
         if (n == 0) return 0
-        for (i = 2; i <= n; i++) for (j = i; j > 1 && a[j - 1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j - 1]; a[j - 1] = t }
-        return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+        for (i = 2; i <= n; i++) for (j = i; j > 1 && x[j - 1] + 0 > x[j] + 0; j--) { t = x[j]; x[j] = x[j - 1]; x[j - 1] = t }
+        return n % 2 ? x[(n + 1) / 2] : (x[n / 2] + x[n / 2 + 1]) / 2
     }
     function ratio(o, s) { return (srpt_only || s <= 0) ? "-" : sprintf("%.2f", o / s) }
     $1 == "result" {
@@ -274,20 +303,37 @@ awk -v srpt_only="$SRPT_ONLY" '
     }
     END {
         printf "| %-18s | %9s | %9s | %5s | %8s | %8s | %5s | %8s | %8s | %5s |\n", \
-            "workload", "ox IOPS", "srpt IOPS", "ratio", "ox MB/s", "srpt MB/s", "ratio", \
-            "ox us/IO", "srpt us/IO", "ratio"
+            "workload", a " IOPS", b " IOPS", "ratio", a " MB/s", b " MB/s", "ratio", \
+            a " us/IO", b " us/IO", "ratio"
         printf "|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n", "--------------------", "-----------", \
             "-----------", "-------", "----------", "-----------", "-------", "----------", "------------", "-------"
         for (i = 1; i <= nk; i++) {
             k = order[i]
-            oi = median(k " oxtarget 5"); si = median(k " srpt 5")
-            om = median(k " oxtarget 6"); sm = median(k " srpt 6")
-            oc = median(k " oxtarget 7"); sc = median(k " srpt 7")
+            oi = median(k " " a " 5"); si = median(k " " b " 5")
+            om = median(k " " a " 6"); sm = median(k " " b " 6")
+            oc = median(k " " a " 7"); sc = median(k " " b " 7")
             printf "| %-18s | %9.0f | %9.0f | %5s | %8.1f | %9.1f | %5s | %8.1f | %10.1f | %5s |\n", \
                 k, oi, si, ratio(oi, si), om, sm, ratio(om, sm), oc, sc, ratio(oc, sc)
         }
     }' "$WORK/results"
-echo "(ratio = oxtarget / ib_srpt; us/IO = guest CPU microseconds per I/O, initiator and target together, lower is better)"
+}
+echo
+if [ "$SRPT_ONLY" = 1 ]; then
+    echo "ib_srpt (rd_mcp) alone (--srpt-only), ib_srp over rxe in one guest, median of $REPS"
+    table srpt srpt
+else
+    echo "oxtarget ($PROFILE, RAM LUN) vs ib_srpt (rd_mcp), ib_srp over rxe in one guest, median of $REPS"
+    table oxtarget srpt
+fi
+if [ -n "$BASELINE" ]; then
+    echo
+    echo "oxbase ($BASELINE) vs ib_srpt, same run"
+    table oxbase srpt
+    echo
+    echo "oxtarget vs oxbase, same run"
+    table oxtarget oxbase
+fi
+echo "(ratio = first / second; us/IO = guest CPU microseconds per I/O, initiator and target together, lower is better)"
 if [ "$SMOKE" = 1 ]; then
     echo "smoke: every target served every load without error (tiny loads, numbers mean nothing)"
 fi

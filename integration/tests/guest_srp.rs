@@ -17,13 +17,27 @@
 //!   command); then `sg_reset -d` has ib_srp send a LUN RESET, answered
 //!   FUNCTION COMPLETE; LUN 0 reads back afterwards.
 //!
+//! Then, with ib_srp logged in again (one channel), `srp_probe` (the
+//! user-space SRP initiator of `srp/examples`) takes the same daemon through
+//! what ib_srp never sends (refused logins, immediate data, direct and
+//! indirect descriptors, residuals, a malformed SRP_CMD, unknown task
+//! management, credits, multichannel join and takeover) and hostile input
+//! (commands to LUNs it does not have, IUs longer than granted and than any
+//! receive buffer, a burst of three times the credits): each answered or its
+//! channel dropped, never a hang. ib_srp's disk must still read back what is
+//! written to it afterwards, on the same SCSI host (no reconnect).
+//!
 //! The oxtarget binary comes from the host (`integration::oxtarget_binary`:
 //! OXTARGET_BIN, else `target/<profile>/oxtarget`) with the libraries ldd
 //! lists (libibverbs, librdmacm). `cargo test --workspace` builds it;
 //! `cargo test -p oxtarget-integration` alone does not (nor rebuilds a stale
 //! one): `cargo build -p oxtarget` first, or set OXTARGET_BIN. A missing
-//! binary fails the test with a message that says how to build it.
+//! binary fails the test with a message that says how to build it. The
+//! probe is found the same way (SRP_PROBE_BIN, else
+//! `target/<profile>/examples/srp_probe`, which `cargo test --workspace`
+//! builds; alone: `cargo build -p oxtarget-srp --example srp_probe`).
 
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use integration::rdma::{self, RdmaGuest, SCRIPT_PROLOGUE};
@@ -31,6 +45,8 @@ use integration::{GuestEnv, GuestRun, Initramfs};
 
 /// Where the binary sits in the guest.
 const GUEST_BIN: &str = "/usr/bin/oxtarget";
+/// Where the probe sits in the guest.
+const GUEST_PROBE: &str = "/usr/bin/srp_probe";
 
 /// The target's identity: id_ext and ioc_guid of the login, and of the
 /// target port id the target checks.
@@ -103,6 +119,19 @@ if ! rdma resource show cm_id | grep LISTEN | grep -q ':5555'; then
 fi
 echo "oxtarget-listening yes"
 srp_suite 5555 __GUID__ 0 131072 1 oxhold
+# ib_srp logged in while srp_probe (another initiator port) runs its checks
+# and hostile input against the same daemon; ib_srp's disk afterwards.
+srp_login 5555 __GUID__ __GUID__ ch_count=1
+ib_host=$(srp_host)
+ib_disk=$(srp_disk $ib_host 0)
+__PROBE__ $GUEST_ADDR:5555 __GUID__ __GUID__ >/tmp/probe.out 2>/tmp/probe.err && pst=0 || pst=$?
+sed 's/^/probe-/' /tmp/probe.out
+sed 's/^/srp_probe: /' /tmp/probe.err >&2
+echo "probe-exit $pst"
+if kill -0 $ox 2>/dev/null; then echo "oxtarget-alive-after-probe yes"; else echo "oxtarget-alive-after-probe no"; fi
+io_check after-probe "$ib_disk" 1 40
+echo "after-probe-same-host $([ "$(srp_host)" = "$ib_host" ] && echo yes || echo no)"
+srp_logout
 kill -TERM $ox
 wait $ox && st=0 || st=$?
 echo "oxtarget-exit $st"
@@ -129,16 +158,21 @@ fn kernel_initiator_against_oxtarget_srp_over_rxe() {
         .unwrap_or_else(|e| panic!("building the RDMA initramfs: {e}"));
     let tmp = tempfile::tempdir().expect("a temporary directory");
     let small = integration::strip_debug_copy(&bin, tmp.path());
+    let probe = integration::strip_debug_copy(&probe_binary(), tmp.path());
     let script = format!(
         "{SCRIPT_PROLOGUE}{}",
         SCRIPT
             .replace("__GUID__", GUID)
             .replace("__BIN__", GUEST_BIN)
+            .replace("__PROBE__", GUEST_PROBE)
     );
     let run = env
         .run(
-            &RdmaGuest::config(&initramfs, script)
-                .overlay(Initramfs::new().binary_at(&small, GUEST_BIN)),
+            &RdmaGuest::config(&initramfs, script).overlay(
+                Initramfs::new()
+                    .binary_at(&small, GUEST_BIN)
+                    .binary_at(&probe, GUEST_PROBE),
+            ),
         )
         .and_then(GuestRun::check)
         .unwrap_or_else(|e| panic!("{e}"));
@@ -149,6 +183,24 @@ fn kernel_initiator_against_oxtarget_srp_over_rxe() {
     );
     assert_eq!(run.field("oxtarget-listening"), Some("yes"));
     rdma::assert_srp_suite(&run, RAM_SECTORS, false);
+    for (key, want) in [
+        ("probe-probe-mismatches", "0"),
+        ("probe-exit", "0"),
+        ("probe-bad-lun-sense", "5/25/00"),
+        ("probe-after-hostile-readback", "ok"),
+        ("oxtarget-alive-after-probe", "yes"),
+        ("after-probe-cmp", "ok"),
+        ("after-probe-same-host", "yes"),
+    ] {
+        assert_eq!(run.field(key), Some(want), "{key}");
+    }
+    for key in ["probe-long-iu", "probe-oversize-iu", "probe-credit-burst"] {
+        let got = run.field(key);
+        assert!(
+            matches!(got, Some("answered" | "dropped")),
+            "{key}: {got:?} (the target must answer or drop the channel)"
+        );
+    }
     assert_eq!(
         run.field("oxtarget-exit"),
         Some("0"),
@@ -159,4 +211,23 @@ fn kernel_initiator_against_oxtarget_srp_over_rxe() {
         Some("0"),
         "panics in the daemon's log"
     );
+}
+
+/// srp_probe, found as the daemon is: SRP_PROBE_BIN, else `examples/srp_probe`
+/// in the test's own target directory.
+fn probe_binary() -> PathBuf {
+    let path = match std::env::var_os("SRP_PROBE_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.parent()?.join("examples/srp_probe")))
+            .unwrap_or_else(|| PathBuf::from("target/debug/examples/srp_probe")),
+    };
+    assert!(
+        path.is_file(),
+        "{} is not built: `cargo build -p oxtarget-srp --example srp_probe` \
+         (the same profile as the tests) or set SRP_PROBE_BIN",
+        path.display()
+    );
+    path
 }

@@ -3,7 +3,11 @@
 //! must refuse, immediate data, direct and indirect descriptors, a malformed
 //! SRP_CMD, unknown task management, credit accounting, a single-channel
 //! login that must end the older channel, and a multichannel login that must
-//! keep it.
+//! keep it. Then hostile input, each on a fresh channel: commands to LUNs
+//! the target does not have, an IU longer than the granted max_it_iu_len,
+//! one longer than any receive buffer, and a burst of commands three times
+//! the credits without reading a response; the target must answer each or
+//! drop that channel, and still serve a new login afterwards.
 //!
 //! ```text
 //! srp_probe DEST_IP:PORT ID_EXT IOC_GUID
@@ -30,6 +34,10 @@ use srp::rdma::{
 };
 
 const IU_LEN: usize = 8260;
+/// A send buffer: room for an IU longer than any the target accepts.
+const SEND_SLOT: usize = 16384;
+/// An IU no receive buffer of a target that granted IU_LEN holds.
+const OVERSIZE_IU: usize = 12288;
 const IMM_OFFSET: u16 = 68;
 const RING: u32 = 32;
 const DATA: usize = 1 << 20;
@@ -51,6 +59,49 @@ fn poll_in(fd: RawFd, until: Instant) -> R<()> {
     // SAFETY: one valid pollfd for the duration of the call.
     unsafe { libc::poll(&mut p, 1, ms) };
     Ok(())
+}
+
+/// Waits until one of `fds` is readable; `Err` once `until` has passed.
+fn poll_any(fds: &[RawFd], until: Instant) -> R<()> {
+    let left = until.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err("timed out".into());
+    }
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
+    // SAFETY: `p` holds `p.len()` valid pollfds for the duration of the call.
+    unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, ms) };
+    Ok(())
+}
+
+/// How a hostile request ended: an IU came back, the channel went away
+/// (what ended it), or neither within the wait.
+enum End {
+    Answered(Vec<u8>),
+    Dropped(String),
+    Hung,
+}
+
+impl End {
+    /// `answered`, `dropped` or `hung`, with what ended a dropped channel on
+    /// stderr.
+    fn word(&self, key: &str) -> &'static str {
+        match self {
+            End::Answered(_) => "answered",
+            End::Dropped(why) => {
+                eprintln!("srp_probe: {key}: channel ended: {why}");
+                "dropped"
+            }
+            End::Hung => "hung",
+        }
+    }
 }
 
 fn wait_event(ev: &EventChannel, until: Instant) -> R<CmEvent> {
@@ -127,7 +178,7 @@ fn login(
     .map_err(s)?;
     let ring = usize::try_from(RING).unwrap_or(0);
     let recv = Mr::new(&pd, ring * IU_LEN, 0).map_err(s)?;
-    let send = Mr::new(&pd, ring * IU_LEN, 0).map_err(s)?;
+    let send = Mr::new(&pd, ring * SEND_SLOT, 0).map_err(s)?;
     let data = Mr::new(&pd, DATA, ACCESS_REMOTE_READ | ACCESS_REMOTE_WRITE).map_err(s)?;
     for i in 0..ring {
         id.post_recv(i as u64, recv.addr(i * IU_LEN), IU_LEN as u32, recv.lkey())
@@ -186,12 +237,12 @@ impl Conn {
 
     /// Sends one IU (taking a credit for commands and TM requests).
     fn send(&mut self, bytes: &[u8]) -> R<()> {
-        if bytes.len() > IU_LEN {
+        if bytes.len() > SEND_SLOT {
             return Err("IU too long".into());
         }
         let slot = (self.next_send % RING) as usize;
         self.next_send += 1;
-        let off = slot * IU_LEN;
+        let off = slot * SEND_SLOT;
         // SAFETY: slot `slot` lies in the send region and its previous SEND
         // completed (we wait for each IU's answer before reusing RING slots
         // in these short sequences).
@@ -297,6 +348,108 @@ impl Conn {
         Err("unit attention after 4 tries".into())
     }
 
+    /// The next completion, or how the channel ended: a CM event (the
+    /// target's disconnect) or nothing at all until `until`.
+    fn next_wc(&mut self, until: Instant) -> Result<Wc, End> {
+        let mut armed = false;
+        let mut wcs: Vec<Wc> = Vec::new();
+        loop {
+            match self.ev.get_event() {
+                Ok(Some(e)) => return Err(End::Dropped(format!("{:?}", e.kind))),
+                Ok(None) => {}
+                Err(e) => return Err(End::Dropped(e.to_string())),
+            }
+            wcs.clear();
+            if let Err(e) = self.cq.poll(1, &mut wcs) {
+                return Err(End::Dropped(e.to_string()));
+            }
+            if let Some(wc) = wcs.first() {
+                return Ok(*wc);
+            }
+            if !armed {
+                let armed_ok = (|| -> Result<(), srp::rdma::RdmaError> {
+                    while self.comp.take_event()? {}
+                    self.cq.req_notify()
+                })();
+                if let Err(e) = armed_ok {
+                    return Err(End::Dropped(e.to_string()));
+                }
+                armed = true;
+                continue;
+            }
+            if poll_any(&[self.comp.fd(), self.ev.fd()], until).is_err() {
+                return Err(End::Hung);
+            }
+            armed = false;
+        }
+    }
+
+    /// The next IU the target sends, or how the channel ended.
+    fn answer_or_drop(&mut self, until: Instant) -> End {
+        loop {
+            let wc = match self.next_wc(until) {
+                Ok(wc) => wc,
+                Err(end) => return end,
+            };
+            match self.take(&wc) {
+                Ok(Some(v)) => return End::Answered(v),
+                Ok(None) => {}
+                Err(e) => return End::Dropped(e),
+            }
+        }
+    }
+
+    /// Sends `n` TEST UNIT READYs as fast as the send queue takes them,
+    /// reading no response meanwhile (receives that complete are set aside,
+    /// not posted again: the target's responses soon find no receive), then
+    /// reads the answers. Returns the answers read and how it ended
+    /// (`Answered` once all `n` came back).
+    fn burst(&mut self, n: usize) -> (usize, End) {
+        let until = Instant::now() + 3 * WAIT;
+        let ring = RING as usize;
+        let mut in_flight = 0usize;
+        let mut held: Vec<Wc> = Vec::new();
+        let mut sent = 0usize;
+        while sent < n {
+            if in_flight < ring {
+                // Our SENDs complete in order: with fewer than RING in
+                // flight, the slot `send` takes next is free.
+                let tag = self.tag();
+                let sent_ok = cmd_iu(tag, &[0u8; 16], DataXfer::None).and_then(|iu| self.send(&iu));
+                if let Err(e) = sent_ok {
+                    return (0, End::Dropped(e));
+                }
+                sent += 1;
+                in_flight += 1;
+                continue;
+            }
+            match self.next_wc(until) {
+                Ok(wc) if !wc.ok() => {
+                    return (0, End::Dropped(format!("completion {}", wc.status_str())))
+                }
+                Ok(wc) if wc.opcode == WcOpcode::Recv => held.push(wc),
+                Ok(_) => in_flight -= 1,
+                Err(end) => return (0, end),
+            }
+        }
+        let mut answers = 0;
+        for wc in held {
+            match self.take(&wc) {
+                Ok(Some(_)) => answers += 1,
+                Ok(None) => {}
+                Err(e) => return (answers, End::Dropped(e)),
+            }
+        }
+        while answers < n {
+            match self.answer_or_drop(until) {
+                End::Answered(v) if v.first() == Some(&opcode::RSP) => answers += 1,
+                End::Answered(_) => {}
+                end => return (answers, end),
+            }
+        }
+        (answers, End::Answered(Vec::new()))
+    }
+
     fn remote(&self, off: usize, len: u32) -> RemoteBuf {
         RemoteBuf {
             va: self.data.addr(off),
@@ -345,9 +498,13 @@ fn status(v: &[u8]) -> u8 {
 }
 
 fn cmd_iu(tag: [u8; 8], cdb: &[u8], data: DataXfer<'_>) -> R<Vec<u8>> {
+    cmd_iu_lun(tag, [0; 8], cdb, data)
+}
+
+fn cmd_iu_lun(tag: [u8; 8], lun: [u8; 8], cdb: &[u8], data: DataXfer<'_>) -> R<Vec<u8>> {
     Cmd {
         tag,
-        lun: [0; 8],
+        lun,
         cdb,
         task_attr: engine::TaskAttr::Simple,
         data,
@@ -394,6 +551,11 @@ fn expected(key: &str) -> Option<&'static str> {
         "multi-flags" => "0x02",
         "takeover-flags" => "0x01",
         "takeover-first" | "takeover-multi" | "logout" => "Disconnected",
+        "bad-lun-status" | "bad-lun-format-status" => "2",
+        "bad-lun-sense" | "bad-lun-format-sense" => "5/25/00",
+        "long-iu" | "oversize-iu" | "credit-burst" => "answered|dropped",
+        "after-hostile-read-status" => "0",
+        "after-hostile-readback" => "ok",
         _ => return None,
     })
 }
@@ -401,12 +563,12 @@ fn expected(key: &str) -> Option<&'static str> {
 static MISMATCHES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Prints `KEY VALUE`, and `KEY-expected WANT` when the value is not what a
-/// conforming target answers.
+/// conforming target answers (WANT may list alternatives: `a|b`).
 fn out(key: &str, v: impl std::fmt::Display) {
     let v = v.to_string();
     println!("{key} {v}");
     if let Some(want) = expected(key) {
-        if v != want {
+        if !want.split('|').any(|w| w == v) {
             println!("{key}-expected {want}");
             MISMATCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -589,6 +751,89 @@ fn run(dst: SocketAddr, id_ext: u64, ioc_guid: u64) -> R<()> {
     b.id.disconnect().map_err(|e| e.to_string())?;
     let e = wait_event(&b.ev, Instant::now() + WAIT);
     out("logout", e.map_or_else(|e| e, |e| format!("{:?}", e.kind)));
+    drop((a, m, b));
+
+    hostile(dst, t_port, i_port, &p1)
+}
+
+/// Hostile input, each on a fresh single-channel login (which ends the
+/// one before): the target answers or drops that channel, and a login after
+/// it all still reads back what the probe wrote.
+fn hostile(dst: SocketAddr, t_port: [u8; 16], i_port: [u8; 16], p1: &[u8]) -> R<()> {
+    let single = login_flags::MULTICHAN_SINGLE;
+    let fresh = || -> R<Box<Conn>> {
+        match login(dst, t_port, i_port, single, IU_LEN as u32)? {
+            Login::Accepted(c) => Ok(c),
+            Login::Rejected(r) => Err(format!("login refused: {:#x}", r.reason)),
+        }
+    };
+
+    // Commands to a LUN the target does not have, and to a LUN in an
+    // addressing method it does not use: CHECK CONDITION, LOGICAL UNIT NOT
+    // SUPPORTED.
+    let mut c = fresh()?;
+    for (key, lun) in [
+        ("bad-lun", [0, 5, 0, 0, 0, 0, 0, 0]),
+        ("bad-lun-format", [0xff; 8]),
+    ] {
+        let tag = c.tag();
+        let v = c.exchange(&cmd_iu_lun(
+            tag,
+            lun,
+            &cdb10(0x28, 0, 1),
+            DataXfer::In(bufs(&[c.remote(0, 512)], false)),
+        )?)?;
+        out(&format!("{key}-status"), status(&v));
+        out(&format!("{key}-sense"), sense_of(&v));
+    }
+
+    // An IU longer than the granted max_it_iu_len (it still fits a receive
+    // buffer rounded up to 64 bytes), then one no receive buffer holds.
+    for (key, len) in [("long-iu", IU_LEN + 40), ("oversize-iu", OVERSIZE_IU)] {
+        let tag = c.tag();
+        let mut iu = cmd_iu(tag, &[0u8; 16], DataXfer::None)?;
+        iu.resize(len, 0);
+        if let Err(e) = c.send(&iu) {
+            return Err(format!("{key}: {e}"));
+        }
+        let end = c.answer_or_drop(Instant::now() + WAIT);
+        if let End::Answered(v) = &end {
+            out(&format!("{key}-status"), status(v));
+        }
+        let dropped = matches!(end, End::Dropped(_));
+        out(key, end.word(key));
+        if dropped {
+            c = fresh()?;
+        }
+    }
+    drop(c);
+
+    // Three times the credits, no response read until all are sent.
+    let mut c = fresh()?;
+    let n = usize::try_from(c.credits.max(1))
+        .unwrap_or(1)
+        .saturating_mul(3);
+    let (answers, end) = c.burst(n);
+    out("credit-burst-sent", n);
+    out("credit-burst-answers", answers);
+    out("credit-burst", end.word("credit-burst"));
+    drop(c);
+
+    // The target still serves: what the immediate-data write left reads back.
+    let mut c = fresh()?;
+    let v = c.command(
+        &cdb10(0x28, 8, 8),
+        DataXfer::In(bufs(&[c.remote(0, 4096)], false)),
+    )?;
+    out("after-hostile-read-status", status(&v));
+    out(
+        "after-hostile-readback",
+        if c.data_mut(0, 4096) == p1 {
+            "ok"
+        } else {
+            "differ"
+        },
+    );
     Ok(())
 }
 

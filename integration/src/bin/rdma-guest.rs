@@ -3,11 +3,13 @@
 //! the test suite such as `bench/srp-vs-ib_srpt.sh`.
 //!
 //! ```text
-//! rdma-guest [--oxtarget PATH] [--timeout SECS] [--keep] SCRIPT
+//! rdma-guest [--oxtarget PATH] [--binary PATH]... [--timeout SECS] [--keep] SCRIPT
 //! ```
 //!
 //! SCRIPT runs after `set -e` and the guest library (`/etc/oxtarget/rdma.sh`);
-//! `--oxtarget` adds that binary (with its libraries) at `/usr/bin/oxtarget`.
+//! `--oxtarget` adds that binary (with its libraries) at `/usr/bin/oxtarget`,
+//! `--binary` any other (a diagnostic tool such as strace) at `/usr/bin/`
+//! under its own name.
 //! The script's stdout (the results) is printed on stdout once the guest has
 //! powered off. Exit status: the
 //! script's; 1 if the guest failed otherwise (the report, with the console
@@ -20,11 +22,13 @@ use std::time::Duration;
 use integration::rdma::{RdmaGuest, SCRIPT_PROLOGUE};
 use integration::{Error, GuestEnv, Initramfs};
 
-const USAGE: &str = "usage: rdma-guest [--oxtarget PATH] [--timeout SECS] [--keep] SCRIPT";
+const USAGE: &str =
+    "usage: rdma-guest [--oxtarget PATH] [--binary PATH]... [--timeout SECS] [--keep] SCRIPT";
 
 struct Args {
     script: PathBuf,
     oxtarget: Option<PathBuf>,
+    binaries: Vec<PathBuf>,
     timeout: Option<Duration>,
     keep: bool,
 }
@@ -32,6 +36,7 @@ struct Args {
 fn parse(argv: &[String]) -> Result<Args, String> {
     let mut script = None;
     let mut oxtarget = None;
+    let mut binaries = Vec::new();
     let mut timeout = None;
     let mut keep = false;
     let mut it = argv.iter();
@@ -39,6 +44,9 @@ fn parse(argv: &[String]) -> Result<Args, String> {
         match arg.as_str() {
             "--oxtarget" => {
                 oxtarget = Some(PathBuf::from(it.next().ok_or("--oxtarget needs a path")?));
+            }
+            "--binary" => {
+                binaries.push(PathBuf::from(it.next().ok_or("--binary needs a path")?));
             }
             "--timeout" => {
                 let secs: u64 = it
@@ -61,6 +69,7 @@ fn parse(argv: &[String]) -> Result<Args, String> {
     Ok(Args {
         script: script.ok_or("no script given")?,
         oxtarget,
+        binaries,
         timeout,
         keep,
     })
@@ -80,9 +89,21 @@ fn run(args: &Args) -> Result<i32, Error> {
         context: "create a temporary directory".into(),
         source: e,
     })?;
+    let mut overlay = Initramfs::new();
     if let Some(bin) = &args.oxtarget {
         let small = integration::strip_debug_copy(bin, tmp.path());
-        config = config.overlay(Initramfs::new().binary_at(small, "/usr/bin/oxtarget"));
+        overlay = overlay.binary_at(small, "/usr/bin/oxtarget");
+    }
+    for bin in &args.binaries {
+        let name = bin.file_name().ok_or_else(|| Error::Io {
+            context: format!("--binary {}", bin.display()),
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        })?;
+        let guest = format!("/usr/bin/{}", name.to_string_lossy());
+        overlay = overlay.binary_at(bin, guest);
+    }
+    if args.oxtarget.is_some() || !args.binaries.is_empty() {
+        config = config.overlay(overlay);
     }
     if let Some(timeout) = args.timeout {
         config = config.timeout(timeout);

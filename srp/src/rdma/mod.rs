@@ -34,7 +34,7 @@ mod layout_tests;
 
 pub use cm::{AcceptParams, CmEvent, CmEventKind, CmId, EventChannel};
 pub use verbs::{
-    CompChannel, Cq, DeviceLimits, Mr, Pd, QpCaps, RemoteAddr, SendOp, SendWr, Wc, WcOpcode,
+    CompChannel, Cq, CqId, DeviceLimits, Mr, Pd, QpCaps, RemoteAddr, SendOp, SendWr, Wc, WcOpcode,
 };
 
 use thiserror::Error;

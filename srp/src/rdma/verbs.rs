@@ -169,6 +169,13 @@ impl CompChannel {
     /// Consumes one notification if there is one (and acknowledges it on its
     /// CQ). True if there was.
     pub fn take_event(&self) -> Result<bool, RdmaError> {
+        self.take_cq_event().map(|cq| cq.is_some())
+    }
+
+    /// Consumes one notification if there is one (and acknowledges it on its
+    /// CQ); says which CQ it was about (compare with [`Cq::id`]): that CQ is
+    /// no longer armed, the channel's others still are if they were.
+    pub fn take_cq_event(&self) -> Result<Option<CqId>, RdmaError> {
         let mut cq: *mut ffi::ibv_cq = std::ptr::null_mut();
         let mut ctx: *mut std::ffi::c_void = std::ptr::null_mut();
         // SAFETY: the channel is alive; the out-pointers are valid.
@@ -176,7 +183,7 @@ impl CompChannel {
         if r != 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::WouldBlock {
-                return Ok(false);
+                return Ok(None);
             }
             return Err(RdmaError::Os {
                 op: "ibv_get_cq_event",
@@ -187,7 +194,7 @@ impl CompChannel {
         // its channel, and is destroyed only after its events are acknowledged,
         // which happens here, at once).
         unsafe { ffi::ibv_ack_cq_events(cq, 1) };
-        Ok(true)
+        Ok(Some(CqId(cq as usize)))
     }
 }
 
@@ -244,12 +251,22 @@ pub struct Cq {
     _channel: Arc<CompChannel>,
 }
 
+/// Names a CQ in a completion channel's notification (its address: unique
+/// while the CQ lives, which it does until its notifications are consumed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CqId(usize);
+
 // SAFETY: libibverbs CQ calls are thread-safe (the provider locks the CQ).
 unsafe impl Send for Cq {}
 // SAFETY: as above.
 unsafe impl Sync for Cq {}
 
 impl Cq {
+    /// How a completion channel's notification names this CQ.
+    pub fn id(&self) -> CqId {
+        CqId(self.ptr.as_ptr() as usize)
+    }
+
     pub(super) fn new(
         ctx: NonNull<ffi::ibv_context>,
         cqe: u32,

@@ -13,10 +13,11 @@
 //! the send queue wait in order; so do commands that find no run. The work
 //! requests queued while a batch of completions is handled go out in one post.
 //!
-//! Receive completions always wake the thread; send completions (SENDs, the
-//! last READ of a chain) only while something waits for one (a run, room in
-//! the send queue, send buffers running low, the drain); otherwise they are
-//! reaped along with the receives. That halves the wake-ups per command.
+//! Receive completions always wake the thread; send completions only while
+//! something waits for one (an RDMA READ chain, whose last READ's completion
+//! lets its command run; a run; room in the send queue; send buffers running
+//! low; the drain); otherwise (SENDs of responses) they are reaped along with
+//! the receives. That halves the wake-ups per command.
 //!
 //! A disconnect (from the initiator, the administrator, or a newer
 //! single-channel login of the same initiator) moves the QP to the error state;
@@ -57,6 +58,11 @@ const KEY_CM: u64 = 1;
 const KEY_CQ: u64 = 2;
 const KEY_WORKER: u64 = 3;
 const KEY_KILL: u64 = 4;
+
+/// The work requests of one command that go out together (its READs, or its
+/// WRITEs and response SEND): inline for the common one to four, so a
+/// command's chain costs no allocation.
+type Chain = SmallVec<[SendWr; 4]>;
 
 /// What the CM thread hands a channel's thread.
 pub(crate) struct ChannelCtx {
@@ -136,8 +142,11 @@ struct Channel {
     waiting: VecDeque<u32>,
     /// Send queue entries free (one kept for the drain marker).
     sq_free: u32,
+    /// RDMA READ chains posted whose completion has not been seen: each
+    /// holds a command that runs only once its data is in.
+    reads_in_flight: u32,
     /// Chains waiting for send queue room, oldest first.
-    backlog: VecDeque<Vec<SendWr>>,
+    backlog: VecDeque<Chain>,
     /// The work requests of one post (reused).
     batch: Vec<SendWr>,
     wcs: Vec<Wc>,
@@ -215,6 +224,7 @@ impl Channel {
             free_sends: (0..nsends).rev().collect(),
             waiting: VecDeque::new(),
             sq_free,
+            reads_in_flight: 0,
             backlog: VecDeque::new(),
             batch: Vec::new(),
             wcs: Vec::with_capacity(64),
@@ -349,13 +359,15 @@ impl Channel {
     /// Consumes the completion channel's notification. One per arming, and
     /// we arm each CQ at most once per round: one read (a second would only
     /// find EAGAIN; the fd is level-triggered, so one left over wakes us
-    /// again). Whichever CQ it was, both count as unarmed.
+    /// again). Only the CQ it names needs arming again: the other one's
+    /// request still stands, and asking again would cost a system call.
     fn take_cq_event(&mut self) {
-        if let Err(e) = self.res.comp.take_event() {
-            self.close(&format!("completion channel: {e}"));
+        match self.res.comp.take_cq_event() {
+            Ok(Some(cq)) if cq == self.res.send_cq.id() => self.send_armed = false,
+            Ok(Some(_)) => self.recv_armed = false,
+            Ok(None) => {}
+            Err(e) => self.close(&format!("completion channel: {e}")),
         }
-        self.recv_armed = false;
-        self.send_armed = false;
     }
 
     /// Whether something waits for a send completion: then send completions
@@ -363,6 +375,7 @@ impl Channel {
     /// which saves a wake-up (and its system calls) per response.
     fn need_send_events(&self) -> bool {
         self.closing.is_some()
+            || self.reads_in_flight > 0
             || !self.waiting.is_empty()
             || !self.backlog.is_empty()
             || self.free_sends.len() < self.sends.len() / 2
@@ -455,6 +468,7 @@ impl Channel {
     }
 
     fn on_read_done(&mut self, slot: usize) {
+        self.reads_in_flight = self.reads_in_flight.saturating_sub(1);
         let Some(Some(c)) = self.cmds.get_mut(slot) else {
             return;
         };
@@ -668,7 +682,7 @@ impl Channel {
         let Some(Some(c)) = self.cmds.get(slot) else {
             return;
         };
-        let mut chain = Vec::with_capacity(c.remote.len());
+        let mut chain = Chain::new();
         let mut off = ext.offset;
         for r in c.remote.iter().filter(|r| r.len > 0) {
             chain.push(SendWr {
@@ -693,6 +707,7 @@ impl Channel {
         if let Some(Some(c)) = self.cmds.get_mut(slot) {
             c.read_chain = n;
         }
+        self.reads_in_flight = self.reads_in_flight.saturating_add(1);
         self.queue_chain(chain);
     }
 
@@ -823,7 +838,7 @@ impl Channel {
             stats.errors.fetch_add(1, Relaxed);
         }
         stats.bytes.fetch_add(u64::from(resp.transferred), Relaxed);
-        let mut chain = Vec::new();
+        let mut chain = Chain::new();
         if st.dir == DataDir::FromDevice {
             if let Some(ext) = st.extent {
                 let mut left = resp
@@ -866,12 +881,12 @@ impl Channel {
         let bytes = exec::sense_bytes(sense);
         let delta = self.credits.on_response();
         let rsp = exec::check_condition(tag, delta, &bytes);
-        self.send_iu(Vec::new(), None, |out, max| encode_rsp(&rsp, max, out));
+        self.send_iu(Chain::new(), None, |out, max| encode_rsp(&rsp, max, out));
     }
 
     fn respond_tm(&mut self, tag: Tag, code: u8) {
         let delta = self.credits.on_response();
-        self.send_iu(Vec::new(), None, |out, _| {
+        self.send_iu(Chain::new(), None, |out, _| {
             encode_tm_rsp(tag, delta, code, out)
         });
     }
@@ -891,7 +906,7 @@ impl Channel {
             tag: (self.next_cred_tag | 1 << 63).to_be_bytes(),
         };
         let iu = req.encode();
-        self.send_iu(Vec::new(), None, |out, _| {
+        self.send_iu(Chain::new(), None, |out, _| {
             // A send slot (512 bytes) always holds the 16-byte IU.
             let n = iu.len().min(out.len());
             out[..n].copy_from_slice(&iu[..n]);
@@ -903,7 +918,7 @@ impl Channel {
     /// the SEND of that IU at its end, the only signalled request.
     fn send_iu(
         &mut self,
-        mut chain: Vec<SendWr>,
+        mut chain: Chain,
         extent: Option<Extent>,
         encode: impl FnOnce(&mut [u8], u32) -> Result<usize, IuError>,
     ) {
@@ -953,7 +968,7 @@ impl Channel {
 
     /// Queues a chain; `flush_backlog` posts it (with whatever else is ready)
     /// at the end of the current batch of completions.
-    fn queue_chain(&mut self, chain: Vec<SendWr>) {
+    fn queue_chain(&mut self, chain: Chain) {
         if self.closing.is_some() {
             return;
         }
