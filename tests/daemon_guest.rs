@@ -5,7 +5,6 @@
 //! host step together through a marker the guest writes to sector 0 of LUN 0,
 //! which the host reads from LUN 0's backing file.
 
-use std::ffi::OsStr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -99,15 +98,7 @@ luns = [{{ id = 0, lun = "base" }}]
         ),
     )
     .expect("config");
-    let mut daemon = DaemonProc::spawn(
-        [
-            OsStr::new("serve"),
-            OsStr::new("--config"),
-            config.as_os_str(),
-        ],
-        &socket,
-        &dir.path().join("log"),
-    );
+    let mut daemon = DaemonProc::spawn_serve(&config, &socket, &dir.path().join("log"));
     let start = Instant::now();
     while !vhost.exists() || !socket.exists() {
         assert!(

@@ -23,7 +23,6 @@
 
 #![cfg(feature = "rbd")]
 
-use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -495,15 +494,7 @@ fn unreachable_cluster_in_the_config_stops_the_start_with_its_name() {
         dir.path(),
         &[("ram0", ram_backend_toml("ram0")), ("far", far)],
     );
-    let mut d = DaemonProc::spawn(
-        [
-            OsStr::new("serve"),
-            OsStr::new("--config"),
-            config.as_os_str(),
-        ],
-        &socket,
-        &dir.path().join("log"),
-    );
+    let mut d = DaemonProc::spawn_serve(&config, &socket, &dir.path().join("log"));
     let start = Instant::now();
     let status = loop {
         if let Some(s) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {

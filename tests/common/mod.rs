@@ -27,17 +27,19 @@ pub struct DaemonProc {
 impl DaemonProc {
     /// `oxtarget serve --config <config>`, once its CLI answers on `socket`.
     pub fn start(config: &Path, socket: &Path, log: &Path) -> DaemonProc {
-        let mut d = DaemonProc::spawn(
-            [
-                OsStr::new("serve"),
-                OsStr::new("--config"),
-                config.as_os_str(),
-            ],
-            socket,
-            log,
-        );
+        let mut d = DaemonProc::spawn_serve(config, socket, log);
         d.wait_ready();
         d
+    }
+
+    /// `oxtarget serve --config <config>`, without waiting for it.
+    pub fn spawn_serve(config: &Path, socket: &Path, log: &Path) -> DaemonProc {
+        let args = [
+            OsStr::new("serve"),
+            OsStr::new("--config"),
+            config.as_os_str(),
+        ];
+        DaemonProc::spawn(args, socket, log)
     }
 
     /// `oxtarget <args>` with its output in `log`, without waiting for it.
