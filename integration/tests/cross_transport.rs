@@ -19,9 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backends::RamBackend;
-use common::{qemu_io_write, ScsiController, VhostScsiDisk};
+use common::{qemu_img_read, qemu_io_write, ScsiController, VhostScsiDisk};
 use engine::{Lun, LunConfig, LunRegistry};
-use integration::testkit::{have, noise, run, run_bytes};
+use integration::testkit::{have, noise, run_bytes};
 use integration::{GuestConfig, GuestEnv, Initramfs};
 use iscsi::server::Server;
 
@@ -346,22 +346,7 @@ fn one_lun_over_vhost_user_scsi_and_iscsi() {
     let want = guest.field("iscsi-pattern-md5").expect("pattern md5");
     assert_eq!(guest.field("from-iscsi-md5"), Some(want));
     assert!(guest.lines().any(|l| l == "guest-wrote ok"));
-    let back = dir.path().join("back.img");
-    let (ok, out) = run(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &both.url(),
-            &back.display().to_string(),
-        ],
-        limit,
-    );
-    assert!(ok, "qemu-img convert over iSCSI: {out}");
-    let image = std::fs::read(&back).expect("image read over iSCSI");
+    let image = qemu_img_read(&both.url(), &dir.path().join("back.img"), limit);
     assert_eq!(image.len() as u64, DISK_SIZE);
     let at = (GUEST_BLK * BLOCK) as usize;
     assert!(

@@ -23,10 +23,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{qemu_io_write, ScsiController, VhostScsiDisk};
+use common::{qemu_img_read, qemu_io_write, ScsiController, VhostScsiDisk};
 use engine::{Lun, LunRegistry};
 use integration::ceph::{Cluster, Store};
-use integration::testkit::{have, noise, run};
+use integration::testkit::{have, noise};
 use integration::{GuestConfig, GuestEnv, Initramfs};
 use iscsi::server::Server;
 
@@ -197,22 +197,7 @@ fn rbd_lun_over_vhost_user_scsi_and_iscsi() {
     );
 
     // The whole LUN read over iSCSI is the whole image.
-    let back = dir.path().join("back.img");
-    let (ok, out) = run(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &both.url(),
-            &back.display().to_string(),
-        ],
-        limit,
-    );
-    assert!(ok, "qemu-img convert over iSCSI: {out}");
-    let over_iscsi = std::fs::read(&back).expect("image read over iSCSI");
+    let over_iscsi = qemu_img_read(&both.url(), &dir.path().join("back.img"), limit);
     assert_eq!(over_iscsi.len() as u64, DISK_SIZE);
     assert!(
         range(&over_iscsi, GUEST_BLK, 1) == from_guest,

@@ -138,3 +138,23 @@ impl VhostScsiDisk for integration::GuestConfig {
             ))
     }
 }
+
+/// QEMU's iSCSI initiator reads the whole LUN at `url` (`qemu-img convert`
+/// into `file`): its bytes.
+pub fn qemu_img_read(url: &str, file: &Path, limit: Duration) -> Vec<u8> {
+    let (ok, out) = integration::testkit::run(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            url,
+            &file.display().to_string(),
+        ],
+        limit,
+    );
+    assert!(ok, "qemu-img convert over iSCSI: {out}");
+    std::fs::read(file).expect("image read over iSCSI")
+}
