@@ -285,11 +285,7 @@ fn guest_uses_a_vhost_user_blk_disk_shared_with_iscsi() {
         let c = controller.clone();
         std::thread::spawn(move || c.serve())
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "the controller did not listen");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::wait_for_socket(&sock);
     let server = common::iscsi_server(IQN, &lun, registry, |c| c.workers = 1);
     let addr = server.local_addrs()[0];
 

@@ -75,11 +75,7 @@ impl ScsiController {
             let c = controller.clone();
             std::thread::spawn(move || c.serve())
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !sock.exists() {
-            assert!(Instant::now() < deadline, "the controller did not listen");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_socket(sock);
         ScsiController {
             controller,
             serving,
@@ -157,4 +153,13 @@ pub fn qemu_img_read(url: &str, file: &Path, limit: Duration) -> Vec<u8> {
     );
     assert!(ok, "qemu-img convert over iSCSI: {out}");
     std::fs::read(file).expect("image read over iSCSI")
+}
+
+/// Waits (10 s at most) until a controller listens on `sock`.
+pub fn wait_for_socket(sock: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "the controller did not listen");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
