@@ -12,11 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+mod common;
+use common::{cli, cli_json, cli_raw, free_port, portal, DaemonProc, LIMIT};
 
-const BIN: &str = env!("CARGO_BIN_EXE_oxtarget");
 const TARGET: &str = "iqn.2026-11.org.oxtarget:cli";
-const LIMIT: Duration = Duration::from_secs(60);
 
 fn have(tool: &str) -> bool {
     let found = std::env::var_os("PATH")
@@ -25,65 +24,6 @@ fn have(tool: &str) -> bool {
         eprintln!("{tool} not installed: skipped");
     }
     found
-}
-
-/// A daemon process this test started (stopped by PID when dropped).
-struct DaemonProc {
-    child: Option<Child>,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl DaemonProc {
-    fn start(config: &Path, socket: &Path, log: &Path) -> DaemonProc {
-        let out = std::fs::File::create(log).expect("log");
-        let child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log"))
-            .stderr(out)
-            .spawn()
-            .expect("start oxtarget");
-        let d = DaemonProc {
-            child: Some(child),
-            socket: socket.to_path_buf(),
-            log: log.to_path_buf(),
-        };
-        let start = Instant::now();
-        while cli_raw(&d.socket, &["lun", "list"]).0 != Some(0) {
-            assert!(
-                start.elapsed() < LIMIT,
-                "daemon did not start: {}",
-                d.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        d
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, and the exit status once it has exited.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        // SAFETY: kill takes no pointers; the pid is our own child's.
-        unsafe { libc::kill(pid_of(&child), libc::SIGTERM) };
-        let start = Instant::now();
-        loop {
-            if let Some(s) = child.try_wait().expect("wait") {
-                return s;
-            }
-            if start.elapsed() > LIMIT {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("daemon ignored SIGTERM: {}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 }
 
 /// A child process the test started: killed (by its PID) if the test ends
@@ -114,65 +54,6 @@ impl Drop for Reaped {
             let _ = c.wait();
         }
     }
-}
-
-fn pid_of(c: &Child) -> i32 {
-    i32::try_from(c.id()).expect("pid")
-}
-
-impl Drop for DaemonProc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Runs the CLI: (exit code, stdout, stderr).
-fn cli_raw(socket: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(BIN)
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the CLI");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Runs the CLI and insists on success.
-fn cli(socket: &Path, args: &[&str]) -> String {
-    let (code, out, err) = cli_raw(socket, args);
-    assert_eq!(code, Some(0), "oxtarget {args:?}: {out}{err}");
-    out
-}
-
-/// Runs the CLI with --json.
-fn cli_json(socket: &Path, args: &[&str]) -> Value {
-    let mut a = vec!["--json"];
-    a.extend_from_slice(args);
-    serde_json::from_str(&cli(socket, &a)).expect("JSON output")
-}
-
-fn portal(socket: &Path) -> SocketAddr {
-    let t = cli_json(socket, &["iscsi", "target", "list"]);
-    t[0]["listening"][0]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .expect("a listening portal")
-}
-
-/// A loopback port free right now (for the metrics listener's config).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 fn write_config(dir: &Path) -> (PathBuf, PathBuf) {
@@ -568,25 +449,12 @@ fn serve_without_config_has_a_working_default() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = dir.path().join("log");
-    let out = std::fs::File::create(&log).expect("log");
-    let child = Command::new(BIN)
-        .arg("serve")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().expect("log"))
-        .stderr(out)
-        .spawn()
-        .expect("serve");
-    let mut d = DaemonProc {
-        child: Some(child),
-        socket: PathBuf::from("/run/oxtarget/rpc.sock"),
-        log,
-    };
-    let start = Instant::now();
-    while cli_raw(&d.socket, &["lun", "list"]).0 != Some(0) {
-        assert!(start.elapsed() < LIMIT, "no daemon: {}", d.log_text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut d = DaemonProc::spawn(
+        ["serve"],
+        Path::new("/run/oxtarget/rpc.sock"),
+        &dir.path().join("log"),
+    );
+    d.wait_ready();
     let text = d.log_text();
     assert!(
         text.contains("iscsi://127.0.0.1:3260/iqn.2026-11.org.oxtarget:default/0"),

@@ -6,12 +6,13 @@
 //! which the host reads from LUN 0's backing file.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use integration::{GuestConfig, GuestEnv, Initramfs};
 
-const BIN: &str = env!("CARGO_BIN_EXE_oxtarget");
+mod common;
+use common::{cli, DaemonProc};
+
 const HOT_LUN: u64 = 3;
 
 /// Guest side: `mark N` writes "stepN" to sector 0 of sda; every wait polls
@@ -49,23 +50,6 @@ if wait_for '[ -n "$(disk_of HOT)" ] && [ -b /dev/$(disk_of HOT) ]'; then
 fi
 mark 4
 "#;
-
-fn cli(socket: &Path, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("CLI");
-    assert!(
-        out.status.success(),
-        "oxtarget {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The step the guest marked in the base LUN's file, 0 if none.
 fn marked(base: &Path) -> u32 {
@@ -114,21 +98,13 @@ luns = [{{ id = 0, lun = "base" }}]
         ),
     )
     .expect("config");
-    let log = std::fs::File::create(dir.path().join("log")).expect("log");
-    let mut daemon = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("daemon");
+    let mut daemon = DaemonProc::spawn_serve(&config, &socket, &dir.path().join("log"));
     let start = Instant::now();
     while !vhost.exists() || !socket.exists() {
-        if start.elapsed() > Duration::from_secs(30) {
-            let _ = daemon.kill();
-            let _ = daemon.wait();
-            panic!("daemon did not start");
-        }
+        assert!(
+            start.elapsed() <= Duration::from_secs(30),
+            "daemon did not start"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let initramfs = Initramfs::standard()
@@ -187,9 +163,7 @@ luns = [{{ id = 0, lun = "base" }}]
     let run = env.run(&guest).and_then(|r| r.check());
     guest_done.store(true, std::sync::atomic::Ordering::SeqCst);
     // The daemon stops first, whatever the guest and the host thread did.
-    // SAFETY: kill takes no pointers; the pid is our own child's.
-    unsafe { libc::kill(i32::try_from(daemon.id()).expect("pid"), libc::SIGTERM) };
-    let status = daemon.wait().expect("daemon exit");
+    let status = daemon.terminate();
     let steps = host.join().expect("host thread");
     let run = run.unwrap_or_else(|e| panic!("{e}"));
     eprintln!("host steps: {steps:?}\nguest:\n{}", run.results);

@@ -25,16 +25,16 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use integration::ceph::{Cluster, Store};
 use iscsi::initiator::{Initiator, InitiatorConfig, InitiatorError, ScsiResult, UNIT_ATTENTION};
-use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_oxtarget");
+mod common;
+use common::{cli_json, cli_raw, free_port, portal, DaemonProc, LIMIT};
+
 const TARGET: &str = "iqn.2026-11.org.oxtarget:rbd";
-const LIMIT: Duration = Duration::from_secs(60);
 /// The backends' `op_timeout` in these tests (seconds).
 const OP_TIMEOUT: u64 = 5;
 /// How long an initiator waits for any answer. A command on an RBD LUN must be
@@ -43,124 +43,6 @@ const OP_TIMEOUT: u64 = 5;
 /// a command that hangs does.
 const ANSWER_LIMIT: Duration = Duration::from_secs(60);
 const IMAGE_BYTES: u64 = 64 << 20;
-
-/// A daemon process this test started, stopped by its PID when dropped.
-struct DaemonProc {
-    child: Option<Child>,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl DaemonProc {
-    fn start(config: &Path, socket: &Path, log: &Path) -> DaemonProc {
-        let out = std::fs::File::create(log).expect("log");
-        let child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log"))
-            .stderr(out)
-            .spawn()
-            .expect("start oxtarget");
-        let mut d = DaemonProc {
-            child: Some(child),
-            socket: socket.to_path_buf(),
-            log: log.to_path_buf(),
-        };
-        let start = Instant::now();
-        while cli_raw(&d.socket, &["lun", "list"]).0 != Some(0) {
-            assert!(d.running(), "daemon exited: {}", d.log_text());
-            assert!(
-                start.elapsed() < LIMIT,
-                "daemon did not start: {}",
-                d.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        d
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn running(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => false,
-        }
-    }
-
-    /// SIGTERM and a bounded wait for the exit.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        let pid = i32::try_from(child.id()).expect("pid");
-        // SAFETY: kill takes no pointers; the pid is our own child's.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let start = Instant::now();
-        loop {
-            if let Some(s) = child.try_wait().expect("wait") {
-                return s;
-            }
-            if start.elapsed() > LIMIT {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("daemon ignored SIGTERM: {}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for DaemonProc {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = self.log_text();
-            let mut at = log.len().saturating_sub(4000);
-            while !log.is_char_boundary(at) {
-                at += 1;
-            }
-            eprintln!("--- the daemon's log (tail):\n{}", &log[at..]);
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Runs the CLI (bounded by the CLI's own socket timeout): exit code, stdout,
-/// stderr.
-fn cli_raw(socket: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(BIN)
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the CLI");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn cli_json(socket: &Path, args: &[&str]) -> Value {
-    let mut a = vec!["--json"];
-    a.extend_from_slice(args);
-    let (code, out, err) = cli_raw(socket, &a);
-    assert_eq!(code, Some(0), "oxtarget {args:?}: {out}{err}");
-    serde_json::from_str(&out).expect("JSON output")
-}
-
-fn portal(socket: &Path) -> SocketAddr {
-    let t = cli_json(socket, &["iscsi", "target", "list"]);
-    t[0]["listening"][0]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .expect("a listening portal")
-}
 
 /// The `[[backend]]` table of an RBD image of `cluster`.
 fn rbd_backend_toml(name: &str, cluster: &Cluster, image: &str) -> String {
@@ -502,10 +384,7 @@ fn two_daemons_export_one_image() {
 /// A ceph.conf and keyring of a cluster that does not exist: the mon address is
 /// a loopback port nothing listens on.
 fn unreachable_cluster(dir: &Path) -> (PathBuf, PathBuf) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
+    let port = free_port();
     let keyring = dir.join("keyring");
     let out = Command::new("ceph-authtool")
         .arg("--create-keyring")
@@ -615,21 +494,7 @@ fn unreachable_cluster_in_the_config_stops_the_start_with_its_name() {
         dir.path(),
         &[("ram0", ram_backend_toml("ram0")), ("far", far)],
     );
-    let log = dir.path().join("log");
-    let out = std::fs::File::create(&log).expect("log");
-    let child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().expect("log"))
-        .stderr(out)
-        .spawn()
-        .expect("start oxtarget");
-    let mut d = DaemonProc {
-        child: Some(child),
-        socket: socket.clone(),
-        log,
-    };
+    let mut d = DaemonProc::spawn_serve(&config, &socket, &dir.path().join("log"));
     let start = Instant::now();
     let status = loop {
         if let Some(s) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use backends::{
     Backend, BackendError, BackendSpec, ExtentState, IoErrorKind, IoOp, RbdBackend, RbdTimeouts,
 };
-use support::{image_name, iov, reap_n, run_one, shared};
+use support::{image_name, iov, read_at, reap_n, run_no_data, run_one, shared, write_at};
 use vmm_sys_util::eventfd::EventFd;
 
 const MIB: u64 = 1 << 20;
@@ -162,15 +162,7 @@ fn block_status_follows_writes_and_discards() {
 
     // The data left reads back, the rest as zeroes.
     let mut back = vec![0x55u8; obj as usize];
-    // SAFETY: `back` outlives the call.
-    let done = unsafe {
-        run_one(
-            &mut *ch,
-            &efd,
-            IoOp::Read { offset: 3 * obj },
-            &[iov(&mut back)],
-        )
-    };
+    let done = read_at(&mut *ch, &efd, 3 * obj, &mut back);
     assert_eq!(done.result, Ok(obj as usize));
     let mib = MIB as usize;
     assert!(back[..mib].iter().all(|&x| x == 0xb2));
@@ -231,8 +223,7 @@ fn write_read_across_iovecs_and_objects() {
         )
     };
     assert_eq!(done.result, Ok(4096 + 8192 + 512));
-    // SAFETY: no buffers.
-    let done = unsafe { run_one(&mut *ch, &efd, IoOp::Flush, &[]) };
+    let done = run_no_data(&mut *ch, &efd, IoOp::Flush);
     assert_eq!(done.result, Ok(0));
     // Read back split differently, through a second channel.
     let mut ch2 = b.open_channel(&efd).unwrap();
@@ -308,59 +299,32 @@ fn discard_and_write_zeroes_read_back_zeroes() {
     let base = 4 * MIB - 64 * 1024;
     let len = 256 * 1024usize;
     let mut data = vec![0xabu8; len];
-    // SAFETY: `data` outlives the call, which waits for the completion.
-    let done = unsafe {
-        run_one(
-            &mut *ch,
-            &efd,
-            IoOp::Write {
-                offset: base,
-                fua: false,
-            },
-            &[iov(&mut data)],
-        )
-    };
+    let done = write_at(&mut *ch, &efd, base, false, &mut data);
     assert_eq!(done.result, Ok(len));
     // Small, unaligned ranges: a discard below librbd's discard granularity must
     // still zero them.
     let (d_off, d_len) = (base + 4096, 12 * 1024u64);
     let (z_off, z_len) = (base + 100 * 1024, 72 * 1024u64); // crosses the object boundary
-                                                            // SAFETY: no buffers.
-    let done = unsafe {
-        run_one(
-            &mut *ch,
-            &efd,
-            IoOp::Discard {
-                offset: d_off,
-                len: d_len,
-            },
-            &[],
-        )
-    };
+    let done = run_no_data(
+        &mut *ch,
+        &efd,
+        IoOp::Discard {
+            offset: d_off,
+            len: d_len,
+        },
+    );
     assert_eq!(done.result, Ok(0));
-    // SAFETY: no buffers.
-    let done = unsafe {
-        run_one(
-            &mut *ch,
-            &efd,
-            IoOp::WriteZeroes {
-                offset: z_off,
-                len: z_len,
-            },
-            &[],
-        )
-    };
+    let done = run_no_data(
+        &mut *ch,
+        &efd,
+        IoOp::WriteZeroes {
+            offset: z_off,
+            len: z_len,
+        },
+    );
     assert_eq!(done.result, Ok(0));
     let mut back = vec![0x55u8; len];
-    // SAFETY: `back` outlives the call.
-    let done = unsafe {
-        run_one(
-            &mut *ch,
-            &efd,
-            IoOp::Read { offset: base },
-            &[iov(&mut back)],
-        )
-    };
+    let done = read_at(&mut *ch, &efd, base, &mut back);
     assert_eq!(done.result, Ok(len));
     for (i, &byte) in back.iter().enumerate() {
         let pos = base + i as u64;
@@ -368,29 +332,17 @@ fn discard_and_write_zeroes_read_back_zeroes() {
         assert_eq!(byte, if zeroed { 0 } else { 0xab }, "byte at {pos}");
     }
     // A whole object discarded reads as zeroes too.
-    // SAFETY: no buffers.
-    let done = unsafe {
-        run_one(
-            &mut *ch,
-            &efd,
-            IoOp::Discard {
-                offset: 0,
-                len: 4 * MIB,
-            },
-            &[],
-        )
-    };
+    let done = run_no_data(
+        &mut *ch,
+        &efd,
+        IoOp::Discard {
+            offset: 0,
+            len: 4 * MIB,
+        },
+    );
     assert_eq!(done.result, Ok(0));
     let mut back = vec![0x55u8; 64 * 1024];
-    // SAFETY: `back` outlives the call.
-    let done = unsafe {
-        run_one(
-            &mut *ch,
-            &efd,
-            IoOp::Read { offset: base },
-            &[iov(&mut back)],
-        )
-    };
+    let done = read_at(&mut *ch, &efd, base, &mut back);
     assert_eq!(done.result, Ok(64 * 1024));
     assert!(back.iter().all(|&x| x == 0));
 }
@@ -402,30 +354,16 @@ fn out_of_range_io_fails_without_reaching_the_cluster() {
     let efd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let mut ch = b.open_channel(&efd).unwrap();
     let mut buf = vec![0u8; 8192];
-    // SAFETY: `buf` outlives the call.
-    let done = unsafe {
-        run_one(
-            &mut *ch,
-            &efd,
-            IoOp::Read {
-                offset: 4 * MIB - 4096,
-            },
-            &[iov(&mut buf)],
-        )
-    };
+    let done = read_at(&mut *ch, &efd, 4 * MIB - 4096, &mut buf);
     assert_eq!(done.result.unwrap_err().kind, IoErrorKind::OutOfRange);
-    // SAFETY: no buffers.
-    let done = unsafe {
-        run_one(
-            &mut *ch,
-            &efd,
-            IoOp::WriteZeroes {
-                offset: u64::MAX - 10,
-                len: 100,
-            },
-            &[],
-        )
-    };
+    let done = run_no_data(
+        &mut *ch,
+        &efd,
+        IoOp::WriteZeroes {
+            offset: u64::MAX - 10,
+            len: 100,
+        },
+    );
     assert_eq!(done.result.unwrap_err().kind, IoErrorKind::OutOfRange);
 }
 
@@ -469,18 +407,7 @@ fn resize_own_and_by_another_client() {
     let efd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let mut ch = b.open_channel(&efd).unwrap();
     let mut buf = pattern(4096, 9);
-    // SAFETY: `buf` outlives the call.
-    let done = unsafe {
-        run_one(
-            &mut *ch,
-            &efd,
-            IoOp::Write {
-                offset: 30 * MIB,
-                fua: false,
-            },
-            &[iov(&mut buf)],
-        )
-    };
+    let done = write_at(&mut *ch, &efd, 30 * MIB, false, &mut buf);
     assert_eq!(done.result, Ok(4096));
 
     // ... and shrinks it: I/O past the new end is refused.
@@ -492,18 +419,7 @@ fn resize_own_and_by_another_client() {
         &format!("rbd/{name}"),
     ]);
     assert_eq!(b.size(), 8 * MIB);
-    // SAFETY: `buf` outlives the call.
-    let done = unsafe {
-        run_one(
-            &mut *ch,
-            &efd,
-            IoOp::Write {
-                offset: 30 * MIB,
-                fua: false,
-            },
-            &[iov(&mut buf)],
-        )
-    };
+    let done = write_at(&mut *ch, &efd, 30 * MIB, false, &mut buf);
     assert_eq!(done.result.unwrap_err().kind, IoErrorKind::OutOfRange);
 }
 
@@ -515,34 +431,12 @@ fn snapshot_is_read_only() {
     let efd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let mut ch = b.open_channel(&efd).unwrap();
     let mut old = pattern(8192, 4);
-    // SAFETY: `old` outlives the call.
-    let done = unsafe {
-        run_one(
-            &mut *ch,
-            &efd,
-            IoOp::Write {
-                offset: 0,
-                fua: false,
-            },
-            &[iov(&mut old)],
-        )
-    };
+    let done = write_at(&mut *ch, &efd, 0, false, &mut old);
     assert_eq!(done.result, Ok(8192));
     c.rbd_ok(&["snap", "create", &format!("rbd/{name}@s1")]);
     // The head moves on after the snapshot.
     let mut new = pattern(8192, 5);
-    // SAFETY: `new` outlives the call.
-    let done = unsafe {
-        run_one(
-            &mut *ch,
-            &efd,
-            IoOp::Write {
-                offset: 0,
-                fua: false,
-            },
-            &[iov(&mut new)],
-        )
-    };
+    let done = write_at(&mut *ch, &efd, 0, false, &mut new);
     assert_eq!(done.result, Ok(8192));
 
     let mut o = c.options(&name);
@@ -552,35 +446,19 @@ fn snapshot_is_read_only() {
     assert_eq!(snap.describe(), format!("rbd:rbd/{name}@s1"));
     let mut sch = snap.open_channel(&efd).unwrap();
     let mut back = vec![0u8; 8192];
-    // SAFETY: `back` outlives the call.
-    let done = unsafe { run_one(&mut *sch, &efd, IoOp::Read { offset: 0 }, &[iov(&mut back)]) };
+    let done = read_at(&mut *sch, &efd, 0, &mut back);
     assert_eq!(done.result, Ok(8192));
     assert!(back == old, "the snapshot shows the data as it was");
-    // SAFETY: `new` outlives the call.
-    let done = unsafe {
-        run_one(
-            &mut *sch,
-            &efd,
-            IoOp::Write {
-                offset: 0,
-                fua: false,
-            },
-            &[iov(&mut new)],
-        )
-    };
+    let done = write_at(&mut *sch, &efd, 0, false, &mut new);
     assert_eq!(done.result.unwrap_err().errno, libc::EROFS);
-    // SAFETY: no buffers.
-    let done = unsafe {
-        run_one(
-            &mut *sch,
-            &efd,
-            IoOp::Discard {
-                offset: 0,
-                len: 4096,
-            },
-            &[],
-        )
-    };
+    let done = run_no_data(
+        &mut *sch,
+        &efd,
+        IoOp::Discard {
+            offset: 0,
+            len: 4096,
+        },
+    );
     assert_eq!(done.result.unwrap_err().errno, libc::EROFS);
     assert!(snap.resize(16 * MIB).is_err());
 }
@@ -672,8 +550,7 @@ fn dropping_a_channel_with_io_in_flight_waits_for_it() {
     // The backend still works afterwards.
     let mut ch = b.open_channel(&efd).unwrap();
     let mut buf = vec![1u8; 4096];
-    // SAFETY: `buf` outlives the call.
-    let done = unsafe { run_one(&mut *ch, &efd, IoOp::Read { offset: 0 }, &[iov(&mut buf)]) };
+    let done = read_at(&mut *ch, &efd, 0, &mut buf);
     assert_eq!(done.result, Ok(4096));
     assert!(buf.iter().all(|&x| x == 0));
 }

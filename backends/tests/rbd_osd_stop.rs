@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use backends::{Backend, BackendError, IoErrorKind, IoOp, RbdBackend, RbdTimeouts};
-use support::{iov, reap_n, run_one, Cluster};
+use support::{iov, read_at, reap_n, write_at, Cluster};
 use vmm_sys_util::eventfd::EventFd;
 
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,18 +37,7 @@ fn stopped_osd_fails_io_within_the_timeout_and_recovers() {
     let mut ch = b.open_channel(&efd).unwrap();
 
     let mut keep = vec![0x5au8; 64 * 1024];
-    // SAFETY: `keep` outlives the call, which waits for the completion.
-    let done = unsafe {
-        run_one(
-            &mut *ch,
-            &efd,
-            IoOp::Write {
-                offset: 0,
-                fua: true,
-            },
-            &[iov(&mut keep)],
-        )
-    };
+    let done = write_at(&mut *ch, &efd, 0, true, &mut keep);
     assert_eq!(done.result, Ok(64 * 1024));
 
     // I/O in flight while the OSD stops: a write or read every 10 ms (at most
@@ -148,8 +137,7 @@ fn stopped_osd_fails_io_within_the_timeout_and_recovers() {
         String::from_utf8_lossy(&out.stderr)
     );
     let mut back = vec![0u8; 64 * 1024];
-    // SAFETY: `back` outlives the call.
-    let done = unsafe { run_one(&mut *ch, &efd, IoOp::Read { offset: 0 }, &[iov(&mut back)]) };
+    let done = read_at(&mut *ch, &efd, 0, &mut back);
     assert_eq!(done.result, Ok(64 * 1024));
     assert!(back == keep, "data written before the stop reads back");
     assert_eq!(
@@ -158,18 +146,7 @@ fn stopped_osd_fails_io_within_the_timeout_and_recovers() {
         "block status works again"
     );
     let mut more = vec![0x77u8; 4096];
-    // SAFETY: `more` outlives the call.
-    let done = unsafe {
-        run_one(
-            &mut *ch,
-            &efd,
-            IoOp::Write {
-                offset: 8 << 20,
-                fua: true,
-            },
-            &[iov(&mut more)],
-        )
-    };
+    let done = write_at(&mut *ch, &efd, 8 << 20, true, &mut more);
     assert_eq!(done.result, Ok(4096));
     b.sync().unwrap();
     drop(bufs);

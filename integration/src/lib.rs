@@ -31,6 +31,7 @@ pub mod kernel;
 pub mod libiscsi_suite;
 pub mod qemu;
 pub mod rdma;
+pub mod testkit;
 pub mod vhost_frontend;
 
 pub use error::{Error, Result};

@@ -14,16 +14,18 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backends::RamBackend;
-use engine::{Lun, LunConfig, LunMap, LunRegistry, Protocol, TargetPort};
+use common::{qemu_img_read, qemu_io_write, ScsiController, VhostScsiDisk};
+use engine::{Lun, LunConfig, LunRegistry};
+use integration::testkit::{have, noise, run_bytes};
 use integration::{GuestConfig, GuestEnv, Initramfs};
-use iscsi::server::{Server, ServerConfig, Target};
-use vhost_target::VhostScsiController;
+use iscsi::server::Server;
+
+mod common;
 
 const IQN: &str = "iqn.2026-11.org.oxtarget:cross";
 const DISK_SIZE: u64 = 64 << 20;
@@ -36,69 +38,6 @@ const GUEST_BLK: u64 = 80; // 5 MiB
 const PR_BLK: u64 = 200;
 /// The reservation key of the iSCSI initiator.
 const PR_KEY: u64 = 0x0123_4567_89ab_cdef;
-
-fn have(tool: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
-    if !found {
-        eprintln!("{tool} not installed");
-    }
-    found
-}
-
-/// Runs `tool` with a time limit; its exit success and its stdout and stderr
-/// as bytes (libiscsi prints binary designators raw).
-fn run_bytes(tool: &str, args: &[&str], limit: Duration) -> (bool, Vec<u8>) {
-    let mut child = Command::new(tool)
-        .args(args)
-        .current_dir(std::env::temp_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawning {tool}: {e}"));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break Some(s);
-        }
-        if start.elapsed() > limit {
-            // Only the child we started.
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let out = child.wait_with_output().expect("output");
-    let mut bytes = out.stdout;
-    bytes.extend_from_slice(&out.stderr);
-    match status {
-        Some(s) => (s.success(), bytes),
-        None => {
-            let mut b = format!("{tool} timed out after {limit:?}\n").into_bytes();
-            b.extend_from_slice(&bytes);
-            (false, b)
-        }
-    }
-}
-
-fn run(tool: &str, args: &[&str], limit: Duration) -> (bool, String) {
-    let (ok, b) = run_bytes(tool, args, limit);
-    (ok, String::from_utf8_lossy(&b).into_owned())
-}
-
-fn noise(seed: u32, len: usize) -> Vec<u8> {
-    let mut x = seed;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x.to_le_bytes()[1]
-        })
-        .collect()
-}
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -195,8 +134,7 @@ mod initiator {
 struct Both {
     lun: Arc<Lun>,
     ram: RamBackend,
-    controller: Arc<VhostScsiController>,
-    serving: std::thread::JoinHandle<Result<(), vhost_target::ControllerError>>,
+    controller: ScsiController,
     server: Server,
 }
 
@@ -208,56 +146,12 @@ impl Both {
         let lun = Lun::new(LunConfig::new("cross0", uuid), Arc::new(ram.clone())).expect("lun");
         let registry = LunRegistry::new();
         registry.add(lun.clone());
-
-        let vhost_map = LunMap::new();
-        vhost_map.insert(0, lun.clone());
-        let controller = Arc::new(
-            VhostScsiController::new("cross-vm", sock, vhost_map, registry.clone(), 1)
-                .expect("controller"),
-        );
-        let serving = {
-            let c = controller.clone();
-            std::thread::spawn(move || c.serve())
-        };
-
-        let iscsi_map = LunMap::new();
-        iscsi_map.insert(0, lun.clone());
-        let portal = SocketAddr::from(([127, 0, 0, 1], 0));
-        let target = Target {
-            name: IQN.to_string(),
-            alias: None,
-            portals: vec![portal],
-            portal_group_tag: 1,
-            port: Arc::new(TargetPort {
-                name: format!("{IQN},t,0x0001"),
-                protocol: Protocol::Iscsi,
-                relative_id: 2,
-                group_id: 1,
-            }),
-            luns: iscsi_map,
-            acl: Vec::new(),
-            chap: None,
-            chap_required: false,
-        };
-        let server = Server::start(
-            ServerConfig {
-                targets: vec![target],
-                workers: 1,
-                ..ServerConfig::default()
-            },
-            registry,
-        )
-        .expect("iSCSI server");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !sock.exists() {
-            assert!(Instant::now() < deadline, "the controller did not listen");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let controller = ScsiController::start("cross-vm", sock, &lun, registry.clone(), 1);
+        let server = common::iscsi_server(IQN, &lun, registry, |c| c.workers = 1);
         Both {
             lun,
             ram,
             controller,
-            serving,
             server,
         }
     }
@@ -272,16 +166,7 @@ impl Both {
 
     fn stop(self) {
         self.server.shutdown();
-        self.controller.stop_handle().stop();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.serving.is_finished() {
-            assert!(Instant::now() < deadline, "the controller did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.serving
-            .join()
-            .expect("controller thread")
-            .expect("controller served");
+        self.controller.stop();
     }
 }
 
@@ -339,23 +224,13 @@ fn one_lun_over_vhost_user_scsi_and_iscsi() {
     let from_iscsi = noise(0x1357_9bdf, BLOCK as usize);
     let from_iscsi_file = dir.path().join("from_iscsi");
     std::fs::write(&from_iscsi_file, &from_iscsi).expect("pattern");
-    let (ok, out) = run(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            "-c",
-            &format!(
-                "write -s {} {} {}",
-                from_iscsi_file.display(),
-                ISCSI_BLK * BLOCK,
-                BLOCK
-            ),
-            &both.url(),
-        ],
+    qemu_io_write(
+        &from_iscsi_file,
+        ISCSI_BLK * BLOCK,
+        BLOCK,
+        &both.url(),
         limit,
     );
-    assert!(ok, "qemu-io write over iSCSI: {out}");
     let mut stored = vec![0u8; BLOCK as usize];
     both.ram
         .0
@@ -419,13 +294,7 @@ fn one_lun_over_vhost_user_scsi_and_iscsi() {
     let config = GuestConfig::new(&initramfs, script)
         .fw_cfg_file("from_iscsi", &from_iscsi_file)
         .fw_cfg_file("from_guest", &from_guest_file)
-        .arg("-chardev")
-        .arg(format!(
-            "socket,id=vhost0,path={}",
-            sock.display().to_string().replace(',', ",,")
-        ))
-        .arg("-device")
-        .arg("vhost-user-scsi-pci,chardev=vhost0,num_queues=1")
+        .vhost_scsi(&sock, 1)
         .timeout(Duration::from_secs(240));
     let run_result = env.run(&config).and_then(|r| r.check());
     done.store(true, Ordering::SeqCst);
@@ -477,22 +346,7 @@ fn one_lun_over_vhost_user_scsi_and_iscsi() {
     let want = guest.field("iscsi-pattern-md5").expect("pattern md5");
     assert_eq!(guest.field("from-iscsi-md5"), Some(want));
     assert!(guest.lines().any(|l| l == "guest-wrote ok"));
-    let back = dir.path().join("back.img");
-    let (ok, out) = run(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &both.url(),
-            &back.display().to_string(),
-        ],
-        limit,
-    );
-    assert!(ok, "qemu-img convert over iSCSI: {out}");
-    let image = std::fs::read(&back).expect("image read over iSCSI");
+    let image = qemu_img_read(&both.url(), &dir.path().join("back.img"), limit);
     assert_eq!(image.len() as u64, DISK_SIZE);
     let at = (GUEST_BLK * BLOCK) as usize;
     assert!(

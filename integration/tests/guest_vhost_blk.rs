@@ -21,10 +21,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backends::{ExtentState, FileBackend, FileOptions};
-use engine::{Lun, LunConfig, LunMap, LunRegistry, Protocol, TargetPort};
+use engine::{Lun, LunConfig, LunRegistry};
 use integration::{GuestConfig, GuestEnv, GuestRun, Initramfs};
-use iscsi::server::{Server, ServerConfig, Target};
 use vhost_target::{StopHandle, VhostBlkController};
+
+mod common;
 
 const IQN: &str = "iqn.2026-11.org.oxtarget:blk";
 const DISK_SIZE: u64 = 64 << 20;
@@ -131,36 +132,6 @@ fn file_lun(dir: &Path) -> (Arc<Lun>, std::path::PathBuf) {
     let lun = Lun::new(LunConfig::new("blk0", uuid), Arc::new(backend)).expect("lun");
     assert!(lun.config.thin);
     (lun, image)
-}
-
-fn iscsi_server(lun: &Arc<Lun>, registry: Arc<LunRegistry>) -> Server {
-    let map = LunMap::new();
-    map.insert(0, lun.clone());
-    let target = Target {
-        name: IQN.to_string(),
-        alias: None,
-        portals: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
-        portal_group_tag: 1,
-        port: Arc::new(TargetPort {
-            name: format!("{IQN},t,0x0001"),
-            protocol: Protocol::Iscsi,
-            relative_id: 2,
-            group_id: 1,
-        }),
-        luns: map,
-        acl: Vec::new(),
-        chap: None,
-        chap_required: false,
-    };
-    Server::start(
-        ServerConfig {
-            targets: vec![target],
-            workers: 1,
-            ..ServerConfig::default()
-        },
-        registry,
-    )
-    .expect("iSCSI server")
 }
 
 /// The iscsi crate's test initiator on LUN 0; commands that report a unit
@@ -314,12 +285,8 @@ fn guest_uses_a_vhost_user_blk_disk_shared_with_iscsi() {
         let c = controller.clone();
         std::thread::spawn(move || c.serve())
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "the controller did not listen");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let server = iscsi_server(&lun, registry);
+    common::wait_for_socket(&sock);
+    let server = common::iscsi_server(IQN, &lun, registry, |c| c.workers = 1);
     let addr = server.local_addrs()[0];
 
     let pattern = pattern();

@@ -21,9 +21,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backends::{ExtentState, FileBackend, FileOptions, RamBackend};
-use engine::{Lun, LunConfig, LunMap, LunRegistry};
+use common::{ScsiController, VhostScsiDisk};
+use engine::{Lun, LunConfig, LunRegistry};
 use integration::{GuestConfig, GuestEnv, GuestRun, Initramfs};
-use vhost_target::{Posted, StopHandle, VhostScsiController};
+use vhost_target::Posted;
+
+mod common;
 
 const DISK_SIZE: u64 = 64 << 20;
 /// The pattern: one dd block of this size at block SEEK_BLOCKS.
@@ -108,51 +111,12 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// A controller serving `lun` on `sock` from a thread.
-struct Served {
-    controller: Arc<VhostScsiController>,
-    stop: StopHandle,
-    server: std::thread::JoinHandle<Result<(), vhost_target::ControllerError>>,
-}
-
-impl Served {
-    fn start(name: &str, sock: &Path, lun: &Arc<Lun>, queues: usize) -> Self {
-        let registry = LunRegistry::new();
-        registry.add(lun.clone());
-        let map = LunMap::new();
-        map.insert(0, lun.clone());
-        let controller = Arc::new(
-            VhostScsiController::new(name, sock, map, registry, queues).expect("controller"),
-        );
-        let stop = controller.stop_handle();
-        let server = {
-            let c = controller.clone();
-            std::thread::spawn(move || c.serve())
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !sock.exists() {
-            assert!(Instant::now() < deadline, "the controller did not listen");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Served {
-            controller,
-            stop,
-            server,
-        }
-    }
-
-    fn stop(self) {
-        self.stop.stop();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.server.is_finished() {
-            assert!(Instant::now() < deadline, "the controller did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.server
-            .join()
-            .expect("controller thread")
-            .expect("controller served");
-    }
+/// A controller serving `lun` (in a registry of its own) on `sock` from a
+/// thread.
+fn serve(name: &str, sock: &Path, lun: &Arc<Lun>, queues: usize) -> ScsiController {
+    let registry = LunRegistry::new();
+    registry.add(lun.clone());
+    ScsiController::start(name, sock, lun, registry, queues)
 }
 
 /// A thin file LUN of DISK_SIZE bytes opened with O_DIRECT.
@@ -192,15 +156,7 @@ fn boot_with(
     let config = GuestConfig::new(initramfs, script(body))
         .cpus(u32::try_from(queues).expect("queues"))
         .fw_cfg_file("pattern", pattern)
-        .arg("-chardev")
-        .arg(format!(
-            "socket,id=vhost0,path={}",
-            sock.display().to_string().replace(',', ",,")
-        ))
-        .arg("-device")
-        .arg(format!(
-            "vhost-user-scsi-pci,chardev=vhost0,num_queues={queues}"
-        ))
+        .vhost_scsi(sock, queues)
         .timeout(Duration::from_secs(240));
     let run = env
         .run(&config)
@@ -223,7 +179,7 @@ fn guest_uses_a_vhost_user_scsi_disk() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let (lun, image) = file_lun(dir.path(), "vhost-lun0");
     let sock = dir.path().join("vhost.sock");
-    let served = Served::start("guest-vhost-test", &sock, &lun, 1);
+    let served = serve("guest-vhost-test", &sock, &lun, 1);
 
     let pattern = pattern();
     let pattern_file = dir.path().join("pattern");
@@ -342,7 +298,7 @@ fn guest_uses_two_request_queues() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let (lun, _image) = file_lun(dir.path(), "vhost-mq");
     let sock = dir.path().join("vhost-mq.sock");
-    let served = Served::start("guest-vhost-mq", &sock, &lun, 2);
+    let served = serve("guest-vhost-mq", &sock, &lun, 2);
     let pattern_file = dir.path().join("pattern");
     std::fs::write(&pattern_file, pattern()).expect("pattern file");
     let initramfs = Initramfs::standard()
@@ -454,7 +410,7 @@ fn guest_sees_luns_attached_resized_and_detached_at_run_time() {
     let hot_ram = Arc::new(RamBackend::new(HOT_SIZE));
     let hot = Lun::new(LunConfig::new("hot-added", [0x32; 16]), hot_ram.clone()).expect("hot lun");
     let sock = dir.path().join("vhost-hot.sock");
-    let served = Served::start("guest-vhost-hotplug", &sock, &lun0, 1);
+    let served = serve("guest-vhost-hotplug", &sock, &lun0, 1);
     let pattern = pattern();
     let pattern_file = dir.path().join("pattern");
     std::fs::write(&pattern_file, &pattern).expect("pattern file");
@@ -604,7 +560,7 @@ fn guest_finds_every_lun_of_a_burst_that_overflowed_the_event_queue() {
     let lun0 = Lun::new(LunConfig::new("burst-base", [0x41; 16]), ram0.clone()).expect("lun 0");
     let sock = dir.path().join("vhost-burst.sock");
     let qmp_sock = dir.path().join("qmp.sock");
-    let served = Served::start("guest-vhost-burst", &sock, &lun0, 1);
+    let served = serve("guest-vhost-burst", &sock, &lun0, 1);
     let initramfs = Initramfs::standard()
         .build(env)
         .unwrap_or_else(|e| panic!("building the initramfs: {e}"));
@@ -648,13 +604,7 @@ fn guest_finds_every_lun_of_a_burst_that_overflowed_the_event_queue() {
         &initramfs,
         script(&BURST_SCRIPT.replace("BURST", &BURST.to_string())),
     )
-    .arg("-chardev")
-    .arg(format!(
-        "socket,id=vhost0,path={}",
-        sock.display().to_string().replace(',', ",,")
-    ))
-    .arg("-device")
-    .arg("vhost-user-scsi-pci,chardev=vhost0,num_queues=1")
+    .vhost_scsi(&sock, 1)
     .arg("-qmp")
     .arg(format!(
         "unix:{},server=on,wait=off",

@@ -16,18 +16,19 @@
 
 #![cfg(feature = "rbd")]
 
+mod common;
 mod rbd_common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use engine::{Lun, LunMap, LunRegistry};
+use common::{qemu_img_read, qemu_io_write, ScsiController, VhostScsiDisk};
+use engine::{Lun, LunRegistry};
 use integration::ceph::{Cluster, Store};
+use integration::testkit::{have, noise};
 use integration::{GuestConfig, GuestEnv, Initramfs};
 use iscsi::server::Server;
-use vhost_target::VhostScsiController;
 
 const IQN: &str = "iqn.2026-11.org.oxtarget:rbd-cross";
 const IMAGE: &str = "cross";
@@ -40,58 +41,6 @@ const GUEST_BLK: u64 = 80;
 /// Where the guest writes 4 MiB of its own random data (40 MiB in).
 const RANDOM_BLK: u64 = 640;
 const RANDOM_BLOCKS: u64 = 64;
-
-fn have(tool: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
-    if !found {
-        eprintln!("{tool} not installed");
-    }
-    found
-}
-
-/// Runs `tool` with a time limit (killed by its PID past it); success and output.
-fn run(tool: &str, args: &[&str], limit: Duration) -> (bool, String) {
-    let mut child = Command::new(tool)
-        .args(args)
-        .current_dir(std::env::temp_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawning {tool}: {e}"));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break Some(s);
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let out = child.wait_with_output().expect("output");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    match status {
-        Some(s) => (s.success(), text),
-        None => (false, format!("{tool} timed out after {limit:?}\n{text}")),
-    }
-}
-
-fn noise(seed: u32, len: usize) -> Vec<u8> {
-    let mut x = seed;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x.to_le_bytes()[1]
-        })
-        .collect()
-}
 
 fn md5_hex(b: &[u8]) -> String {
     use md5::{Digest, Md5};
@@ -109,8 +58,7 @@ fn range(image: &[u8], blk: u64, blocks: u64) -> &[u8] {
 /// with the process, and the cluster (dropped after) stops its daemons.
 struct Both {
     lun: Arc<Lun>,
-    controller: Arc<VhostScsiController>,
-    serving: std::thread::JoinHandle<Result<(), vhost_target::ControllerError>>,
+    controller: ScsiController,
     server: Server,
 }
 
@@ -120,26 +68,11 @@ impl Both {
         let lun = rbd_common::lun("rbd-cross", backend, |_| {});
         let registry = LunRegistry::new();
         registry.add(lun.clone());
-        let vhost_map = LunMap::new();
-        vhost_map.insert(0, lun.clone());
-        let controller = Arc::new(
-            VhostScsiController::new("rbd-vm", sock, vhost_map, registry.clone(), 1)
-                .expect("controller"),
-        );
-        let serving = {
-            let c = controller.clone();
-            std::thread::spawn(move || c.serve())
-        };
-        let server = rbd_common::iscsi_server(IQN, &lun, registry, |_| {});
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !sock.exists() {
-            assert!(Instant::now() < deadline, "the controller did not listen");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let controller = ScsiController::start("rbd-vm", sock, &lun, registry.clone(), 1);
+        let server = common::iscsi_server(IQN, &lun, registry, |_| {});
         Both {
             lun,
             controller,
-            serving,
             server,
         }
     }
@@ -150,16 +83,7 @@ impl Both {
 
     fn stop(self) {
         self.server.shutdown();
-        self.controller.stop_handle().stop();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.serving.is_finished() {
-            assert!(Instant::now() < deadline, "the controller did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.serving
-            .join()
-            .expect("controller thread")
-            .expect("controller served");
+        self.controller.stop();
         self.lun.backend.sync().expect("sync the image");
     }
 }
@@ -205,23 +129,13 @@ fn rbd_lun_over_vhost_user_scsi_and_iscsi() {
     let from_iscsi = noise(0x1357_9bdf, BLOCK as usize);
     let from_iscsi_file = dir.path().join("from_iscsi");
     std::fs::write(&from_iscsi_file, &from_iscsi).expect("pattern");
-    let (ok, out) = run(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            "-c",
-            &format!(
-                "write -s {} {} {}",
-                from_iscsi_file.display(),
-                ISCSI_BLK * BLOCK,
-                BLOCK
-            ),
-            &both.url(),
-        ],
+    qemu_io_write(
+        &from_iscsi_file,
+        ISCSI_BLK * BLOCK,
+        BLOCK,
+        &both.url(),
         limit,
     );
-    assert!(ok, "qemu-io write over iSCSI: {out}");
     let exported = cluster.export(IMAGE).expect("rbd export");
     assert_eq!(exported.len() as u64, DISK_SIZE);
     assert!(
@@ -244,13 +158,7 @@ fn rbd_lun_over_vhost_user_scsi_and_iscsi() {
     let config = GuestConfig::new(&initramfs, script)
         .fw_cfg_file("from_iscsi", &from_iscsi_file)
         .fw_cfg_file("from_guest", &from_guest_file)
-        .arg("-chardev")
-        .arg(format!(
-            "socket,id=vhost0,path={}",
-            sock.display().to_string().replace(',', ",,")
-        ))
-        .arg("-device")
-        .arg("vhost-user-scsi-pci,chardev=vhost0,num_queues=1")
+        .vhost_scsi(&sock, 1)
         .timeout(Duration::from_secs(240));
     let guest = env
         .run(&config)
@@ -289,22 +197,7 @@ fn rbd_lun_over_vhost_user_scsi_and_iscsi() {
     );
 
     // The whole LUN read over iSCSI is the whole image.
-    let back = dir.path().join("back.img");
-    let (ok, out) = run(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            &both.url(),
-            &back.display().to_string(),
-        ],
-        limit,
-    );
-    assert!(ok, "qemu-img convert over iSCSI: {out}");
-    let over_iscsi = std::fs::read(&back).expect("image read over iSCSI");
+    let over_iscsi = qemu_img_read(&both.url(), &dir.path().join("back.img"), limit);
     assert_eq!(over_iscsi.len() as u64, DISK_SIZE);
     assert!(
         range(&over_iscsi, GUEST_BLK, 1) == from_guest,

@@ -22,6 +22,7 @@
 
 #![cfg(feature = "rbd")]
 
+mod common;
 mod rbd_common;
 
 use std::time::{Duration, Instant};
@@ -67,7 +68,7 @@ fn libiscsi_conformance_suite_on_an_rbd_lun() {
     });
     let registry = LunRegistry::new();
     registry.add(lun.clone());
-    let server = rbd_common::iscsi_server(IQN, &lun, registry, |c| {
+    let server = common::iscsi_server(IQN, &lun, registry, |c| {
         // As in the conformance test: Sanitize.Reset polls every 60 s without
         // answering NOP-In pings; tolerate 30 + 60 s of silence.
         c.ping_interval = Duration::from_secs(30);

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::tools::{have, run};
+use integration::testkit::{have, run};
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backends::ram::RamBackend;
-use common::tools::{have, run};
 use engine::{Lun, LunConfig, LunMap, LunRegistry, Protocol, TargetPort};
+use integration::testkit::{have, run};
 use iscsi::chap::{ChapCredentials, Secret};
 use iscsi::server::{Server, ServerConfig, ServerError, Target};
 

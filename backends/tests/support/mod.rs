@@ -214,3 +214,28 @@ pub unsafe fn run_one(
     assert_eq!(c.len(), 1);
     c.pop().unwrap()
 }
+
+/// Reads `buf.len()` bytes at `offset` into `buf` and waits for the completion.
+pub fn read_at(ch: &mut dyn IoChannel, efd: &EventFd, offset: u64, buf: &mut [u8]) -> Completion {
+    // SAFETY: `buf` is borrowed until run_one has reaped the completion.
+    unsafe { run_one(ch, efd, IoOp::Read { offset }, &[iov(buf)]) }
+}
+
+/// Writes `buf` at `offset` (with FUA if `fua`) and waits for the completion.
+pub fn write_at(
+    ch: &mut dyn IoChannel,
+    efd: &EventFd,
+    offset: u64,
+    fua: bool,
+    buf: &mut [u8],
+) -> Completion {
+    // SAFETY: `buf` is borrowed until run_one has reaped the completion.
+    unsafe { run_one(ch, efd, IoOp::Write { offset, fua }, &[iov(buf)]) }
+}
+
+/// Runs an operation that carries no data (flush, discard, write zeroes) and
+/// waits for its completion.
+pub fn run_no_data(ch: &mut dyn IoChannel, efd: &EventFd, op: IoOp) -> Completion {
+    // SAFETY: no buffers.
+    unsafe { run_one(ch, efd, op, &[]) }
+}

@@ -2,8 +2,6 @@
 
 #![allow(dead_code)]
 
-pub mod tools;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 
