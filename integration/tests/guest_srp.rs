@@ -124,6 +124,14 @@ srp_suite 5555 __GUID__ 0 131072 1 oxhold
 srp_login 5555 __GUID__ __GUID__ ch_count=1
 ib_host=$(srp_host)
 ib_disk=$(srp_disk $ib_host 0)
+# The control plane sees the login, and maps and unmaps a LUN on the live target.
+cli() { __BIN__ --socket /run/oxtarget.sock --json "$@"; }
+cli srp sessions srp0 >/tmp/cli.sessions 2>&1 && echo "cli-sessions ok" || echo "cli-sessions failed"
+echo "cli-sessions-channels $(grep -o '"channels": *[0-9]*' /tmp/cli.sessions | grep -o '[0-9]*$' | head -n1)"
+cli srp map srp0 7 lun0 >/dev/null 2>&1 && echo "cli-map ok" || echo "cli-map failed"
+echo "cli-list-luns $(cli srp list | grep -o '"id": *[0-9]*' | grep -o '[0-9]*$' | sort -n | paste -sd, -)"
+cli srp unmap srp0 7 >/dev/null 2>&1 && echo "cli-unmap ok" || echo "cli-unmap failed"
+cli srp map srp0 0 lun1 >/dev/null 2>&1 && echo "cli-map-taken accepted" || echo "cli-map-taken refused"
 __PROBE__ $GUEST_ADDR:5555 __GUID__ __GUID__ >/tmp/probe.out 2>/tmp/probe.err && pst=0 || pst=$?
 sed 's/^/probe-/' /tmp/probe.out
 sed 's/^/srp_probe: /' /tmp/probe.err >&2
@@ -191,6 +199,12 @@ fn kernel_initiator_against_oxtarget_srp_over_rxe() {
         ("oxtarget-alive-after-probe", "yes"),
         ("after-probe-cmp", "ok"),
         ("after-probe-same-host", "yes"),
+        ("cli-sessions", "ok"),
+        ("cli-sessions-channels", "1"),
+        ("cli-map", "ok"),
+        ("cli-list-luns", "0,1,7"),
+        ("cli-unmap", "ok"),
+        ("cli-map-taken", "refused"),
     ] {
         assert_eq!(run.field(key), Some(want), "{key}");
     }
