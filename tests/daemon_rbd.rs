@@ -32,7 +32,7 @@ use integration::ceph::{Cluster, Store};
 use iscsi::initiator::{Initiator, InitiatorConfig, InitiatorError, ScsiResult, UNIT_ATTENTION};
 
 mod common;
-use common::{cli_json, cli_raw, free_port, portal, DaemonProc, LIMIT};
+use common::{cli, cli_json, cli_raw, free_port, portal, DaemonProc, LIMIT};
 
 const TARGET: &str = "iqn.2026-11.org.oxtarget:rbd";
 /// The backends' `op_timeout` in these tests (seconds).
@@ -519,4 +519,75 @@ fn unreachable_cluster_in_the_config_stops_the_start_with_its_name() {
         "the error names the pool and the image: {text}"
     );
     assert!(!socket.exists(), "no RPC socket left behind");
+}
+
+/// Another client resizes the image (as an admin would with `rbd resize`): the
+/// daemon learns it from the image's header watch, initiators get CAPACITY DATA
+/// HAS CHANGED and READ CAPACITY answers the new size; `oxtarget lun resize`
+/// resizes the image itself.
+#[test]
+fn a_resize_of_the_image_reaches_initiators() {
+    let Some(cluster) = Cluster::require(Store::Memstore) else {
+        return;
+    };
+    cluster
+        .create_image("grow", IMAGE_BYTES)
+        .expect("rbd create");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (config, socket) = write_config(
+        dir.path(),
+        &[("rbd0", rbd_backend_toml("rbd0", &cluster, "grow"))],
+    );
+    let d = DaemonProc::start(&config, &socket, &dir.path().join("log"));
+    let mut s = session(portal(&socket), 1, &[0]);
+    assert_eq!(
+        s.read_capacity16(0).expect("READ CAPACITY(16)"),
+        (IMAGE_BYTES / 512, 512)
+    );
+
+    let grown = IMAGE_BYTES + (32 << 20);
+    cluster
+        .rbd(&[
+            "resize",
+            "--size",
+            &format!("{}M", grown >> 20),
+            &cluster.spec("grow"),
+        ])
+        .expect("rbd resize");
+    // The watch fires within moments; bounded wait, TEST UNIT READY until the
+    // unit attention comes.
+    let start = Instant::now();
+    loop {
+        let r = s.command(0, &[0u8; 6], &[], 0).expect("TEST UNIT READY");
+        if r.status == 2 {
+            assert_eq!(
+                r.sense_key(),
+                Some((UNIT_ATTENTION, 0x2a, 0x09)),
+                "CAPACITY DATA HAS CHANGED: {r:?}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no unit attention 60 s after `rbd resize`\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        s.read_capacity16(0).expect("READ CAPACITY(16)"),
+        (grown / 512, 512)
+    );
+
+    // Through the daemon: the image itself grows.
+    let bigger = grown + (32 << 20);
+    cli(
+        &socket,
+        &["lun", "resize", "lun-rbd0", &format!("{}M", bigger >> 20)],
+    );
+    let info = cluster
+        .rbd(&["info", "--format", "json", &cluster.spec("grow")])
+        .expect("rbd info");
+    let info: serde_json::Value = serde_json::from_str(&info).expect("rbd info json");
+    assert_eq!(info["size"], serde_json::json!(bigger), "{info}");
 }
