@@ -182,12 +182,22 @@ impl TaskSet {
                 return false;
             }
             let Some(o) = &t.range else { return false };
-            if !o.overlaps(r) || !(o.exclusive || r.exclusive) {
+            if !o.overlaps(r) {
+                return false;
+            }
+            // An older command held back by an exclusive range keeps its place:
+            // a younger write over the same blocks waits behind it even where
+            // neither is exclusive, or it would overtake it (UNMAP waiting on a
+            // COMPARE AND WRITE, then a WRITE SAME over the UNMAP's blocks).
+            if t.range_wait && s < seq {
+                return true;
+            }
+            if !(o.exclusive || r.exclusive) {
                 return false;
             }
             // Running holders always block; a waiting one blocks only younger ones,
             // so that the wait graph follows arrival order and cannot cycle.
-            !t.range_wait || s < seq
+            !t.range_wait
         })
     }
 

@@ -189,3 +189,44 @@ proptest! {
         prop_assert!(d == model, "final medium differs from the model");
     }
 }
+
+/// Found by the property test: an UNMAP held back by a COMPARE AND WRITE on one
+/// of its blocks, then a WRITE SAME over the UNMAP's other blocks. The WRITE SAME
+/// overlaps nothing exclusive, but it must not overtake the older UNMAP.
+#[test]
+fn a_write_does_not_overtake_an_older_one_held_back() {
+    let mut f = deferred_fixture(BLOCKS * BS as u64);
+    let mut model = vec![0u8; BLOCKS as usize * BS];
+    let batch = [
+        Op::Caw {
+            lba: 118,
+            blocks: 1,
+            expect_model: false,
+            byte: 52,
+        },
+        Op::Unmap {
+            lba: 110,
+            blocks: 14,
+        },
+        Op::WriteSame {
+            lba: 106,
+            blocks: 12,
+            byte: 234,
+            unmap: false,
+        },
+    ];
+    let mut cmds = Vec::new();
+    let mut expect = Vec::new();
+    for op in &batch {
+        let (c, m) = command(op, &mut model);
+        cmds.push(c);
+        expect.push(m);
+    }
+    let out = run_batch(&mut f, cmds);
+    for ((op, m), (r, _)) in batch.iter().zip(&expect).zip(&out) {
+        check_response(op, r, *m);
+    }
+    let (r, d) = f.read_in(&rw16(0x88, 0, BLOCKS as u32), BLOCKS as usize * BS);
+    assert_eq!(r.status, ScsiStatus::Good);
+    assert!(d == model, "blocks 106-117 hold the WRITE SAME's data");
+}
