@@ -157,6 +157,22 @@ fn check_response(op: &Op, r: &CmdResponse, miscompare: Option<u8>) {
     }
 }
 
+/// Submits `batch` together, applies it to `model` in submission order, and
+/// checks each command's answer.
+fn run_checked(f: &mut crate::testutil::Fixture, batch: &[Op], model: &mut [u8]) {
+    let mut cmds = Vec::new();
+    let mut expect = Vec::new();
+    for op in batch {
+        let (c, m) = command(op, model);
+        cmds.push(c);
+        expect.push(m);
+    }
+    let out = run_batch(f, cmds);
+    for ((op, m), (r, _)) in batch.iter().zip(&expect).zip(&out) {
+        check_response(op, r, *m);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
@@ -168,17 +184,7 @@ proptest! {
         let mut f = deferred_fixture(BLOCKS * BS as u64);
         let mut model = vec![0u8; BLOCKS as usize * BS];
         for (i, batch) in batches.iter().enumerate() {
-            let mut cmds = Vec::new();
-            let mut expect = Vec::new();
-            for op in batch {
-                let (c, m) = command(op, &mut model);
-                cmds.push(c);
-                expect.push(m);
-            }
-            let out = run_batch(&mut f, cmds);
-            for ((op, m), (r, _)) in batch.iter().zip(&expect).zip(&out) {
-                check_response(op, r, *m);
-            }
+            run_checked(&mut f, batch, &mut model);
             let (lba, blocks) = reads[i % reads.len()];
             let (r, d) = f.read_in(&rw16(0x88, lba, blocks as u32), blocks as usize * BS);
             prop_assert_eq!(r.status, ScsiStatus::Good);
@@ -215,17 +221,7 @@ fn a_write_does_not_overtake_an_older_one_held_back() {
             unmap: false,
         },
     ];
-    let mut cmds = Vec::new();
-    let mut expect = Vec::new();
-    for op in &batch {
-        let (c, m) = command(op, &mut model);
-        cmds.push(c);
-        expect.push(m);
-    }
-    let out = run_batch(&mut f, cmds);
-    for ((op, m), (r, _)) in batch.iter().zip(&expect).zip(&out) {
-        check_response(op, r, *m);
-    }
+    run_checked(&mut f, &batch, &mut model);
     let (r, d) = f.read_in(&rw16(0x88, 0, BLOCKS as u32), BLOCKS as usize * BS);
     assert_eq!(r.status, ScsiStatus::Good);
     assert!(d == model, "blocks 106-117 hold the WRITE SAME's data");
